@@ -1,0 +1,80 @@
+import type { IncomingHttpHeaders } from 'node:http';
+
+export type Protocol = 'http/1.1' | 'http/1.0' | 'h2' | 'h2c';
+
+/** Filled by authentication stages (issue: authn); null while anonymous. */
+export interface Identity {
+  subject: string;
+  tenant?: string;
+  roles: readonly string[];
+  claims: Readonly<Record<string, unknown>>;
+  provider: string;
+}
+
+export interface TraceContext {
+  traceId: string;
+  spanId: string;
+  sampled: boolean;
+  traceState?: string;
+}
+
+/** The route the router chose, as stages see it. */
+export interface MatchedRoute {
+  readonly id: string;
+  readonly params: Readonly<Record<string, string>>;
+}
+
+/**
+ * One request as every stage sees it, whichever adapter produced it.
+ * All fields are declared here so the object keeps one shape (hot path).
+ */
+export class RequestContext {
+  method: string;
+  /** The request target exactly as received (never used for decisions). */
+  readonly rawTarget: string;
+  /** Canonical path: what routing, policy and the upstream all see. */
+  path: string;
+  /** Raw query string without the leading `?` ('' when absent). Never used for path matching. */
+  query: string;
+  /** Lower-case host without port, from Host / :authority. */
+  host: string;
+  headers: IncomingHttpHeaders;
+  readonly peerAddress: string;
+  readonly peerPort: number;
+  readonly protocol: Protocol;
+  /** Whether the client connection is TLS. */
+  readonly secure: boolean;
+  route: MatchedRoute | null;
+  identity: Identity | null;
+  requestId: string;
+  trace: TraceContext | null;
+  /** process.hrtime.bigint() at arrival. */
+  readonly startedAt: bigint;
+
+  constructor(init: {
+    method: string;
+    rawTarget: string;
+    headers: IncomingHttpHeaders;
+    peerAddress: string;
+    peerPort: number;
+    protocol: Protocol;
+    secure: boolean;
+    requestId: string;
+  }) {
+    this.method = init.method;
+    this.rawTarget = init.rawTarget;
+    this.path = '';
+    this.query = '';
+    this.host = '';
+    this.headers = init.headers;
+    this.peerAddress = init.peerAddress;
+    this.peerPort = init.peerPort;
+    this.protocol = init.protocol;
+    this.secure = init.secure;
+    this.route = null;
+    this.identity = null;
+    this.requestId = init.requestId;
+    this.trace = null;
+    this.startedAt = process.hrtime.bigint();
+  }
+}

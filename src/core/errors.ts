@@ -1,0 +1,75 @@
+/**
+ * Errors are data: every failure the pipeline can produce has a stable `code`
+ * (shared by problems, audit, metrics, spans and explanations) and a default
+ * HTTP status. Messages are for humans and may change; codes may not.
+ */
+
+export interface ErrorCodeSpec {
+  readonly status: number;
+  readonly title: string;
+}
+
+export const ERROR_CODES = {
+  // request shape (normalize stage, adapters)
+  'request.bad_target': { status: 400, title: 'Bad request target' },
+  'request.path_encoded_slash': { status: 400, title: 'Encoded slash in path' },
+  'request.path_backslash': { status: 400, title: 'Backslash in path' },
+  'request.path_control_char': { status: 400, title: 'Control character in path' },
+  'request.path_invalid_utf8': { status: 400, title: 'Invalid UTF-8 in path' },
+  'request.path_invalid_escape': { status: 400, title: 'Invalid percent-encoding in path' },
+  'request.path_semicolon': { status: 400, title: 'Semicolon in path' },
+  'request.path_non_ascii': { status: 400, title: 'Raw non-ASCII byte in path' },
+  'request.path_too_long': { status: 414, title: 'Request target too long' },
+  'request.asterisk_form': { status: 400, title: 'Asterisk-form target not supported' },
+  'request.authority_form': { status: 400, title: 'Authority-form target not supported' },
+  'request.host_mismatch': { status: 400, title: 'Target host disagrees with Host' },
+  'request.host_missing': { status: 400, title: 'Host header missing' },
+  'request.host_invalid': { status: 400, title: 'Invalid Host header' },
+  'request.host_duplicate': { status: 400, title: 'Duplicate Host header' },
+  'request.malformed': { status: 400, title: 'Malformed request' },
+  'request.headers_too_large': { status: 431, title: 'Request header fields too large' },
+  'request.body_too_large': { status: 413, title: 'Request body too large' },
+  'request.timeout': { status: 408, title: 'Request timeout' },
+  'request.method_not_allowed': { status: 405, title: 'Method not allowed' },
+  'request.transfer_encoding': { status: 400, title: 'Unsupported transfer encoding' },
+  // routing
+  'route.not_found': { status: 404, title: 'No route matches' },
+  // upstream
+  'upstream.unreachable': { status: 502, title: 'Upstream unreachable' },
+  'upstream.reset': { status: 502, title: 'Upstream connection reset' },
+  'upstream.bad_response': { status: 502, title: 'Bad upstream response' },
+  'upstream.no_healthy_endpoint': { status: 503, title: 'No healthy upstream endpoint' },
+  'upstream.timeout': { status: 504, title: 'Upstream timeout' },
+  // gateway state
+  'gateway.shutting_down': { status: 503, title: 'Gateway shutting down' },
+  'gateway.internal': { status: 500, title: 'Internal error' },
+} as const satisfies Record<string, ErrorCodeSpec>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export class BulwarkError extends Error {
+  override readonly name = 'BulwarkError';
+  readonly code: ErrorCode;
+  readonly status: number;
+  /** Safe to show a client. Internal detail goes to `cause`/logs, never here. */
+  readonly detail: string | undefined;
+  /** Extra structured context for logs and audit (never rendered to clients). */
+  readonly context: Readonly<Record<string, unknown>> | undefined;
+
+  constructor(
+    code: ErrorCode,
+    detail?: string,
+    options?: { cause?: unknown; context?: Record<string, unknown>; status?: number },
+  ) {
+    const spec = ERROR_CODES[code];
+    super(detail ?? spec.title, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.status = options?.status ?? spec.status;
+    this.detail = detail;
+    this.context = options?.context;
+  }
+}
+
+export function isBulwarkError(value: unknown): value is BulwarkError {
+  return value instanceof BulwarkError;
+}
