@@ -13,9 +13,17 @@ function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {
 }
 
 const Port = Type.Integer({ minimum: 0, maximum: 65535, description: 'TCP port; 0 picks a free one.' });
-const DurationMs = (description: string, def: number) =>
-  Type.Integer({ minimum: 1, maximum: 86_400_000, default: def, description: `${description} (milliseconds).` });
-const Name = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$', description: 'Identifier: letters, digits, `_`, `.`, `-`.' });
+const DurationMs = (description: string, def?: number) =>
+  Type.Integer({
+    minimum: 1,
+    maximum: 86_400_000,
+    ...(def === undefined ? {} : { default: def }),
+    description: `${description} (milliseconds).`,
+  });
+const Name = Type.String({
+  pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$',
+  description: 'Identifier: letters, digits, `_`, `.`, `-`.',
+});
 
 export const PathPolicySchema = Closed(
   {
@@ -34,9 +42,15 @@ export const PathPolicySchema = Closed(
     }),
     semicolon: Type.Union([Type.Literal('reject'), Type.Literal('keep')], {
       default: 'reject',
-      description: 'A `;` in a path: `reject` with 400 (strict: some upstreams strip `;params` and would see another path than the policy did) or `keep` it.',
+      description:
+        'A `;` in a path: `reject` with 400 (strict: some upstreams strip `;params` and would see another path than the policy did) or `keep` it.',
     }),
-    maxLength: Type.Integer({ minimum: 1, maximum: 65536, default: 8192, description: 'Longest request target accepted (bytes); longer is 414.' }),
+    maxLength: Type.Integer({
+      minimum: 1,
+      maximum: 65536,
+      default: 8192,
+      description: 'Longest request target accepted (bytes); longer is 414.',
+    }),
   },
   { description: 'How request targets are canonicalized before routing. Strict by default.' },
 );
@@ -51,9 +65,23 @@ export const TlsSchema = Closed(
 );
 
 export const ListenerLimitsSchema = Closed({
-  maxHeaderBytes: Type.Integer({ minimum: 1024, maximum: 1_048_576, default: 16384, description: 'Largest request head (431 beyond).' }),
-  maxHeaders: Type.Integer({ minimum: 8, maximum: 10000, default: 100, description: 'Most header fields in one request (431 beyond).' }),
-  maxBodyBytes: Type.Integer({ minimum: 0, default: 10_485_760, description: 'Largest request body (413 beyond). Routes may lower it.' }),
+  maxHeaderBytes: Type.Integer({
+    minimum: 1024,
+    maximum: 1_048_576,
+    default: 16384,
+    description: 'Largest request head (431 beyond).',
+  }),
+  maxHeaders: Type.Integer({
+    minimum: 8,
+    maximum: 10000,
+    default: 100,
+    description: 'Most header fields in one request (431 beyond).',
+  }),
+  maxBodyBytes: Type.Integer({
+    minimum: 0,
+    default: 10_485_760,
+    description: 'Largest request body (413 beyond). Routes may lower it.',
+  }),
   headersTimeoutMs: DurationMs('Time a client has to send the whole request head (408 beyond)', 10_000),
   requestTimeoutMs: DurationMs('Time a client has to send the whole request, body included (408 beyond)', 60_000),
   idleTimeoutMs: DurationMs('Keep-alive connection idle timeout', 60_000),
@@ -65,7 +93,8 @@ export const ListenerSchema = Closed({
   port: Port,
   protocol: Type.Union([Type.Literal('http'), Type.Literal('h2c'), Type.Literal('https')], {
     default: 'http',
-    description: '`http`: HTTP/1.1 cleartext. `h2c`: HTTP/2 cleartext (prior knowledge) and HTTP/1.1. `https`: TLS with ALPN h2 and http/1.1.',
+    description:
+      '`http`: HTTP/1.1 cleartext. `h2c`: HTTP/2 cleartext (prior knowledge) and HTTP/1.1. `https`: TLS with ALPN h2 and http/1.1.',
   }),
   tls: Type.Optional(TlsSchema),
   paths: Type.Optional(PathPolicySchema),
@@ -85,18 +114,29 @@ export const AdminSchema = Closed(
   { description: 'The admin listener: /healthz, /readyz, /config.' },
 );
 
-export const UpstreamTimeoutsSchema = Closed({
-  connectMs: DurationMs('Connect timeout to an endpoint', 5_000),
-  headersMs: DurationMs('Time for the upstream to send response headers', 30_000),
-  idleMs: DurationMs('Longest gap between two body chunks from the upstream', 60_000),
-  totalMs: DurationMs('Whole exchange, including streaming the response', 300_000),
+const upstreamTimeoutFields = (withDefaults: boolean) => ({
+  connectMs: DurationMs('Connect timeout to an endpoint', withDefaults ? 5_000 : undefined),
+  headersMs: DurationMs('Time for the upstream to send response headers', withDefaults ? 30_000 : undefined),
+  idleMs: DurationMs('Longest gap between two body chunks from the upstream', withDefaults ? 60_000 : undefined),
+  totalMs: DurationMs('Whole exchange, including streaming the response', withDefaults ? 300_000 : undefined),
+});
+
+export const UpstreamTimeoutsSchema = Closed(upstreamTimeoutFields(true));
+
+// No defaults here: validation fills defaults in, so a default would override the
+// upstream's own value for every field the route did not mention.
+export const RouteTimeoutsSchema = Type.Partial(Closed(upstreamTimeoutFields(false)), {
+  description: "Per-route overrides of the upstream's timeouts; unset fields keep the upstream's values.",
 });
 
 export const UpstreamSchema = Closed({
   endpoints: Type.Optional(
-    Type.Array(Type.String({ pattern: '^https?://[^/?#]+/?$', description: 'Origin: `http://host:port` or `https://host:port`.' }), {
-      minItems: 1,
-    }),
+    Type.Array(
+      Type.String({ pattern: '^https?://[^/?#]+/?$', description: 'Origin: `http://host:port` or `https://host:port`.' }),
+      {
+        minItems: 1,
+      },
+    ),
   ),
   builtin: Type.Optional(Type.Literal('echo', { description: 'Run a built-in demo upstream instead of endpoints.' })),
   balancer: Type.Union([Type.Literal('round_robin'), Type.Literal('least_request')], { default: 'round_robin' }),
@@ -108,7 +148,12 @@ export const UpstreamSchema = Closed({
 export const PathMatchSchema = Type.Union(
   [
     Closed({ exact: Type.String({ pattern: '^/', description: 'The canonical path, exactly.' }) }),
-    Closed({ prefix: Type.String({ pattern: '^/', description: 'Segment-wise prefix: `/api` matches `/api` and `/api/x`, not `/apix`.' }) }),
+    Closed({
+      prefix: Type.String({
+        pattern: '^/',
+        description: 'Segment-wise prefix: `/api` matches `/api` and `/api/x`, not `/apix`.',
+      }),
+    }),
     Closed({
       glob: Type.String({
         pattern: '^/',
@@ -128,7 +173,11 @@ export const RouteMatchSchema = Closed({
   ),
   path: Type.Optional(PathMatchSchema),
   methods: Type.Optional(
-    Type.Array(Type.String({ pattern: '^[A-Z]+$' }), { minItems: 1, uniqueItems: true, description: 'Upper-case methods; any when absent.' }),
+    Type.Array(Type.String({ pattern: '^[A-Z]+$' }), {
+      minItems: 1,
+      uniqueItems: true,
+      description: 'Upper-case methods; any when absent.',
+    }),
   ),
 });
 
@@ -137,7 +186,7 @@ export const RouteSchema = Closed({
   match: RouteMatchSchema,
   upstream: Name,
   maxBodyBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Lower the listener body limit for this route.' })),
-  timeouts: Type.Optional(Type.Partial(UpstreamTimeoutsSchema)),
+  timeouts: Type.Optional(RouteTimeoutsSchema),
 });
 
 export const ConfigSchema = Closed(
@@ -151,7 +200,9 @@ export const ConfigSchema = Closed(
     shutdownTimeoutMs: DurationMs('Longest graceful drain on SIGTERM/SIGINT or reload', 30_000),
     listeners: Type.Array(ListenerSchema, { minItems: 1 }),
     admin: Type.Optional(AdminSchema),
-    upstreams: Type.Record(Name, UpstreamSchema, { description: 'Named upstream pools.' }),
+    // A Record is not closed by default: a key failing the name pattern would be
+    // accepted without being validated as an upstream at all.
+    upstreams: Type.Record(Name, UpstreamSchema, { additionalProperties: false, description: 'Named upstream pools.' }),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },
@@ -163,6 +214,7 @@ export type ListenerLimitsConfig = Static<typeof ListenerLimitsSchema>;
 export type AdminConfig = Static<typeof AdminSchema>;
 export type UpstreamConfig = Static<typeof UpstreamSchema>;
 export type UpstreamTimeoutsConfig = Static<typeof UpstreamTimeoutsSchema>;
+export type RouteTimeoutsConfig = Static<typeof RouteTimeoutsSchema>;
 export type RouteConfig = Static<typeof RouteSchema>;
 export type RouteMatchConfig = Static<typeof RouteMatchSchema>;
 export type PathMatchConfig = Static<typeof PathMatchSchema>;
