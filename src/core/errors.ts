@@ -31,6 +31,8 @@ export const ERROR_CODES = {
   'request.body_too_large': { status: 413, title: 'Request body too large' },
   'request.timeout': { status: 408, title: 'Request timeout' },
   'request.method_not_allowed': { status: 405, title: 'Method not allowed' },
+  'request.aborted': { status: 400, title: 'Request aborted by the client' },
+  'request.upgrade_unsupported': { status: 501, title: 'Protocol upgrade not supported' },
   'request.transfer_encoding': { status: 400, title: 'Unsupported transfer encoding' },
   // routing
   'route.not_found': { status: 404, title: 'No route matches' },

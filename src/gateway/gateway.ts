@@ -1,0 +1,353 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage } from 'node:http';
+import type { Http2ServerRequest } from 'node:http2';
+import type { Socket } from 'node:net';
+import type { BulwarkConfig } from '../config/schema.js';
+import { RequestContext, type Protocol } from '../core/context.js';
+import { BulwarkError } from '../core/errors.js';
+import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
+import { canonicalizeTarget } from '../core/target.js';
+import type { Logger } from '../telemetry/logger.js';
+import { acceptableRequestId, upstreamRequestHeaders } from './headers.js';
+import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
+import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
+import {
+  compileRuntime,
+  listenerKey,
+  retireRuntime,
+  type CompiledRoute,
+  type ListenerSettings,
+  type Runtime,
+} from './runtime.js';
+
+export interface GatewayOptions {
+  logger: Logger;
+}
+
+/**
+ * The HTTP gateway: an adapter from node:http / node:http2 onto the core
+ * (canonical target → route → route pipeline → forward). It holds no policy.
+ */
+export class Gateway {
+  private runtime: Runtime | null = null;
+  private readonly listeners = new Map<string, BoundListener>();
+  private readonly logger: Logger;
+  private draining = false;
+  private readonly onRequest = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => this.handle(req, res, listener);
+  private readonly onClientError = (error: NodeJS.ErrnoException, socket: Socket) => this.clientError(error, socket);
+
+  constructor(options: GatewayOptions) {
+    this.logger = options.logger;
+  }
+
+  get current(): Runtime | null {
+    return this.runtime;
+  }
+
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /** Bound ports by listener key (useful with port 0). */
+  ports(): Map<string, number> {
+    return new Map([...this.listeners].map(([key, l]) => [key, l.port]));
+  }
+
+  async start(config: BulwarkConfig, hash: string): Promise<void> {
+    this.runtime = await compileRuntime(config, hash, null);
+    try {
+      await this.syncListeners(config);
+    } catch (err) {
+      await this.stop(0);
+      throw err;
+    }
+  }
+
+  /**
+   * Compiles the new config completely, binds new listeners, then swaps. Any
+   * failure leaves the old snapshot serving. In-flight requests finish on the
+   * snapshot they started with.
+   */
+  async reload(config: BulwarkConfig, hash: string): Promise<void> {
+    const previous = this.runtime;
+    const next = await compileRuntime(config, hash, previous);
+    await this.syncListeners(config);
+    this.runtime = next;
+    if (previous !== null) void retireRuntime(previous, next, config.shutdownTimeoutMs ?? 30_000);
+  }
+
+  private async syncListeners(config: BulwarkConfig): Promise<void> {
+    const wanted = new Set(config.listeners.map((l) => listenerKey(l)));
+    const added: BoundListener[] = [];
+    try {
+      for (const listenerConfig of config.listeners) {
+        const key = listenerKey(listenerConfig);
+        if (this.listeners.has(key)) continue;
+        const listener = new BoundListener(listenerConfig, this.onRequest, this.onClientError);
+        await listener.listen();
+        added.push(listener);
+      }
+    } catch (err) {
+      for (const listener of added) {
+        listener.forceClose();
+        void listener.beginDrain();
+      }
+      throw err;
+    }
+    for (const listener of added) this.listeners.set(listener.key, listener);
+    for (const [key, listener] of this.listeners) {
+      if (wanted.has(key)) continue;
+      this.listeners.delete(key);
+      void listener.beginDrain();
+    }
+  }
+
+  /** Graceful stop: refuse new connections, let in-flight requests finish up to `deadlineMs`. */
+  async stop(deadlineMs: number): Promise<boolean> {
+    this.draining = true;
+    const listeners = [...this.listeners.values()];
+    this.listeners.clear();
+    const closed = Promise.all(listeners.map((l) => l.beginDrain()));
+    const runtime = this.runtime;
+    // Once no request is in flight, what is left are idle keep-alive connections (TLS HTTP/1.1
+    // ones cannot be swept like plain ones); a short grace lets last responses flush first.
+    const idle = (runtime === null ? Promise.resolve() : runtime.drained()).then(() => delay(200));
+    let timer: NodeJS.Timeout | undefined;
+    const clean = await Promise.race([
+      Promise.race([closed, idle]).then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), deadlineMs))),
+    ]);
+    clearTimeout(timer);
+    for (const l of listeners) l.forceClose();
+    if (runtime !== null) await retireRuntime(runtime, null, 0);
+    return clean;
+  }
+
+  private handle(req: AnyRequest, res: AnyResponse, listener: BoundListener): void {
+    const runtime = this.runtime!;
+    runtime.acquire();
+    let released = false;
+    const release = () => {
+      if (!released) {
+        released = true;
+        runtime.release();
+      }
+    };
+    const isH2 = req.httpVersionMajor === 2;
+    const protocol: Protocol = isH2 ? (listener.secure ? 'h2' : 'h2c') : req.httpVersionMinor === 0 ? 'http/1.0' : 'http/1.1';
+    const incomingId = req.headers['x-request-id'];
+    const socket = req.socket;
+    const ctx = new RequestContext({
+      method: req.method ?? 'GET',
+      rawTarget: req.url ?? '',
+      headers: req.headers,
+      peerAddress: socket?.remoteAddress ?? '',
+      peerPort: socket?.remotePort ?? 0,
+      protocol,
+      secure: listener.secure,
+      requestId: acceptableRequestId(incomingId) ? incomingId : randomUUID(),
+    });
+    const settings = runtime.listeners.get(listener.key)!;
+    const admitted = this.admit(req, ctx, settings, runtime, isH2);
+    if (admitted instanceof BulwarkError) {
+      this.respondProblem(req, res, ctx, admitted, isH2);
+      res.once('close', release);
+      return;
+    }
+    const route = admitted;
+    if (route.pipeline === null) {
+      this.proxy(req, res, ctx, route, settings, isH2, release);
+      return;
+    }
+    const decision = route.pipeline.run(ctx);
+    if (decision === null) {
+      this.proxy(req, res, ctx, route, settings, isH2, release);
+    } else if (decision instanceof BulwarkError) {
+      this.respondProblem(req, res, ctx, decision, isH2);
+      res.once('close', release);
+    } else {
+      decision.then(
+        (d) => {
+          if (d === null) this.proxy(req, res, ctx, route, settings, isH2, release);
+          else {
+            this.respondProblem(req, res, ctx, d, isH2);
+            res.once('close', release);
+          }
+        },
+        (err: unknown) => {
+          this.respondProblem(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2);
+          res.once('close', release);
+        },
+      );
+    }
+  }
+
+  /** Everything decided before any stage runs: target, host, header count, route, body size. */
+  private admit(
+    req: AnyRequest,
+    ctx: RequestContext,
+    settings: ListenerSettings,
+    runtime: Runtime,
+    isH2: boolean,
+  ): BulwarkError | CompiledRoute {
+    const raw = req.rawHeaders;
+    if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
+    const hosts = collectHosts(raw, isH2);
+    const target = canonicalizeTarget(
+      {
+        method: ctx.method,
+        target: ctx.rawTarget,
+        hosts,
+        requireHost: ctx.protocol !== 'http/1.0',
+        scheme: ctx.secure ? 'https' : 'http',
+      },
+      settings.pathPolicy,
+    );
+    if (target instanceof BulwarkError) return target;
+    ctx.path = target.path;
+    ctx.query = target.query;
+    ctx.host = target.host;
+    const match = runtime.router.match(ctx.host, ctx.method, ctx.path);
+    if (match === null) return new BulwarkError('route.not_found');
+    const route = match.route;
+    ctx.route = { id: route.id, params: match.params };
+    const te = req.headers['transfer-encoding'];
+    if (te !== undefined && !isH2 && te.trim().toLowerCase() !== 'chunked') return new BulwarkError('request.transfer_encoding');
+    const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
+    const length = req.headers['content-length'];
+    if (length !== undefined && Number(length) > limit) return new BulwarkError('request.body_too_large');
+    return route;
+  }
+
+  private proxy(
+    req: AnyRequest,
+    res: AnyResponse,
+    ctx: RequestContext,
+    route: CompiledRoute,
+    settings: ListenerSettings,
+    isH2: boolean,
+    release: () => void,
+  ): void {
+    const peer = ctx.peerAddress;
+    const trusted = settings.trustedProxies.has(peer);
+    const headers = req.headers;
+    const xff = headers['x-forwarded-for'];
+    const xfp = headers['x-forwarded-proto'];
+    const xfh = headers['x-forwarded-host'];
+    const authority = isH2
+      ? ((headers[':authority'] as string | undefined) ?? headers.host ?? ctx.host)
+      : (headers.host ?? ctx.host);
+    const upstreamHeaders = upstreamRequestHeaders(req.rawHeaders, isH2 ? undefined : headers.connection, {
+      host: authority,
+      requestId: ctx.requestId,
+      xForwardedFor: trusted && typeof xff === 'string' && xff !== '' ? `${xff}, ${peer}` : peer,
+      xForwardedProto: trusted && typeof xfp === 'string' && xfp !== '' ? xfp : ctx.secure ? 'https' : 'http',
+      xForwardedHost: trusted && typeof xfh === 'string' && xfh !== '' ? xfh : authority,
+    });
+    let body: AnyRequest | BodyLimiter | null = null;
+    if (hasBody(req, isH2)) {
+      const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
+      if (headers['content-length'] !== undefined) body = req;
+      else {
+        const limiter = new BodyLimiter(limit);
+        req.pipe(limiter);
+        body = limiter;
+      }
+    }
+    const response = res as unknown as ClientResponse;
+    const method = ctx.method;
+    forward({ ctx, method, headers: upstreamHeaders, body, upstream: route.upstream, timeouts: route.timeouts }, response, {
+      fail: (error) => this.respondProblem(req, res, ctx, error, isH2),
+      done: (status, error) => {
+        release();
+        if (error !== null && error.status >= 500) {
+          this.logger.warn(
+            {
+              request_id: ctx.requestId,
+              route: route.id,
+              upstream: route.upstream.name,
+              code: error.code,
+              reason: error.context?.['reason'],
+              err: error.cause,
+            },
+            'upstream failure',
+          );
+        }
+        void status;
+      },
+    });
+  }
+
+  private respondProblem(req: AnyRequest, res: AnyResponse, ctx: RequestContext, error: BulwarkError, isH2: boolean): void {
+    if (error.status >= 500 && error.code === 'gateway.internal') {
+      this.logger.error({ request_id: ctx.requestId, err: error.cause, context: error.context }, 'internal error');
+    }
+    if (res.headersSent || res.destroyed || error.code === 'request.aborted') {
+      if (!res.destroyed && !res.writableEnded) res.destroy();
+      return;
+    }
+    const body = renderProblem(error, ctx.requestId);
+    const headers: Record<string, string | number> = {
+      'content-type': PROBLEM_CONTENT_TYPE,
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': ctx.requestId,
+      'cache-control': 'no-store',
+    };
+    // A body we never read would otherwise be parsed as the next request (or drained for ever).
+    if (!isH2 && (!req.complete || this.draining)) headers['connection'] = 'close';
+    res.writeHead(error.status, headers);
+    if (ctx.method === 'HEAD') res.end();
+    else res.end(body);
+    if (!isH2 && !req.complete) {
+      // Stop reading an unwanted body; the socket closes after the response.
+      (req as IncomingMessage).resume();
+    }
+  }
+
+  private clientError(error: NodeJS.ErrnoException & { code?: string }, socket: Socket): void {
+    if (error.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    let problem: BulwarkError;
+    switch (error.code) {
+      case 'HPE_HEADER_OVERFLOW':
+        problem = new BulwarkError('request.headers_too_large');
+        break;
+      case 'ERR_HTTP_REQUEST_TIMEOUT':
+        problem = new BulwarkError('request.timeout');
+        break;
+      case 'HPE_CHUNK_EXTENSIONS_OVERFLOW':
+      default:
+        problem = new BulwarkError('request.malformed');
+    }
+    const body = renderProblem(problem, undefined);
+    const reason =
+      problem.status === 431 ? 'Request Header Fields Too Large' : problem.status === 408 ? 'Request Timeout' : 'Bad Request';
+    socket.end(
+      `HTTP/1.1 ${problem.status} ${reason}\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+    );
+    this.logger.debug({ code: problem.code, parser: error.code }, 'client error');
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function collectHosts(raw: readonly string[], isH2: boolean): string[] {
+  const hosts: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts.push(raw[i + 1]!);
+    else if (isH2 && name === ':authority') hosts.unshift(raw[i + 1]!);
+  }
+  return hosts;
+}
+
+function hasBody(req: AnyRequest, isH2: boolean): boolean {
+  if (isH2) return !(req as Http2ServerRequest).stream.endAfterHeaders;
+  const length = req.headers['content-length'];
+  if (length !== undefined) return length !== '0';
+  return req.headers['transfer-encoding'] !== undefined;
+}

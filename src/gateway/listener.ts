@@ -1,0 +1,202 @@
+import { readFileSync } from 'node:fs';
+import {
+  createServer as createHttpServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
+import {
+  createSecureServer,
+  createServer as createH2Server,
+  type Http2SecureServer,
+  type Http2Server,
+  type Http2ServerRequest,
+  type Http2ServerResponse,
+  type Http2Session,
+} from 'node:http2';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
+import type { ListenerConfig } from '../config/schema.js';
+import { DEFAULT_LISTENER_LIMITS, listenerKey } from './runtime.js';
+
+export type AnyRequest = IncomingMessage | Http2ServerRequest;
+export type AnyResponse = ServerResponse | Http2ServerResponse;
+export type RequestHandler = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => void;
+export type ClientErrorHandler = (
+  error: NodeJS.ErrnoException & { bytesParsed?: number; rawPacket?: Buffer },
+  socket: Socket,
+) => void;
+
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+
+/**
+ * One bound socket and the servers behind it. Socket-level settings (address,
+ * protocol, TLS) are fixed for the listener's life; per-request settings come
+ * from the current runtime snapshot.
+ */
+export class BoundListener {
+  readonly key: string;
+  readonly config: ListenerConfig;
+  readonly secure: boolean;
+  /** The socket we listen on. */
+  readonly server: NetServer | HttpServer | Http2SecureServer;
+  private readonly http1: HttpServer | null;
+  private readonly http2: Http2Server | Http2SecureServer | null;
+  private readonly sessions = new Set<Http2Session>();
+  private readonly sockets = new Set<Socket>();
+  draining = false;
+
+  constructor(config: ListenerConfig, onRequest: RequestHandler, onClientError: ClientErrorHandler) {
+    this.key = listenerKey(config);
+    this.config = config;
+    const limits = { ...DEFAULT_LISTENER_LIMITS, ...config.limits };
+    const protocol = config.protocol ?? 'http';
+    this.secure = protocol === 'https';
+    const handler = (req: AnyRequest, res: AnyResponse) => onRequest(req, res, this);
+    const http1Options = {
+      maxHeaderSize: limits.maxHeaderBytes,
+      headersTimeout: limits.headersTimeoutMs,
+      requestTimeout: limits.requestTimeoutMs,
+      keepAliveTimeout: limits.idleTimeoutMs,
+      // Node checks header/request timeouts on this tick; its 30 s default would let slow clients linger.
+      connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(limits.headersTimeoutMs / 4))),
+      insecureHTTPParser: false,
+      requireHostHeader: false, // Host rules (missing, duplicate, mismatch) are enforced by canonicalization, with problems.
+      joinDuplicateHeaders: false,
+    };
+    const h2Settings = {
+      maxHeaderListSize: limits.maxHeaderBytes,
+      maxConcurrentStreams: 1000,
+    };
+
+    if (protocol === 'https') {
+      const tls = config.tls!;
+      const server = createSecureServer(
+        {
+          cert: readFileSync(tls.cert),
+          key: readFileSync(tls.key),
+          ...(tls.ca === undefined ? {} : { ca: readFileSync(tls.ca) }),
+          allowHTTP1: true,
+          ALPNProtocols: ['h2', 'http/1.1'],
+          settings: h2Settings,
+          maxSessionInvalidFrames: 100,
+        },
+        handler as never,
+      );
+      // With allowHTTP1 the secure server parses HTTP/1.1 itself; give it the same guards.
+      Object.assign(server, { headersTimeout: http1Options.headersTimeout, requestTimeout: http1Options.requestTimeout });
+      server.setTimeout(limits.idleTimeoutMs);
+      this.server = server;
+      this.http1 = null;
+      this.http2 = server;
+    } else {
+      const http1 = createHttpServer(http1Options, handler as never);
+      http1.maxHeadersCount = limits.maxHeaders + 1;
+      http1.on('clientError', onClientError);
+      http1.on('upgrade', (req: IncomingMessage, socket: Socket) => {
+        // No upgrade (WebSocket) proxying yet: say so instead of hanging up silently.
+        const body = JSON.stringify({
+          type: 'urn:bulwark:problem:request.upgrade_unsupported',
+          title: 'Protocol upgrade not supported',
+          status: 501,
+          code: 'request.upgrade_unsupported',
+        });
+        void req;
+        socket.end(
+          `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+        );
+      });
+      this.http1 = http1;
+      if (protocol === 'h2c') {
+        this.http2 = createH2Server({ settings: h2Settings, maxSessionInvalidFrames: 100 }, handler as never);
+        this.http2.setTimeout(limits.idleTimeoutMs);
+        // One port for both: a connection opening with the HTTP/2 preface is h2c, anything else HTTP/1.1.
+        this.server = createNetServer({ pauseOnConnect: true }, (socket) => this.sniff(socket));
+      } else {
+        this.http2 = null;
+        this.server = http1;
+      }
+    }
+    if (this.http2 !== null) {
+      this.http2.on('session', (session: Http2Session) => {
+        this.sessions.add(session);
+        session.once('close', () => this.sessions.delete(session));
+        if (this.draining) session.close();
+      });
+    }
+    this.server.on('connection', (socket: Socket) => {
+      this.sockets.add(socket);
+      socket.once('close', () => this.sockets.delete(socket));
+    });
+  }
+
+  private sniff(socket: Socket): void {
+    let head: Buffer = Buffer.alloc(0);
+    const onData = (chunk: Buffer) => {
+      head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
+      const n = Math.min(head.length, H2_PREFACE.length);
+      const isPreface = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+      if (isPreface && n < H2_PREFACE.length) return; // need more bytes to decide
+      socket.off('data', onData);
+      socket.off('error', onError);
+      socket.pause();
+      socket.unshift(head);
+      if (isPreface) {
+        // The HTTP/2 session drains the buffered preface itself and then reads the handle natively.
+        this.http2!.emit('connection', socket);
+      } else {
+        this.http1!.emit('connection', socket);
+        socket.resume();
+      }
+    };
+    const onError = () => socket.destroy();
+    socket.on('error', onError);
+    socket.on('data', onData);
+    socket.resume();
+  }
+
+  listen(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      this.server.listen(this.config.port, this.config.address ?? '0.0.0.0', () => {
+        this.server.off('error', onError);
+        // Node arms an HTTP server's header/request timeout checks on 'listening'; behind the
+        // h2c sniffer the HTTP/1.1 server never listens itself, so arm them here.
+        if (this.http1 !== null && this.server !== this.http1) this.http1.emit('listening');
+        resolve();
+      });
+    });
+  }
+
+  get port(): number {
+    const address = this.server.address();
+    return typeof address === 'object' && address !== null ? address.port : this.config.port;
+  }
+
+  /** Stop accepting; let in-flight requests finish; close idle keep-alive connections now. */
+  beginDrain(): Promise<void> {
+    this.draining = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    // Keep-alive connections busy at this moment become idle later; close them as they do.
+    const sweep = setInterval(() => this.closeIdle(), 50);
+    sweep.unref();
+    void closed.then(() => clearInterval(sweep));
+    if (this.http1 !== null && this.server !== this.http1) this.http1.close(() => {}); // stops its timeout checks; it never listened
+    this.closeIdle();
+    for (const session of this.sessions) session.close();
+    return closed;
+  }
+
+  private closeIdle(): void {
+    this.http1?.closeIdleConnections();
+    const server = this.server as HttpServer;
+    if (server !== this.http1 && typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  }
+
+  /** Deadline passed: cut whatever is left. */
+  forceClose(): void {
+    for (const session of this.sessions) session.destroy();
+    for (const socket of this.sockets) socket.destroy();
+    if (this.http1 !== null) this.http1.closeAllConnections();
+  }
+}

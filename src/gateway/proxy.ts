@@ -1,0 +1,213 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { Transform, type Readable, type TransformCallback } from 'node:stream';
+import type { Dispatcher } from 'undici';
+import { BulwarkError } from '../core/errors.js';
+import type { RequestContext } from '../core/context.js';
+import { clientResponseHeaders } from './headers.js';
+import type { Endpoint, Upstream } from './upstream.js';
+import type { UpstreamTimeoutsConfig } from '../config/schema.js';
+
+/** The part of a server response both node:http and the HTTP/2 compatibility API offer. */
+export interface ClientResponse {
+  readonly headersSent: boolean;
+  readonly writableEnded: boolean;
+  readonly destroyed: boolean;
+  writeHead(status: number, headers: Record<string, string | string[]>): unknown;
+  write(chunk: Buffer): boolean;
+  end(): unknown;
+  once(event: 'drain' | 'close', listener: () => void): unknown;
+  destroy(error?: Error): unknown;
+}
+
+export interface ExchangeHooks {
+  /** Renders a problem when nothing was sent yet. */
+  fail(error: BulwarkError): void;
+  /** Called once when the exchange is over, whatever the outcome. */
+  done(status: number, error: BulwarkError | null): void;
+}
+
+class TotalTimeoutError extends Error {
+  readonly code = 'BULWARK_TOTAL_TIMEOUT';
+}
+class ClientGoneError extends Error {
+  readonly code = 'BULWARK_CLIENT_GONE';
+}
+
+/**
+ * One upstream attempt, as an undici dispatch handler: response bytes go to the
+ * client as they arrive, and a full client socket pauses the upstream read.
+ */
+export class ProxyExchange implements Dispatcher.DispatchHandler {
+  private readonly res: ClientResponse;
+  private readonly endpoint: Endpoint;
+  private readonly hooks: ExchangeHooks;
+  private readonly requestId: string;
+  private controller: Dispatcher.DispatchController | null;
+  private timer: NodeJS.Timeout | null;
+  private status: number;
+  private finished: boolean;
+  private readonly resume: () => void;
+
+  constructor(res: ClientResponse, endpoint: Endpoint, requestId: string, totalMs: number, hooks: ExchangeHooks) {
+    this.res = res;
+    this.endpoint = endpoint;
+    this.hooks = hooks;
+    this.requestId = requestId;
+    this.controller = null;
+    this.status = 0;
+    this.finished = false;
+    this.resume = () => this.controller?.resume();
+    this.timer = setTimeout(() => this.abort(new TotalTimeoutError('total timeout')), totalMs);
+    endpoint.inFlight++;
+    res.once('close', () => {
+      if (!this.finished) this.abort(new ClientGoneError('client closed'));
+    });
+  }
+
+  private abort(reason: Error): void {
+    if (this.controller !== null && !this.controller.aborted) this.controller.abort(reason);
+    else if (this.controller === null) this.pendingAbort = reason;
+  }
+  private pendingAbort: Error | null = null;
+
+  onRequestStart(controller: Dispatcher.DispatchController): void {
+    this.controller = controller;
+    if (this.pendingAbort !== null) controller.abort(this.pendingAbort);
+  }
+
+  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    if (statusCode < 200) return; // 1xx informational responses are not relayed
+    this.status = statusCode;
+    try {
+      this.res.writeHead(statusCode, clientResponseHeaders(headers, this.requestId));
+    } catch (err) {
+      // An upstream header Node refuses to send (invalid characters): that upstream is broken.
+      controller.abort(new BulwarkError('upstream.bad_response', undefined, { cause: err }));
+    }
+  }
+
+  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (!this.res.write(chunk)) {
+      controller.pause();
+      this.res.once('drain', this.resume);
+    }
+  }
+
+  onResponseEnd(): void {
+    this.settle();
+    this.res.end();
+    this.hooks.done(this.status, null);
+  }
+
+  onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
+    this.settle();
+    const failure = classifyUpstreamError(error);
+    if (!this.res.headersSent && !this.res.destroyed) {
+      this.hooks.fail(failure);
+      this.hooks.done(failure.status, failure);
+      return;
+    }
+    // Headers are out: the only honest signal left is to cut the response short.
+    if (!this.res.destroyed) this.res.destroy(failure);
+    this.hooks.done(this.status, failure);
+  }
+
+  private settle(): void {
+    this.finished = true;
+    this.endpoint.inFlight--;
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+  }
+}
+
+/** Maps what undici and the socket layer report to a stable upstream reason code. */
+export function classifyUpstreamError(error: Error): BulwarkError {
+  if (error instanceof BulwarkError) return error;
+  const code = (error as { code?: string }).code ?? '';
+  switch (code) {
+    case 'BULWARK_CLIENT_GONE':
+      return new BulwarkError('request.aborted', undefined, { cause: error, status: 499 });
+    case 'BULWARK_TOTAL_TIMEOUT':
+    case 'UND_ERR_CONNECT_TIMEOUT':
+    case 'UND_ERR_HEADERS_TIMEOUT':
+    case 'UND_ERR_BODY_TIMEOUT':
+    case 'ETIMEDOUT':
+      return new BulwarkError('upstream.timeout', undefined, { cause: error, context: { reason: code } });
+    case 'ECONNREFUSED':
+    case 'ENOTFOUND':
+    case 'EAI_AGAIN':
+    case 'EHOSTUNREACH':
+    case 'ENETUNREACH':
+      return new BulwarkError('upstream.unreachable', undefined, { cause: error, context: { reason: code } });
+    case 'ECONNRESET':
+    case 'EPIPE':
+    case 'UND_ERR_SOCKET':
+    case 'UND_ERR_CLOSED':
+      return new BulwarkError('upstream.reset', undefined, { cause: error, context: { reason: code } });
+    case 'BULWARK_BODY_TOO_LARGE':
+      return new BulwarkError('request.body_too_large', undefined, { cause: error });
+    case 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH':
+    case 'ERR_STREAM_PREMATURE_CLOSE':
+      return new BulwarkError('request.aborted', undefined, { cause: error, status: 400 });
+    default:
+      // Parser errors (HPE_*), header overflow, content-length lies: the upstream spoke nonsense.
+      return new BulwarkError('upstream.bad_response', undefined, { cause: error, context: { reason: code } });
+  }
+}
+
+class BodyTooLargeError extends Error {
+  readonly code = 'BULWARK_BODY_TOO_LARGE';
+}
+
+/** Counts a body of unknown length on its way through; errors past the limit. */
+export class BodyLimiter extends Transform {
+  private remaining: number;
+  constructor(limit: number) {
+    super();
+    this.remaining = limit;
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, callback: TransformCallback): void {
+    this.remaining -= chunk.length;
+    if (this.remaining < 0) callback(new BodyTooLargeError('request body over limit'));
+    else callback(null, chunk);
+  }
+}
+
+export interface ForwardRequest {
+  ctx: RequestContext;
+  method: string;
+  headers: string[];
+  body: Readable | null;
+  upstream: Upstream;
+  timeouts: Readonly<UpstreamTimeoutsConfig>;
+}
+
+/** Sends one request upstream; the outcome reaches `hooks`. */
+export function forward(request: ForwardRequest, res: ClientResponse, hooks: ExchangeHooks): void {
+  const endpoint = request.upstream.pick();
+  if (endpoint === null) {
+    const error = new BulwarkError('upstream.no_healthy_endpoint');
+    hooks.fail(error);
+    hooks.done(error.status, error);
+    return;
+  }
+  const ctx = request.ctx;
+  const exchange = new ProxyExchange(res, endpoint, ctx.requestId, request.timeouts.totalMs, hooks);
+  const path = ctx.query === '' ? ctx.path : ctx.path + '?' + ctx.query;
+  endpoint.pool.dispatch(
+    {
+      path,
+      method: request.method as Dispatcher.HttpMethod,
+      headers: request.headers,
+      body: request.body,
+      headersTimeout: request.timeouts.headersMs,
+      bodyTimeout: request.timeouts.idleMs,
+      // A proxy must not replay a request on its own: the client decides about retries.
+      idempotent: false,
+      blocking: true,
+    },
+    exchange,
+  );
+}

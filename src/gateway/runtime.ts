@@ -1,0 +1,162 @@
+import type {
+  BulwarkConfig,
+  ListenerConfig,
+  ListenerLimitsConfig,
+  RouteConfig,
+  UpstreamTimeoutsConfig,
+} from '../config/schema.js';
+import { Pipeline } from '../core/pipeline.js';
+import type { Stage } from '../core/stage.js';
+import { compilePathPolicy, type PathPolicy } from '../core/target.js';
+import { echoOrigin } from './echo.js';
+import { Router } from './router.js';
+import { TrustedProxies } from './trusted-proxies.js';
+import { Upstream } from './upstream.js';
+
+export const DEFAULT_LISTENER_LIMITS: Readonly<ListenerLimitsConfig> = Object.freeze({
+  maxHeaderBytes: 16_384,
+  maxHeaders: 100,
+  maxBodyBytes: 10_485_760,
+  headersTimeoutMs: 10_000,
+  requestTimeoutMs: 60_000,
+  idleTimeoutMs: 60_000,
+});
+
+/** A route with everything the request path needs already resolved. */
+export class CompiledRoute {
+  readonly id: string;
+  readonly match: RouteConfig['match'];
+  readonly upstream: Upstream;
+  /** Null when the route has no stages, so the hot path skips a call. */
+  readonly pipeline: Pipeline | null;
+  readonly maxBodyBytes: number | null;
+  readonly timeouts: Readonly<UpstreamTimeoutsConfig>;
+
+  constructor(config: RouteConfig, upstream: Upstream, stages: readonly Stage[]) {
+    this.id = config.id;
+    this.match = config.match;
+    this.upstream = upstream;
+    this.pipeline = stages.length === 0 ? null : new Pipeline(stages);
+    this.maxBodyBytes = config.maxBodyBytes ?? null;
+    this.timeouts =
+      config.timeouts === undefined ? upstream.timeouts : Object.freeze({ ...upstream.timeouts, ...config.timeouts });
+  }
+}
+
+/** Per-listener settings that may change on reload without rebinding the socket. */
+export class ListenerSettings {
+  readonly key: string;
+  readonly pathPolicy: PathPolicy;
+  readonly trustedProxies: TrustedProxies;
+  readonly limits: Readonly<ListenerLimitsConfig>;
+
+  constructor(config: ListenerConfig) {
+    this.key = listenerKey(config);
+    this.pathPolicy = compilePathPolicy(config.paths);
+    this.trustedProxies = new TrustedProxies(config.trustedProxies ?? []);
+    this.limits = Object.freeze({ ...DEFAULT_LISTENER_LIMITS, ...config.limits });
+  }
+}
+
+export function listenerKey(config: Pick<ListenerConfig, 'address' | 'port' | 'protocol'>): string {
+  return `${config.protocol ?? 'http'}://${config.address ?? '0.0.0.0'}:${config.port}`;
+}
+
+/**
+ * One immutable compiled config snapshot. Requests pin the snapshot they
+ * started on (acquire/release), so a reload never changes a request midway and
+ * an old snapshot's pools close only once its last request is done.
+ */
+export class Runtime {
+  readonly config: BulwarkConfig;
+  readonly hash: string;
+  readonly router: Router<CompiledRoute>;
+  readonly upstreams: ReadonlyMap<string, Upstream>;
+  readonly listeners: ReadonlyMap<string, ListenerSettings>;
+  private active: number;
+  private idle: Promise<void> | null;
+  private onIdle: (() => void) | null;
+
+  constructor(config: BulwarkConfig, hash: string, upstreams: Map<string, Upstream>, routes: CompiledRoute[]) {
+    this.config = config;
+    this.hash = hash;
+    this.upstreams = upstreams;
+    this.router = new Router(routes);
+    this.listeners = new Map(config.listeners.map((l) => [listenerKey(l), new ListenerSettings(l)]));
+    this.active = 0;
+    this.idle = null;
+    this.onIdle = null;
+  }
+
+  acquire(): void {
+    this.active++;
+  }
+
+  release(): void {
+    if (--this.active === 0 && this.onIdle !== null) {
+      this.onIdle();
+      this.idle = null;
+      this.onIdle = null;
+    }
+  }
+
+  get inFlight(): number {
+    return this.active;
+  }
+
+  /** Resolves when the last request pinned to this snapshot has finished. */
+  drained(): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    this.idle ??= new Promise((resolve) => {
+      this.onIdle = resolve;
+    });
+    return this.idle;
+  }
+}
+
+/**
+ * Compiles a validated config into a snapshot. Upstreams whose settings did not
+ * change are carried over from `previous`, so a reload keeps warm connections.
+ */
+export async function compileRuntime(
+  config: BulwarkConfig,
+  hash: string,
+  previous: Runtime | null,
+  stagesFor: (route: RouteConfig) => Stage[] = () => [],
+): Promise<Runtime> {
+  const upstreams = new Map<string, Upstream>();
+  for (const [name, upstreamConfig] of Object.entries(config.upstreams)) {
+    const old = previous?.upstreams.get(name);
+    if (old !== undefined && JSON.stringify(previous!.config.upstreams[name]) === JSON.stringify(upstreamConfig)) {
+      upstreams.set(name, old);
+      continue;
+    }
+    const origins = upstreamConfig.builtin === 'echo' ? [await echoOrigin()] : (upstreamConfig.endpoints ?? []);
+    upstreams.set(name, new Upstream(name, upstreamConfig, origins));
+  }
+  const routes = config.routes.map((route) => {
+    const upstream = upstreams.get(route.upstream);
+    // Validation guarantees the reference; this guards programmatic callers.
+    if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
+    return new CompiledRoute(route, upstream, stagesFor(route));
+  });
+  return new Runtime(config, hash, upstreams, routes);
+}
+
+/** Closes what `previous` owned and `next` does not share, once `previous` drained. */
+export async function retireRuntime(previous: Runtime, next: Runtime | null, graceMs: number): Promise<void> {
+  const shared = new Set(next === null ? [] : next.upstreams.values());
+  const owned = [...previous.upstreams.values()].filter((u) => !shared.has(u));
+  if (owned.length === 0) return;
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<boolean>((resolve) => {
+    timer = setTimeout(() => resolve(true), graceMs);
+    timer.unref();
+  });
+  const late = await Promise.race([previous.drained().then(() => false), timedOut]);
+  clearTimeout(timer);
+  for (const upstream of owned) {
+    if (late) upstream.destroy();
+    else await upstream.close();
+  }
+}

@@ -1,0 +1,16 @@
+// Public API: every exported name is listed here (no `export *`).
+export { RequestContext } from './core/context.js';
+export type { Identity, MatchedRoute, Protocol, TraceContext } from './core/context.js';
+export { BulwarkError, ERROR_CODES, isBulwarkError } from './core/errors.js';
+export type { ErrorCode, ErrorCodeSpec } from './core/errors.js';
+export { PROBLEM_CONTENT_TYPE, renderProblem, toProblem } from './core/problem.js';
+export type { Problem } from './core/problem.js';
+export { Pipeline } from './core/pipeline.js';
+export { CONTINUE } from './core/stage.js';
+export type { Continue, Decision, Stage, StageFactory } from './core/stage.js';
+export { canonicalizeTarget, compilePathPolicy, STRICT_PATH_POLICY } from './core/target.js';
+export type { CanonicalTarget, PathPolicy } from './core/target.js';
+export { ConfigError, formatIssues, loadConfigFile, parseConfig } from './config/load.js';
+export type { ConfigCheck, ConfigIssue, LoadedConfig } from './config/load.js';
+export type { BulwarkConfig } from './config/schema.js';
+export { Gateway } from './gateway/gateway.js';

@@ -1,0 +1,46 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface AdminState {
+  ready(): boolean;
+  /** Effective config, secrets already redacted. */
+  config(): { hash: string; file: string; loadedAt: string; config: unknown; workers: number };
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body, null, 2);
+  res.writeHead(status, {
+    'content-type': 'application/json',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+  });
+  res.end(text);
+}
+
+/** The admin listener: separate port, loopback by default, never on the data path. */
+export function createAdminServer(state: AdminState): Server {
+  return createServer((req: IncomingMessage, res: ServerResponse) => {
+    const path = (req.url ?? '/').split('?')[0];
+    if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { status: 405, code: 'admin.method_not_allowed' });
+    switch (path) {
+      case '/healthz':
+        return json(res, 200, { status: 'ok' });
+      case '/readyz':
+        return state.ready() ? json(res, 200, { status: 'ready' }) : json(res, 503, { status: 'not_ready' });
+      case '/config':
+        return json(res, 200, state.config());
+      default:
+        return json(res, 404, { status: 404, code: 'admin.not_found' });
+    }
+  });
+}
+
+export function listenAdmin(server: Server, port: number, address: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, address, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}

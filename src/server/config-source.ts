@@ -1,0 +1,63 @@
+import { watch, type FSWatcher } from 'node:fs';
+import { basename, dirname, resolve } from 'node:path';
+import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from '../config/load.js';
+import type { BulwarkConfig } from '../config/schema.js';
+import { routeChecks } from '../gateway/route-checks.js';
+
+export interface Overrides {
+  port?: number | undefined;
+  adminPort?: number | undefined;
+}
+
+export const CONFIG_CHECKS: readonly ConfigCheck[] = [routeChecks];
+
+/** CLI flags win over the file; applied after validation so they survive every reload. */
+export function applyOverrides(config: BulwarkConfig, overrides: Overrides): BulwarkConfig {
+  let out = config;
+  if (overrides.port !== undefined && config.listeners.length > 0) {
+    const [first, ...rest] = config.listeners;
+    out = { ...out, listeners: [{ ...first!, port: overrides.port }, ...rest] };
+  }
+  if (overrides.adminPort !== undefined)
+    out = { ...out, admin: { address: '127.0.0.1', enabled: true, ...out.admin, port: overrides.adminPort } };
+  return out;
+}
+
+export async function loadWithOverrides(file: string, overrides: Overrides): Promise<LoadedConfig> {
+  const loaded = await loadConfigFile(file, { checks: CONFIG_CHECKS });
+  return { ...loaded, config: applyOverrides(loaded.config, overrides) };
+}
+
+export function parseWithOverrides(source: string, file: string, overrides: Overrides): LoadedConfig {
+  const loaded = parseConfig(source, file, { checks: CONFIG_CHECKS });
+  return { ...loaded, config: applyOverrides(loaded.config, overrides) };
+}
+
+/**
+ * Watches the config file through its directory: editors and config managers
+ * replace files by rename, which a watch on the file itself would miss.
+ * Debounced, so a burst of writes becomes one reload.
+ */
+export function watchConfig(file: string, onChange: () => void, debounceMs = 150): () => void {
+  const path = resolve(file);
+  const name = basename(path);
+  let timer: NodeJS.Timeout | null = null;
+  let watcher: FSWatcher | null = null;
+  try {
+    watcher = watch(dirname(path), { persistent: false }, (_event, changed) => {
+      if (changed !== null && changed !== name) return;
+      if (timer !== null) clearTimeout(timer);
+      timer = setTimeout(() => {
+        timer = null;
+        onChange();
+      }, debounceMs);
+    });
+    watcher.on('error', () => {});
+  } catch {
+    // No watch support on this filesystem: SIGHUP still reloads.
+  }
+  return () => {
+    if (timer !== null) clearTimeout(timer);
+    watcher?.close();
+  };
+}

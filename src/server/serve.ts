@@ -1,0 +1,333 @@
+import cluster, { type Worker } from 'node:cluster';
+import { availableParallelism } from 'node:os';
+import type { Server } from 'node:http';
+import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../config/load.js';
+import type { BulwarkConfig } from '../config/schema.js';
+import { Gateway } from '../gateway/gateway.js';
+import type { Logger } from '../telemetry/logger.js';
+import { createAdminServer, listenAdmin } from './admin.js';
+import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
+
+export interface ServeOptions extends Overrides {
+  configFile: string;
+  logger: Logger;
+}
+
+/** Messages between the primary and its workers. */
+type ToWorker = { type: 'config'; source: string; file: string; overrides: Overrides } | { type: 'shutdown'; deadlineMs: number };
+type ToPrimary =
+  | { type: 'hello' }
+  | { type: 'ready'; hash: string; ports: [string, number][] }
+  | { type: 'reloaded'; hash: string }
+  | { type: 'failed'; phase: 'start' | 'reload'; message: string };
+
+export function workerCount(config: BulwarkConfig): number {
+  return config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1);
+}
+
+function describeFailure(err: unknown): { message: string; issues?: unknown } {
+  if (err instanceof ConfigError) return { message: formatIssues(err.issues), issues: err.issues };
+  return { message: err instanceof Error ? err.message : String(err) };
+}
+
+/** Entry point of `bulwark serve`: the primary (or only) process. Resolves when it has shut down. */
+export async function serve(options: ServeOptions): Promise<number> {
+  const { logger } = options;
+  const overrides: Overrides = { port: options.port, adminPort: options.adminPort };
+  let current: LoadedConfig;
+  try {
+    current = await loadWithOverrides(options.configFile, overrides);
+  } catch (err) {
+    const failure = describeFailure(err);
+    logger.error({ issues: failure.issues }, 'invalid configuration, not starting');
+    process.stderr.write(`bulwark: configuration refused\n${failure.message}\n`);
+    return 1;
+  }
+  for (const warning of current.warnings) logger.warn({ warning }, 'configuration warning');
+  const workers = workerCount(current.config);
+  return workers > 1 ? runPrimary(options, overrides, current, workers) : runSingle(options, overrides, current);
+}
+
+async function runSingle(options: ServeOptions, overrides: Overrides, initial: LoadedConfig): Promise<number> {
+  const { logger } = options;
+  let current = initial;
+  const gateway = new Gateway({ logger });
+  try {
+    await gateway.start(current.config, current.hash);
+  } catch (err) {
+    logger.error({ err }, 'failed to start listeners');
+    return 1;
+  }
+  const admin = await startAdmin(
+    () => current,
+    () => !gateway.isDraining,
+    1,
+    logger,
+  );
+
+  const reload = serialized(async (trigger: string) => {
+    let next: LoadedConfig;
+    try {
+      next = await loadWithOverrides(options.configFile, overrides);
+    } catch (err) {
+      const failure = describeFailure(err);
+      logger.error(
+        { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
+        'reload refused, keeping the running configuration',
+      );
+      return;
+    }
+    if (next.hash === current.hash) return;
+    try {
+      await gateway.reload(next.config, next.hash);
+      current = next;
+      logger.info({ trigger, hash: next.hash }, 'configuration reloaded');
+    } catch (err) {
+      logger.error({ trigger, err }, 'reload failed, keeping the running configuration');
+    }
+  });
+  const unwatch = watchConfig(options.configFile, () => void reload('file'));
+  process.on('SIGHUP', () => void reload('SIGHUP'));
+  // Announce only once reloads are wired, so nobody edits the file into a gap.
+  announce(logger, current.config, gateway.ports(), admin.port);
+
+  const signal = await shutdownSignal();
+  unwatch();
+  const deadline = current.config.shutdownTimeoutMs ?? 30_000;
+  logger.info({ signal, deadline_ms: deadline }, 'draining');
+  admin.server.close();
+  admin.server.closeAllConnections();
+  const clean = await gateway.stop(deadline);
+  logger.info({ clean }, 'stopped');
+  return 0;
+}
+
+async function runPrimary(options: ServeOptions, overrides: Overrides, initial: LoadedConfig, count: number): Promise<number> {
+  const { logger } = options;
+  let current = initial;
+  let shuttingDown = false;
+  const ready = new Set<Worker>();
+  const crashes: number[] = [];
+  let announced = false;
+
+  const send = (worker: Worker, message: ToWorker) => {
+    if (worker.isConnected()) worker.send(message);
+  };
+  const configMessage = (): ToWorker => ({ type: 'config', source: current.source, file: current.file, overrides });
+
+  const fork = () => {
+    const worker = cluster.fork({ BULWARK_WORKER: '1' });
+    worker.on('message', (message: ToPrimary) => {
+      switch (message.type) {
+        case 'hello':
+          send(worker, configMessage());
+          break;
+        case 'ready':
+          ready.add(worker);
+          if (!announced && ready.size === count) {
+            announced = true;
+            announce(logger, current.config, new Map(message.ports), admin.port, count);
+          }
+          break;
+        case 'reloaded':
+          logger.info({ worker: worker.id, hash: message.hash }, 'worker reloaded');
+          break;
+        case 'failed':
+          logger.error({ worker: worker.id, phase: message.phase, error: message.message }, 'worker refused configuration');
+          break;
+      }
+    });
+    return worker;
+  };
+
+  cluster.on('exit', (worker, code, signal) => {
+    ready.delete(worker);
+    if (shuttingDown) return;
+    // A crash loop must not become a fork bomb: back off when workers keep dying.
+    const now = Date.now();
+    crashes.push(now);
+    while (crashes.length > 0 && crashes[0]! < now - 10_000) crashes.shift();
+    const delay = crashes.length > 5 ? Math.min(5_000, 250 * 2 ** (crashes.length - 5)) : 0;
+    logger.error({ worker: worker.id, code, signal, restart_in_ms: delay }, 'worker exited, restarting');
+    setTimeout(() => {
+      if (!shuttingDown) fork();
+    }, delay).unref();
+  });
+
+  const admin = await startAdmin(
+    () => current,
+    () => !shuttingDown && ready.size === count,
+    count,
+    logger,
+  );
+  for (let i = 0; i < count; i++) fork();
+
+  const reload = serialized(async (trigger: string) => {
+    let next: LoadedConfig;
+    try {
+      next = await loadWithOverrides(options.configFile, overrides);
+    } catch (err) {
+      const failure = describeFailure(err);
+      logger.error(
+        { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
+        'reload refused, keeping the running configuration',
+      );
+      return;
+    }
+    if (next.hash === current.hash) return;
+    if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
+    current = next;
+    for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) send(worker, configMessage());
+    logger.info({ trigger, hash: next.hash }, 'configuration sent to workers');
+  });
+  const unwatch = watchConfig(options.configFile, () => void reload('file'));
+  process.on('SIGHUP', () => void reload('SIGHUP'));
+
+  const signal = await shutdownSignal();
+  shuttingDown = true;
+  unwatch();
+  const deadline = current.config.shutdownTimeoutMs ?? 30_000;
+  logger.info({ signal, deadline_ms: deadline }, 'draining workers');
+  admin.server.close();
+  admin.server.closeAllConnections();
+  const workers = Object.values(cluster.workers ?? {}).filter((w): w is Worker => w !== undefined);
+  await Promise.all(
+    workers.map(
+      (worker) =>
+        new Promise<void>((resolve) => {
+          if (worker.isDead()) return resolve();
+          const kill = setTimeout(() => worker.process.kill('SIGKILL'), deadline + 2_000);
+          worker.once('exit', () => {
+            clearTimeout(kill);
+            resolve();
+          });
+          send(worker, { type: 'shutdown', deadlineMs: deadline });
+        }),
+    ),
+  );
+  logger.info({}, 'stopped');
+  return 0;
+}
+
+/** A cluster worker: takes its config from the primary (the text the primary validated), serves, reports. */
+export async function runWorker(logger: Logger): Promise<void> {
+  const gateway = new Gateway({ logger });
+  let started = false;
+  let hash = '';
+  const post = (message: ToPrimary) => {
+    if (process.connected) process.send!(message);
+  };
+  // The primary orchestrates signals; a terminal's Ctrl-C reaches every process of the group.
+  for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => {});
+  const stop = async (deadlineMs: number) => {
+    await gateway.stop(deadlineMs);
+    process.exit(0);
+  };
+  process.on('disconnect', () => void stop(5_000));
+  const apply = serialized(async (message: ToWorker) => {
+    if (message.type === 'shutdown') return stop(message.deadlineMs);
+    let loaded: LoadedConfig;
+    try {
+      loaded = parseWithOverrides(message.source, message.file, message.overrides);
+    } catch (err) {
+      post({ type: 'failed', phase: started ? 'reload' : 'start', message: describeFailure(err).message });
+      if (!started) process.exit(1);
+      return;
+    }
+    if (loaded.hash === hash) return;
+    try {
+      if (started) await gateway.reload(loaded.config, loaded.hash);
+      else await gateway.start(loaded.config, loaded.hash);
+    } catch (err) {
+      post({ type: 'failed', phase: started ? 'reload' : 'start', message: describeFailure(err).message });
+      if (!started) process.exit(1);
+      return;
+    }
+    hash = loaded.hash;
+    if (!started) {
+      started = true;
+      post({ type: 'ready', hash, ports: [...gateway.ports()] });
+    } else post({ type: 'reloaded', hash });
+  });
+  process.on('message', (message: ToWorker) => void apply(message));
+  post({ type: 'hello' });
+}
+
+async function startAdmin(
+  current: () => LoadedConfig,
+  isReady: () => boolean,
+  workers: number,
+  logger: Logger,
+): Promise<{ server: Server; port: number | null }> {
+  const adminConfig = current().config.admin;
+  const server = createAdminServer({
+    ready: isReady,
+    config: () => {
+      const loaded = current();
+      return {
+        hash: loaded.hash,
+        file: loaded.file,
+        loadedAt: new Date().toISOString(),
+        workers,
+        config: redactConfig(loaded.config),
+      };
+    },
+  });
+  if (adminConfig !== undefined && adminConfig.enabled === false) return { server, port: null };
+  try {
+    const port = await listenAdmin(server, adminConfig?.port ?? 9901, adminConfig?.address ?? '127.0.0.1');
+    return { server, port };
+  } catch (err) {
+    logger.error({ err }, 'admin listener failed');
+    throw err;
+  }
+}
+
+function announce(
+  logger: Logger,
+  config: BulwarkConfig,
+  ports: Map<string, number>,
+  adminPort: number | null,
+  workers = 1,
+): void {
+  const listeners = [...ports].map(([key, port]) => ({ key, port }));
+  logger.info({ listeners, admin_port: adminPort, workers }, 'listening');
+  const lines = [`bulwark: serving with ${workers} worker${workers === 1 ? '' : 's'}`];
+  for (const { key, port } of listeners) {
+    const scheme = key.startsWith('https') ? 'https' : 'http';
+    const address = key.slice(key.indexOf('://') + 3, key.lastIndexOf(':'));
+    const host = address === '0.0.0.0' || address === '::' ? '127.0.0.1' : address;
+    lines.push(`  gateway  ${scheme}://${host}:${port}  (${key.split('://')[0]})`);
+  }
+  if (adminPort !== null)
+    lines.push(`  admin    http://${config.admin?.address ?? '127.0.0.1'}:${adminPort}  (/healthz /readyz /config)`);
+  const first = listeners[0];
+  if (first !== undefined) {
+    lines.push('  try:');
+    for (const route of config.routes.slice(0, 5)) {
+      const p = route.match.path;
+      const sample =
+        p === undefined ? '/' : 'exact' in p ? p.exact : 'prefix' in p ? p.prefix : p.glob.replace(/\{[^}]+\}|\*\*?/g, 'x');
+      lines.push(`    curl -i http://127.0.0.1:${first.port}${sample}    # route ${route.id}`);
+    }
+  }
+  process.stderr.write(lines.join('\n') + '\n');
+}
+
+function shutdownSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const on = (signal: string) => () => resolve(signal);
+    process.once('SIGTERM', on('SIGTERM'));
+    process.once('SIGINT', on('SIGINT'));
+  });
+}
+
+/** Runs calls one at a time, so two reloads never interleave. */
+function serialized<A>(fn: (arg: A) => Promise<void>): (arg: A) => Promise<void> {
+  let chain = Promise.resolve();
+  return (arg: A) => (chain = chain.then(() => fn(arg)).catch(() => {}));
+}
+
+export function isWorkerProcess(): boolean {
+  return cluster.isWorker && process.env['BULWARK_WORKER'] === '1';
+}

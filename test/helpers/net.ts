@@ -1,0 +1,130 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { connect, type AddressInfo } from 'node:net';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseConfig } from '../../src/config/load.js';
+import { Gateway } from '../../src/gateway/gateway.js';
+import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import { createLogger } from '../../src/telemetry/logger.js';
+
+export interface TestUpstream {
+  port: number;
+  origin: string;
+  server: Server;
+  requests: { method: string; url: string; headers: IncomingMessage['headers']; body: Buffer }[];
+  close(): Promise<void>;
+}
+
+/** A real upstream; by default it records each request and answers 200 with JSON about it. */
+export async function startUpstream(
+  handler?: (req: IncomingMessage, res: ServerResponse, body: Buffer) => void,
+): Promise<TestUpstream> {
+  const requests: TestUpstream['requests'] = [];
+  const server = createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks);
+      requests.push({ method: req.method!, url: req.url!, headers: req.headers, body });
+      if (handler) return handler(req, res, body);
+      const text = JSON.stringify({ method: req.method, url: req.url, headers: req.headers, bodyBytes: body.length });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    origin: `http://127.0.0.1:${port}`,
+    server,
+    requests,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  };
+}
+
+export interface TestGateway {
+  gateway: Gateway;
+  port: number;
+  url: string;
+  close(): Promise<void>;
+}
+
+/** An in-process gateway from YAML, validated exactly as `bulwark serve` would. */
+export async function startGateway(yaml: string): Promise<TestGateway> {
+  const loaded = parseConfig(yaml, 'test.yaml', { checks: CONFIG_CHECKS });
+  const gateway = new Gateway({ logger: createLogger({ level: process.env['BULWARK_TEST_LOG'] ?? 'silent' }) });
+  await gateway.start(loaded.config, loaded.hash);
+  const port = [...gateway.ports().values()][0]!;
+  return { gateway, port, url: `http://127.0.0.1:${port}`, close: async () => void (await gateway.stop(2000)) };
+}
+
+/** Writes raw bytes and collects the whole reply until the server closes or `waitMs` passes. */
+export function rawRequest(port: number, data: string | Buffer, waitMs = 1500): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => socket.destroy(), waitMs);
+    socket.on('data', (c) => chunks.push(c));
+    socket.on('error', (err) => (chunks.length > 0 ? undefined : reject(err)));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks).toString('latin1'));
+    });
+    socket.write(data);
+  });
+}
+
+export function statusOf(rawResponse: string): number {
+  const m = /^HTTP\/1\.[01] (\d{3})/.exec(rawResponse);
+  return m ? Number(m[1]) : 0;
+}
+
+export function bodyOf(rawResponse: string): string {
+  const i = rawResponse.indexOf('\r\n\r\n');
+  return i === -1 ? '' : rawResponse.slice(i + 4);
+}
+
+/** A throwaway self-signed certificate for TLS listeners. */
+export function selfSignedCert(): { cert: string; key: string; dir: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'bulwark-tls-'));
+  const cert = join(dir, 'cert.pem');
+  const key = join(dir, 'key.pem');
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '1',
+      '-subj',
+      '/CN=localhost',
+      '-addext',
+      'subjectAltName=DNS:localhost,IP:127.0.0.1',
+    ],
+    { stdio: 'ignore' },
+  );
+  return { cert, key, dir };
+}
+
+export function tempFile(name: string, content: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'bulwark-'));
+  const file = join(dir, name);
+  writeFileSync(file, content);
+  return file;
+}
