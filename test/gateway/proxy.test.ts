@@ -309,3 +309,27 @@ routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
     }
   });
 });
+
+describe('slow request bodies', () => {
+  it('cuts a client that stops sending its body with 408 and keeps serving', async () => {
+    const upstream = await startUpstream();
+    const gw = await startGateway(`
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0, limits: { headersTimeoutMs: 300, requestTimeoutMs: 600 } }]
+upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+`);
+    try {
+      const raw = await rawRequest(gw.port, 'POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part', 3000);
+      expect(statusOf(raw)).toBe(408);
+      expect(JSON.parse(bodyOf(raw)).code).toBe('request.timeout');
+      expect(upstream.requests.filter((r) => r.body.length === 100)).toHaveLength(0);
+      const res = await request(`${gw.url}/ok`);
+      expect(res.statusCode).toBe(200);
+      await res.body.dump();
+    } finally {
+      await gw.close();
+      await upstream.close();
+    }
+  });
+});
