@@ -586,14 +586,21 @@ const checkPorts: ConfigCheck = (config, report) => {
       `${listener.address}:${listener.port} conflicts with listeners[${i}] (${other.address}:${other.port})`,
     );
   });
-  const admin = config.admin;
-  if (!admin || admin.enabled === false || admin.port === 0) return;
+  // An absent `admin` still starts the admin listener on its default port.
+  const admin = config.admin ?? { enabled: true, port: DEFAULT_ADMIN_PORT };
+  if (admin.enabled === false || admin.port === 0) return;
   listeners.forEach((listener, i) => {
     if (listener.port === admin.port) {
-      report(['admin', 'port'], 'config.port_conflict', `admin port ${admin.port} is also the port of listeners[${i}]`);
+      report(
+        config.admin ? ['admin', 'port'] : ['listeners', i, 'port'],
+        'config.port_conflict',
+        `port ${admin.port} is also the admin listener's port`,
+      );
     }
   });
 };
+
+const DEFAULT_ADMIN_PORT = 9901;
 
 function isIpOrCidr(value: string): boolean {
   const slash = value.indexOf('/');

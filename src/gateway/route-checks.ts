@@ -14,3 +14,17 @@ export const routeChecks: ConfigCheck = (config, report) => {
     report(['routes', warning.index], 'config.route_shadowed', warning.message, 'warning');
   }
 };
+
+/** Path knobs that cannot be combined: a kept `\\` travels as `%5C`, which a strict encoded-slash rule would then refuse. */
+export const listenerChecks: ConfigCheck = (config, report) => {
+  config.listeners.forEach((listener, index) => {
+    const paths = listener.paths;
+    if (paths?.backslash === 'keep' && (paths.encodedSlash ?? 'reject') === 'reject') {
+      report(
+        ['listeners', index, 'paths', 'backslash'],
+        'config.path_policy',
+        '`backslash: keep` requires `encodedSlash: keep` (a kept backslash is sent as %5C)',
+      );
+    }
+  });
+};

@@ -2,14 +2,14 @@ import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
-import { routeChecks } from '../gateway/route-checks.js';
+import { listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
   port?: number | undefined;
   adminPort?: number | undefined;
 }
 
-export const CONFIG_CHECKS: readonly ConfigCheck[] = [routeChecks];
+export const CONFIG_CHECKS: readonly ConfigCheck[] = [routeChecks, listenerChecks];
 
 /** CLI flags win over the file; applied after validation so they survive every reload. */
 export function applyOverrides(config: BulwarkConfig, overrides: Overrides): BulwarkConfig {

@@ -195,3 +195,36 @@ describe('CLI', () => {
     expect(served.stderr).toContain(`${bad}:1:`);
   });
 });
+
+describe('validate: router and listener checks', () => {
+  it('warns about a shadowed route (exit 0) and refuses incompatible path knobs and bad globs (exit 1)', async () => {
+    const shadowed = tempFile(
+      'shadow.yaml',
+      `version: 1
+listeners: [{ port: 8080 }]
+upstreams: { app: { endpoints: ['http://127.0.0.1:1'] } }
+routes:
+  - { id: all, match: { path: { prefix: /api } }, upstream: app }
+  - { id: users, match: { path: { prefix: /api/users } }, upstream: app }
+`,
+    );
+    const warned = await runCli(['validate', shadowed]);
+    expect(warned.code).toBe(0);
+    expect(warned.stderr).toContain(`${shadowed}:6:`);
+    expect(warned.stderr).toContain('config.route_shadowed');
+
+    const knobs = tempFile(
+      'knobs.yaml',
+      `version: 1
+listeners: [{ port: 8080, paths: { backslash: keep } }]
+upstreams: { app: { endpoints: ['http://127.0.0.1:1'] } }
+routes:
+  - { id: g, match: { path: { glob: '/a/**/b/**' } }, upstream: app }
+`,
+    );
+    const refused = await runCli(['validate', knobs]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('config.path_policy');
+    expect(refused.stderr).toContain('config.bad_glob');
+  });
+});

@@ -1,0 +1,900 @@
+// `npm run bench`: measure Bulwark against a bare node:http proxy, in one run.
+//
+// Starts the benchmark upstream and the baseline proxy as child processes, then,
+// for every scenario in bench/scenarios/ (and every variant of it, e.g. workers
+// 1 and auto), starts the gateway with the scenario's config, waits for
+// /readyz, drives load with autocannon (and wrk when installed), and stops it.
+// Prints a table and a ratio per scenario; writes everything to
+// bench/results/<timestamp>.json. See bench/README.md.
+import autocannon from 'autocannon';
+import { spawn, execFileSync } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import YAML from 'yaml';
+
+const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+const ROOT = path.resolve(BENCH_DIR, '..');
+const READY_TIMEOUT_MS = 20_000;
+const STOP_TIMEOUT_MS = 15_000;
+
+class BenchError extends Error {}
+
+// ---------------------------------------------------------------- settings
+
+function envNumber(name, def, { min = 0, integer = false } = {}) {
+  const raw = process.env[name];
+  if (raw === undefined || raw === '') return def;
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n < min || (integer && !Number.isInteger(n))) {
+    throw new BenchError(`${name}=${raw}: expected ${integer ? 'an integer' : 'a number'} >= ${min}`);
+  }
+  return n;
+}
+
+function readSettings() {
+  return {
+    duration: envNumber('BENCH_DURATION', 10, { min: 1, integer: true }),
+    warmup: envNumber('BENCH_WARMUP', 2, { min: 0, integer: true }),
+    connections: envNumber('BENCH_CONNECTIONS', 50, { min: 1, integer: true }),
+    pipelining: envNumber('BENCH_PIPELINING', 1, { min: 1, integer: true }),
+    rounds: envNumber('BENCH_ROUNDS', 1, { min: 1, integer: true }),
+    scenarios: (process.env.BENCH_SCENARIOS ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+    gatewayCmd: process.env.BENCH_GATEWAY_CMD?.trim() || null,
+    wrk: process.env.BENCH_WRK === '0' ? null : findWrk(),
+  };
+}
+
+function findWrk() {
+  try {
+    return (
+      execFileSync('/bin/sh', ['-c', 'command -v wrk'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim() || null
+    );
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- child processes
+
+/** Every child we started and have not yet seen stopped; each leads its own process group. */
+const children = new Set();
+let stopping = false;
+/** Configs, gateway logs, wrk scripts; removed after a completed run, kept after a failed one. */
+let tmpDir = null;
+
+/**
+ * Spawn `command args` as the leader of a new process group (so a gateway's
+ * cluster workers can be signalled together with it).
+ */
+function startChild(name, command, args, { stdio = ['ignore', 'pipe', 'pipe'], env = process.env } = {}) {
+  if (stopping) throw new BenchError('interrupted');
+  const child = spawn(command, args, { cwd: ROOT, env, stdio, detached: true });
+  const entry = { name, child, pid: child.pid, exit: null, stderr: '' };
+  entry.exited = new Promise((resolve) => {
+    child.once('exit', (code, signal) => resolve((entry.exit = { code, signal })));
+    child.once('error', (error) => resolve((entry.exit = { code: null, signal: null, error: error.message })));
+  });
+  child.stderr?.on('data', (chunk) => {
+    entry.stderr = (entry.stderr + chunk).slice(-16_384);
+  });
+  children.add(entry);
+  return entry;
+}
+
+function signalGroup(entry, signal) {
+  if (!entry.pid) return false;
+  try {
+    process.kill(-entry.pid, signal);
+    return true;
+  } catch {
+    return false; // ESRCH: the whole group is gone
+  }
+}
+
+const groupAlive = (entry) => signalGroup(entry, 0);
+
+/** SIGTERM the child's group, wait for the leader (then stragglers) to exit; SIGKILL after a timeout. */
+async function stopChild(entry, timeoutMs = STOP_TIMEOUT_MS) {
+  if (!children.has(entry)) return entry.exit;
+  if (!entry.exit) {
+    signalGroup(entry, 'SIGTERM');
+    const exited = await Promise.race([entry.exited, sleep(timeoutMs, null)]);
+    if (!exited) {
+      console.error(`  ${entry.name} did not exit within ${timeoutMs / 1000} s of SIGTERM; killing it`);
+      signalGroup(entry, 'SIGKILL');
+      await entry.exited;
+    }
+  }
+  // The leader is gone; give any of its group (e.g. cluster workers) a moment, then kill them.
+  for (let i = 0; i < 40 && groupAlive(entry); i++) await sleep(50);
+  if (groupAlive(entry)) signalGroup(entry, 'SIGKILL');
+  children.delete(entry);
+  return entry.exit;
+}
+
+async function stopAll() {
+  await Promise.all([...children].map((entry) => stopChild(entry, 5_000)));
+}
+
+/** Last resort on process exit: nothing async is possible any more. */
+function killAllSync() {
+  for (const entry of children) {
+    signalGroup(entry, 'SIGKILL');
+  }
+  children.clear();
+}
+
+/** Read the first line of a child's stdout as JSON (our helpers print `{"port":N}`). */
+function readPortLine(entry, timeoutMs = 10_000) {
+  return new Promise((resolve, reject) => {
+    let buf = '';
+    const fail = (why) => {
+      cleanup();
+      reject(new BenchError(`${entry.name}: ${why}${entry.stderr ? `\n--- stderr ---\n${entry.stderr}` : ''}`));
+    };
+    const onData = (chunk) => {
+      buf += chunk;
+      const nl = buf.indexOf('\n');
+      if (nl < 0) return;
+      cleanup();
+      entry.child.stdout.resume(); // keep draining, ignore anything else
+      try {
+        const msg = JSON.parse(buf.slice(0, nl));
+        if (!Number.isInteger(msg.port)) throw new Error('no port');
+        resolve(msg);
+      } catch {
+        reject(new BenchError(`${entry.name}: expected {"port":N} on stdout, got ${JSON.stringify(buf.slice(0, nl))}`));
+      }
+    };
+    const onExit = () => setImmediate(() => fail(`exited (${describeExit(entry.exit)}) before reporting its port`));
+    const timer = setTimeout(() => fail(`no port reported within ${timeoutMs / 1000} s`), timeoutMs);
+    const cleanup = () => {
+      clearTimeout(timer);
+      entry.child.stdout.off('data', onData);
+      entry.child.off('exit', onExit);
+    };
+    entry.child.stdout.setEncoding('utf8');
+    entry.child.stdout.on('data', onData);
+    entry.child.once('exit', onExit);
+  });
+}
+
+function describeExit(exit) {
+  if (!exit) return 'running';
+  if (exit.error) return exit.error;
+  return exit.signal ? `signal ${exit.signal}` : `code ${exit.code}`;
+}
+
+/** Start one of our helper scripts (upstream.js, baseline-proxy.js) and wait for its port. */
+async function startHelper(name, script, args = []) {
+  const entry = startChild(name, process.execPath, [path.join(BENCH_DIR, script), ...args, '--exit-with-stdin'], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  const { port } = await readPortLine(entry);
+  entry.port = port;
+  return entry;
+}
+
+// ---------------------------------------------------------------- gateway
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function expandTemplate(cmd, vars) {
+  return cmd.replace(/\{(\w+)\}/g, (whole, key) => (key in vars ? String(vars[key]) : whole));
+}
+
+/** Start the gateway for one scenario variant, wait for /readyz; returns the child entry. */
+async function startGateway({ label, configPath, ctx, settings, logBase }) {
+  const outFd = openSync(`${logBase}.stdout.log`, 'w');
+  const errFd = openSync(`${logBase}.stderr.log`, 'w');
+  const vars = {
+    config: configPath,
+    port: ctx.listenPort,
+    adminPort: ctx.adminPort,
+    upstreamPort: ctx.upstreamPort,
+    workers: ctx.workers,
+  };
+  const env = {
+    ...process.env,
+    BENCH_CONFIG: configPath,
+    BENCH_LISTEN_PORT: String(ctx.listenPort),
+    BENCH_ADMIN_PORT: String(ctx.adminPort),
+    BENCH_UPSTREAM_PORT: String(ctx.upstreamPort),
+    BENCH_WORKERS: String(ctx.workers),
+  };
+  // Logs go straight to files: piping them through this process would spend the load generator's CPU.
+  const stdio = ['ignore', outFd, errFd];
+  let entry;
+  try {
+    entry = settings.gatewayCmd
+      ? startChild(label, '/bin/sh', ['-c', expandTemplate(settings.gatewayCmd, vars)], { stdio, env })
+      : startChild(label, process.execPath, [path.join(ROOT, 'bin', 'bulwark.js'), 'serve', '--config', configPath], {
+          stdio,
+          env,
+        });
+  } finally {
+    closeSync(outFd);
+    closeSync(errFd);
+  }
+  entry.logBase = logBase;
+
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let last = 'no answer yet';
+  while (Date.now() < deadline) {
+    if (stopping) throw new BenchError('interrupted');
+    if (entry.exit) break;
+    try {
+      const { status } = await httpRequest({ port: ctx.adminPort, path: '/readyz', timeoutMs: 1_000 });
+      if (status === 200) return entry;
+      last = `GET /readyz answered ${status}`;
+    } catch (error) {
+      last = error.code ?? error.message;
+    }
+    await sleep(100);
+  }
+  const why = entry.exit ? `exited (${describeExit(entry.exit)})` : `not ready after ${READY_TIMEOUT_MS / 1000} s (${last})`;
+  await stopChild(entry, 5_000);
+  throw new BenchError(`${label} did not start: ${why}\n${gatewayLogs(entry)}`);
+}
+
+function gatewayLogs(entry, max = 8_192) {
+  const read = (suffix) => {
+    try {
+      return readFileSync(`${entry.logBase}.${suffix}.log`, 'utf8').slice(-max);
+    } catch {
+      return '';
+    }
+  };
+  const stderr = read('stderr');
+  const stdout = read('stdout');
+  let out = `--- stderr (${entry.logBase}.stderr.log) ---\n${stderr || '(empty)\n'}`;
+  if (!stderr && stdout) out += `--- stdout (last ${max} bytes) ---\n${stdout}`;
+  return out;
+}
+
+// ---------------------------------------------------------------- requests and load
+
+function httpRequest({ port, path: reqPath = '/', method = 'GET', headers = {}, body, timeoutMs = 2_000 }) {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path: reqPath, method, headers, agent: false, timeout: timeoutMs },
+      (res) => {
+        let data = '';
+        res.setEncoding('utf8');
+        res.on('data', (chunk) => {
+          if (data.length < 2_048) data += chunk;
+        });
+        res.on('end', () => resolve({ status: res.statusCode, body: data }));
+        res.on('error', reject);
+      },
+    );
+    req.on('timeout', () => req.destroy(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+function normalizeRequest(request) {
+  const method = (request?.method ?? 'GET').toUpperCase();
+  const headers = { ...(request?.headers ?? {}) };
+  let body = request?.body;
+  if (body !== undefined && typeof body !== 'string' && !Buffer.isBuffer(body)) {
+    body = JSON.stringify(body);
+    if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = 'application/json';
+  }
+  if (Buffer.isBuffer(body)) body = body.toString('utf8');
+  return { method, path: request?.path ?? '/', headers, ...(body !== undefined ? { body } : {}) };
+}
+
+const requestKey = (request) => JSON.stringify(request);
+const describeRequest = (request) => `${request.method} ${request.path}`;
+
+let currentLoad = null;
+
+/** One autocannon run; resolves with the result plus exact latency percentiles of the 2xx responses. */
+function autocannonRun(url, request, seconds, settings) {
+  if (stopping) return Promise.reject(new BenchError('interrupted'));
+  return new Promise((resolve, reject) => {
+    const latencies = [];
+    const instance = autocannon(
+      {
+        url,
+        connections: settings.connections,
+        pipelining: settings.pipelining,
+        duration: seconds,
+        method: request.method,
+        headers: request.headers,
+        ...(request.body !== undefined ? { body: request.body } : {}),
+      },
+      (error, result) => {
+        currentLoad = null;
+        if (error) reject(error);
+        else resolve({ result, latencies });
+      },
+    );
+    // autocannon's own histogram has 1 ms resolution; keep the exact times too.
+    instance.on('response', (_client, statusCode, _bytes, responseTime) => {
+      if (statusCode >= 200 && statusCode < 300) latencies.push(responseTime);
+    });
+    currentLoad = instance;
+  });
+}
+
+function median(sorted) {
+  const n = sorted.length;
+  return n % 2 ? sorted[(n - 1) / 2] : (sorted[n / 2 - 1] + sorted[n / 2]) / 2;
+}
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return null;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+/** Warm-up (not recorded), then one measured run. */
+async function measureAutocannon(url, request, settings) {
+  await warmUp(url, request, settings);
+  return measureOnce(url, request, settings);
+}
+
+async function warmUp(url, request, settings) {
+  if (settings.warmup > 0) await autocannonRun(url, request, settings.warmup, settings);
+}
+
+async function measureOnce(url, request, settings) {
+  const { result, latencies } = await autocannonRun(url, request, settings.duration, settings);
+  const sorted = Float64Array.from(latencies).sort();
+  const round = (x) => (x === null ? null : Math.round(x * 1000) / 1000);
+  return {
+    tool: 'autocannon',
+    reqPerSec: result.requests.average,
+    reqPerSecStddev: result.requests.stddev,
+    totalRequests: result.requests.total,
+    latencyMs: {
+      mean: round(sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : null),
+      p50: round(percentile(sorted, 50)),
+      p90: round(percentile(sorted, 90)),
+      p99: round(percentile(sorted, 99)),
+      p999: round(percentile(sorted, 99.9)),
+      max: round(sorted.length ? sorted[sorted.length - 1] : null),
+    },
+    errors: result.errors,
+    timeouts: result.timeouts,
+    non2xx: result.non2xx,
+    statusCodes: Object.fromEntries(Object.entries(result.statusCodeStats).map(([code, { count }]) => [code, count])),
+    throughputBytesPerSec: result.throughput.average,
+    autocannon: {
+      latency: result.latency,
+      requests: result.requests,
+      throughput: result.throughput,
+      duration: result.duration,
+      start: result.start,
+      finish: result.finish,
+      resets: result.resets,
+      mismatches: result.mismatches,
+    },
+  };
+}
+
+function luaString(s) {
+  let out = '"';
+  for (const byte of Buffer.from(String(s), 'utf8')) {
+    if (byte === 0x22) out += '\\"';
+    else if (byte === 0x5c) out += '\\\\';
+    else if (byte >= 0x20 && byte < 0x7f) out += String.fromCharCode(byte);
+    else out += `\\${String(byte).padStart(3, '0')}`;
+  }
+  return out + '"';
+}
+
+function toMs(value, unit) {
+  const n = Number(value);
+  return { us: n / 1000, ms: n, s: n * 1000, m: n * 60_000, h: n * 3_600_000 }[unit] ?? null;
+}
+
+/** Parse `wrk --latency` output. */
+export function parseWrk(text) {
+  const num = (re) => {
+    const m = text.match(re);
+    return m ? Number(m[1]) : 0;
+  };
+  const pct = (p) => {
+    const m = text.match(new RegExp(`^\\s*${p}%\\s+([\\d.]+)(us|ms|s|m|h)\\s*$`, 'm'));
+    return m ? toMs(m[1], m[2]) : null;
+  };
+  const sock = text.match(/Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/);
+  const socketErrors = sock ? { connect: +sock[1], read: +sock[2], write: +sock[3], timeout: +sock[4] } : null;
+  return {
+    reqPerSec: num(/Requests\/sec:\s+([\d.]+)/),
+    totalRequests: num(/(\d+) requests in/),
+    latencyMs: { p50: pct(50), p90: pct(90), p99: pct(99) },
+    errors: socketErrors ? socketErrors.connect + socketErrors.read + socketErrors.write + socketErrors.timeout : 0,
+    timeouts: socketErrors?.timeout ?? 0,
+    socketErrors,
+    non2xx: num(/Non-2xx or 3xx responses:\s+(\d+)/), // wrk counts status >= 400 here
+  };
+}
+
+async function measureWrk(url, request, settings) {
+  const args = ['-t1', `-c${settings.connections}`, `-d${settings.duration}s`, '--latency'];
+  const plain = request.method === 'GET' && Object.keys(request.headers).length === 0 && request.body === undefined;
+  if (!plain) {
+    const lines = [`wrk.method = ${luaString(request.method)}`];
+    for (const [name, value] of Object.entries(request.headers))
+      lines.push(`wrk.headers[${luaString(name)}] = ${luaString(value)}`);
+    if (request.body !== undefined) lines.push(`wrk.body = ${luaString(request.body)}`);
+    const script = path.join(tmpDir, `wrk-${Date.now()}.lua`);
+    await writeFile(script, lines.join('\n') + '\n');
+    args.push('-s', script);
+  }
+  args.push(url);
+  const entry = startChild('wrk', settings.wrk, args);
+  let stdout = '';
+  entry.child.stdout.setEncoding('utf8');
+  entry.child.stdout.on('data', (chunk) => (stdout += chunk));
+  const exit = await entry.exited;
+  await stopChild(entry);
+  if (stopping) throw new BenchError('interrupted');
+  if (exit.code !== 0) throw new BenchError(`wrk failed (${describeExit(exit)}): ${entry.stderr || stdout}`);
+  return { tool: 'wrk', ...parseWrk(stdout), raw: stdout };
+}
+
+// ---------------------------------------------------------------- scenarios
+
+const DEFAULT_VARIANTS = [{ id: '1', label: '1 worker', workers: 1 }];
+
+async function loadScenarios(filter) {
+  const dir = path.join(BENCH_DIR, 'scenarios');
+  const files = (await readdir(dir)).filter((f) => f.endsWith('.js')).sort();
+  const scenarios = [];
+  for (const file of files) {
+    const mod = await import(pathToFileURL(path.join(dir, file)).href);
+    const s = mod.default;
+    if (!s || typeof s.name !== 'string' || typeof s.gatewayConfig !== 'function') {
+      throw new BenchError(`bench/scenarios/${file}: default export needs at least { name, gatewayConfig(ctx) }`);
+    }
+    const variants = (s.variants?.length ? s.variants : DEFAULT_VARIANTS).map((v, i) => ({
+      id: String(v.id ?? i + 1),
+      label: v.label ?? `workers: ${v.workers ?? 1}`,
+      workers: v.workers ?? 1,
+      wrk: v.wrk ?? (v.workers ?? 1) === 1,
+    }));
+    scenarios.push({ ...s, file, variants, compareTo: s.compareTo ?? 'baseline' });
+  }
+  // passthrough first: it is the reference the others are read against.
+  scenarios.sort((a, b) => (a.name === 'passthrough' ? -1 : b.name === 'passthrough' ? 1 : 0));
+  const names = new Set();
+  for (const s of scenarios) {
+    if (names.has(s.name)) throw new BenchError(`two scenarios are named ${s.name}`);
+    names.add(s.name);
+  }
+  if (filter.length === 0) return scenarios;
+
+  const picked = [];
+  for (const s of scenarios) {
+    if (filter.includes(s.name)) picked.push(s);
+    else {
+      const variants = s.variants.filter((v) => filter.includes(`${s.name}:${v.id}`));
+      if (variants.length) picked.push({ ...s, variants });
+    }
+  }
+  const known = scenarios.flatMap((s) => [s.name, ...s.variants.map((v) => `${s.name}:${v.id}`)]);
+  const unknown = filter.filter((f) => !known.includes(f));
+  if (unknown.length) throw new BenchError(`BENCH_SCENARIOS: unknown ${unknown.join(', ')}; known: ${known.join(', ')}`);
+  return picked;
+}
+
+// ---------------------------------------------------------------- reporting
+
+const fmtInt = (n) => (n === null || n === undefined ? '-' : Math.round(n).toLocaleString('en-US'));
+const fmtMs = (n) => (n === null || n === undefined ? '-' : n.toFixed(2));
+const fmtRatio = (n) => (n === null || n === undefined || !Number.isFinite(n) ? '-' : `${n.toFixed(2)}x`);
+
+function printTable(rows) {
+  const header = ['target', 'tool', 'req/s', 'p50 ms', 'p99 ms', 'err/non-2xx', 'vs baseline'];
+  const body = rows.map((r) => [
+    r.target,
+    r.tool,
+    fmtInt(r.reqPerSec),
+    fmtMs(r.latencyMs.p50),
+    fmtMs(r.latencyMs.p99),
+    `${r.errors}/${r.non2xx}`,
+    fmtRatio(r.vsBaseline) + (r.rounds ? '*' : ''),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
+  const line = (cells) => cells.map((c, i) => (i === 0 || i === 1 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  console.log(line(header));
+  console.log(widths.map((w) => '-'.repeat(w)).join('  '));
+  for (const row of body) console.log(line(row));
+  if (rows.some((r) => r.rounds)) {
+    console.log(
+      '* median of the paired rounds (each gateway run over the baseline run next to it); req/s and latency: the median run',
+    );
+  }
+}
+
+function gitInfo() {
+  try {
+    const commit = execFileSync('git', ['rev-parse', 'HEAD'], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+    const dirty =
+      execFileSync('git', ['status', '--porcelain'], {
+        cwd: ROOT,
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim() !== '';
+    return { commit, dirty };
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------- main
+
+async function main() {
+  const settings = readSettings();
+  const scenarios = await loadScenarios(settings.scenarios);
+  const gatewayBin = path.join(ROOT, 'bin', 'bulwark.js');
+  if (!settings.gatewayCmd && !existsSync(gatewayBin)) {
+    throw new BenchError(
+      `${path.relative(ROOT, gatewayBin)} not found: build the gateway, or set BENCH_GATEWAY_CMD (see bench/README.md)`,
+    );
+  }
+  const startedAt = new Date();
+  const loadavgAtStart = os.loadavg();
+  tmpDir = await mkdtemp(path.join(os.tmpdir(), 'bulwark-bench-'));
+
+  const cpus = os.cpus();
+  console.log(
+    `bulwark bench: ${settings.duration} s per target (+${settings.warmup} s warm-up), ${settings.connections} connections, ` +
+      `pipelining ${settings.pipelining}${settings.rounds > 1 ? `, ${settings.rounds} paired rounds per gateway` : ''}; node ${process.version}, ${cpus.length} CPU(s)` +
+      (cpus[0] ? ` (${cpus[0].model.trim()})` : ''),
+  );
+  console.log(
+    `gateway: ${settings.gatewayCmd ? `BENCH_GATEWAY_CMD=${settings.gatewayCmd}` : 'node bin/bulwark.js serve'}; ` +
+      `wrk: ${settings.wrk ?? (process.env.BENCH_WRK === '0' ? 'disabled (BENCH_WRK=0)' : 'not installed')}`,
+  );
+  console.log(`scenarios: ${scenarios.map((s) => `${s.name} [${s.variants.map((v) => v.label).join(', ')}]`).join('; ')}`);
+  if (cpus.length <= 2) {
+    console.log(
+      `note: ${cpus.length} CPU(s): load generator, upstream and proxy share them; compare ratios, not absolute numbers.`,
+    );
+  }
+  if (loadavgAtStart[0] > cpus.length) {
+    console.log(
+      `note: load average ${loadavgAtStart[0].toFixed(2)} before the run: something else is using the CPU; expect noisy numbers.`,
+    );
+  }
+  console.log('');
+
+  const rows = [];
+  const warnings = [];
+  const warn = (msg) => {
+    warnings.push(msg);
+    console.log(`  WARNING: ${msg}`);
+  };
+  const checkRow = (row) => {
+    if (row.errors > 0 || row.non2xx > 0) {
+      const codes = row.statusCodes
+        ? ` (status ${Object.entries(row.statusCodes)
+            .map(([c, n]) => `${c}: ${n}`)
+            .join(', ')})`
+        : '';
+      warn(
+        `${row.target} [${row.tool}]: ${row.errors} errors, ${row.non2xx} non-2xx${codes}; these numbers do not measure the happy path`,
+      );
+    }
+  };
+  const report = (row) => {
+    const lat = `p50 ${fmtMs(row.latencyMs.p50)} ms, p99 ${fmtMs(row.latencyMs.p99)} ms`;
+    console.log(`  ${row.tool}: ${fmtInt(row.reqPerSec)} req/s, ${lat}, ${row.errors} errors, ${row.non2xx} non-2xx`);
+    checkRow(row);
+  };
+
+  const upstream = await startHelper('upstream', 'upstream.js');
+  const baseline = await startHelper('baseline proxy', 'baseline-proxy.js', ['--upstream-port', String(upstream.port)]);
+  const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
+
+  // Reference targets are measured once per distinct request shape.
+  const references = new Map();
+  const isDefaultRequest = (r) =>
+    r.method === 'GET' && r.path === '/' && Object.keys(r.headers).length === 0 && r.body === undefined;
+  const tagFor = (request) => (isDefaultRequest(request) ? '' : ` [${describeRequest(request)}]`);
+
+  async function measureReferences(request) {
+    const key = requestKey(request);
+    if (references.has(key)) return references.get(key);
+    const ref = {};
+    for (const [kind, target, port, useWrk] of [
+      ['upstream', `upstream (direct)${tagFor(request)}`, upstream.port, false],
+      ['baseline', `baseline proxy${tagFor(request)}`, baseline.port, true],
+    ]) {
+      console.log(`${target}: http://127.0.0.1:${port}${request.path}`);
+      const probe = await httpRequest({ port, ...request });
+      if (probe.status < 200 || probe.status > 299)
+        warn(`${target}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
+      const url = `http://127.0.0.1:${port}${request.path}`;
+      const ac = { target, kind, request: key, ...(await measureAutocannon(url, request, settings)) };
+      rows.push(ac);
+      report(ac);
+      ref[kind] = ac;
+      if (useWrk && settings.wrk) {
+        const wrk = { target, kind, request: key, ...(await measureWrk(url, request, settings)) };
+        rows.push(wrk);
+        report(wrk);
+        ref[`${kind}Wrk`] = wrk;
+      }
+    }
+    references.set(key, ref);
+    return ref;
+  }
+
+  /**
+   * BENCH_ROUNDS > 1: alternate baseline and gateway runs so both see the same
+   * machine noise; report the median gateway run and the median paired ratio.
+   */
+  async function measureRounds(gatewayUrl, baselineUrl, request, label) {
+    await warmUp(gatewayUrl, request, settings);
+    const rounds = [];
+    for (let i = 0; i < settings.rounds; i++) {
+      // Alternate which goes first (ABBA...), so an order effect cancels out.
+      let b, g;
+      if (i % 2 === 0) {
+        b = await measureOnce(baselineUrl, request, settings);
+        g = await measureOnce(gatewayUrl, request, settings);
+      } else {
+        g = await measureOnce(gatewayUrl, request, settings);
+        b = await measureOnce(baselineUrl, request, settings);
+      }
+      console.log(
+        `  round ${i + 1}/${settings.rounds}: baseline ${fmtInt(b.reqPerSec)} req/s, gateway ${fmtInt(g.reqPerSec)} req/s, ${fmtRatio(g.reqPerSec / b.reqPerSec)}`,
+      );
+      if (b.errors > 0 || b.non2xx > 0) warn(`${label}: paired baseline run ${i + 1}: ${b.errors} errors, ${b.non2xx} non-2xx`);
+      rounds.push({ baseline: b, gateway: g, ratio: g.reqPerSec / b.reqPerSec });
+    }
+    const byRate = [...rounds].sort((x, y) => x.gateway.reqPerSec - y.gateway.reqPerSec);
+    const ratios = rounds.map((r) => r.ratio).sort((x, y) => x - y);
+    const mid = byRate[Math.floor((byRate.length - 1) / 2)].gateway;
+    return {
+      ...mid,
+      errors: rounds.reduce((n, r) => n + r.gateway.errors, 0),
+      timeouts: rounds.reduce((n, r) => n + r.gateway.timeouts, 0),
+      non2xx: rounds.reduce((n, r) => n + r.gateway.non2xx, 0),
+      statusCodes: undefined,
+      vsBaseline: median(ratios),
+      ratioRange: [ratios[0], ratios[ratios.length - 1]],
+      rounds: rounds.map((r) => ({
+        baseline: r.baseline.reqPerSec,
+        gateway: r.gateway.reqPerSec,
+        ratio: r.ratio,
+        gatewayRun: r.gateway,
+        baselineRun: r.baseline,
+      })),
+    };
+  }
+
+  const scenarioResults = [];
+  for (const scenario of scenarios) {
+    const baseCtx = { upstreamPort: upstream.port, upstreamUrl, tmpDir, benchDir: BENCH_DIR, rootDir: ROOT };
+    const extra = typeof scenario.setup === 'function' ? ((await scenario.setup({ ...baseCtx })) ?? {}) : {};
+    const request = normalizeRequest(
+      typeof scenario.request === 'function' ? scenario.request({ ...baseCtx, ...extra }) : scenario.request,
+    );
+    const ref = await measureReferences(request);
+
+    for (const variant of scenario.variants) {
+      const label = `${scenario.name} (${variant.label})`;
+      const ctx = {
+        ...baseCtx,
+        ...extra,
+        listenPort: await freePort(),
+        adminPort: await freePort(),
+        workers: variant.workers,
+        variant,
+        request,
+      };
+      const config = await scenario.gatewayConfig(ctx);
+      const configText = typeof config === 'string' ? config : YAML.stringify(config);
+      const slug = `${scenario.name}-${variant.id}`.replace(/[^A-Za-z0-9_.-]/g, '_');
+      const configPath = path.join(tmpDir, `${slug}.yaml`);
+      await writeFile(configPath, configText);
+
+      console.log(`${label}: http://127.0.0.1:${ctx.listenPort}${request.path} (config ${configPath})`);
+      const gateway = await startGateway({ label, configPath, ctx, settings, logBase: path.join(tmpDir, slug) });
+      const result = {
+        scenario: scenario.name,
+        variant: variant.id,
+        label,
+        workers: variant.workers,
+        compareTo: scenario.compareTo,
+        config: configText,
+      };
+      try {
+        const probe = await httpRequest({ port: ctx.listenPort, ...request });
+        if (probe.status < 200 || probe.status > 299)
+          warn(`${label}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
+        const url = `http://127.0.0.1:${ctx.listenPort}${request.path}`;
+        const meta = { target: label, kind: 'gateway', request: requestKey(request) };
+        let ac;
+        if (settings.rounds === 1) {
+          ac = { ...meta, ...(await measureAutocannon(url, request, settings)) };
+          ac.vsBaseline = ac.reqPerSec / ref.baseline.reqPerSec;
+        } else {
+          ac = { ...meta, ...(await measureRounds(url, `http://127.0.0.1:${baseline.port}${request.path}`, request, label)) };
+        }
+        rows.push(ac);
+        report(ac);
+        result.autocannon = ac;
+        if (variant.wrk && settings.wrk) {
+          const wrk = {
+            target: label,
+            kind: 'gateway',
+            request: requestKey(request),
+            ...(await measureWrk(url, request, settings)),
+          };
+          wrk.vsBaseline = ref.baselineWrk ? wrk.reqPerSec / ref.baselineWrk.reqPerSec : null;
+          rows.push(wrk);
+          report(wrk);
+          result.wrk = wrk;
+        }
+        if (gateway.exit)
+          warn(`${label}: the gateway exited during the run (${describeExit(gateway.exit)})\n${gatewayLogs(gateway, 2_000)}`);
+      } finally {
+        const exit = await stopChild(gateway);
+        result.exit = exit;
+        if (!stopping && exit && exit.code !== 0 && exit.signal !== 'SIGTERM') {
+          warn(`${label}: exited with ${describeExit(exit)} after SIGTERM (expected code 0)`);
+        }
+      }
+      result.references = {
+        upstream: ref.upstream.reqPerSec,
+        baseline: ref.baseline.reqPerSec,
+        baselineWrk: ref.baselineWrk?.reqPerSec ?? null,
+      };
+      scenarioResults.push(result);
+    }
+  }
+
+  await stopChild(baseline);
+  await stopChild(upstream);
+
+  // Ratios for the reference rows.
+  for (const row of rows) {
+    if (row.vsBaseline !== undefined) continue;
+    const ref = [...references.values()].find((r) => r[row.kind] === row || r[`${row.kind}Wrk`] === row);
+    const base = row.tool === 'wrk' ? ref?.baselineWrk : ref?.baseline;
+    row.vsBaseline = base ? row.reqPerSec / base.reqPerSec : null;
+  }
+
+  // compareTo: 'baseline' | 'upstream' | the name of another scenario (same variant id, else its first).
+  // compareTo: 'baseline' | 'upstream' | the name of another scenario (same variant id, else its first).
+  // Ratios go through vsBaseline, which BENCH_ROUNDS > 1 computes from paired runs.
+  const summary = scenarioResults.map((r) => {
+    const pick = (tool) => {
+      const mine = r[tool];
+      if (!mine || mine.vsBaseline === null || mine.vsBaseline === undefined) return null;
+      if (r.compareTo === 'baseline') return mine.vsBaseline;
+      if (r.compareTo === 'upstream') {
+        const up = tool === 'autocannon' ? references.get(mine.request)?.upstream : null;
+        return up ? mine.vsBaseline / up.vsBaseline : null;
+      }
+      const peers = scenarioResults.filter((p) => p.scenario === r.compareTo);
+      const other = (peers.find((p) => p.variant === r.variant) ?? peers[0])?.[tool];
+      return other?.vsBaseline ? mine.vsBaseline / other.vsBaseline : null;
+    };
+    return {
+      scenario: r.scenario,
+      variant: r.variant,
+      label: r.label,
+      compareTo: r.compareTo,
+      ratio: pick('autocannon'),
+      wrkRatio: pick('wrk'),
+      ...(r.autocannon?.ratioRange ? { rounds: settings.rounds, pairedRatioRange: r.autocannon.ratioRange } : {}),
+    };
+  });
+
+  console.log('');
+  printTable(rows);
+  console.log('');
+  for (const s of summary) {
+    const ratio = s.ratio === null ? `n/a (${s.compareTo} not measured)` : `${s.ratio.toFixed(2)}x ${s.compareTo}`;
+    const notes = [];
+    if (s.rounds)
+      notes.push(
+        `median of ${s.rounds} paired rounds vs baseline, range ${s.pairedRatioRange.map((x) => x.toFixed(2)).join('-')}x`,
+      );
+    if (s.wrkRatio !== null) notes.push(`wrk: ${s.wrkRatio.toFixed(2)}x`);
+    console.log(`${s.label}: ${ratio}${notes.length ? ` (${notes.join('; ')})` : ''}`);
+  }
+  if (settings.rounds === 1 && summary.length) {
+    console.log(
+      '(one run per target: on a shared or small machine the ratio can swing by tens of percent; BENCH_ROUNDS=5 pairs runs)',
+    );
+  }
+  if (warnings.length) {
+    console.log('');
+    console.log(`${warnings.length} WARNING(S): some runs saw errors or non-2xx responses; see above.`);
+  }
+
+  const resultsDir = path.join(BENCH_DIR, 'results');
+  await mkdir(resultsDir, { recursive: true });
+  const file = path.join(resultsDir, `${startedAt.toISOString().replace(/:/g, '-')}.json`);
+  const json = {
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    settings: { ...settings, wrk: settings.wrk !== null },
+    machine: {
+      node: process.version,
+      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+      cpus: cpus.length,
+      cpuModel: cpus[0]?.model.trim() ?? null,
+      availableParallelism: os.availableParallelism?.() ?? cpus.length,
+      totalMemBytes: os.totalmem(),
+      loadavgAtStart,
+      loadavgAtEnd: os.loadavg(),
+    },
+    git: gitInfo(),
+    gateway: settings.gatewayCmd ? { cmd: settings.gatewayCmd } : { cmd: 'node bin/bulwark.js serve --config <tmp.yaml>' },
+    summary,
+    rows,
+    scenarios: scenarioResults,
+    warnings,
+  };
+  await writeFile(file, JSON.stringify(json, null, 2) + '\n');
+  console.log(`\nresults: ${path.relative(process.cwd(), file)}`);
+  await rm(tmpDir, { recursive: true, force: true });
+  tmpDir = null;
+}
+
+// Cleanup on every way out.
+async function shutdown(code, message) {
+  if (stopping) return;
+  stopping = true;
+  if (message) console.error(message);
+  currentLoad?.stop();
+  await stopAll().catch(() => {});
+  if (tmpDir && code === 1) console.error(`bench: configs and gateway logs kept in ${tmpDir}`);
+  else if (tmpDir) await rm(tmpDir, { recursive: true, force: true }).catch(() => {});
+  process.exit(code);
+}
+
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.on(signal, () => {
+    if (stopping) {
+      killAllSync();
+      process.exit(130);
+    }
+    void shutdown(130, `\n${signal}: stopping child processes…`);
+  });
+}
+process.on('exit', killAllSync);
+
+main().then(
+  () => process.exit(0),
+  (error) => {
+    if (stopping) return;
+    void shutdown(1, error instanceof BenchError ? `bench: ${error.message}` : (error?.stack ?? String(error)));
+  },
+);
