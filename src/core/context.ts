@@ -2,13 +2,31 @@ import type { IncomingHttpHeaders } from 'node:http';
 
 export type Protocol = 'http/1.1' | 'http/1.0' | 'h2' | 'h2c';
 
-/** Filled by authentication stages (issue: authn); null while anonymous. */
+/** Filled by authentication stages; null while anonymous. */
 export interface Identity {
   subject: string;
   tenant?: string;
   roles: readonly string[];
+  scopes: readonly string[];
   claims: Readonly<Record<string, unknown>>;
+  /** The provider that verified the credential. */
   provider: string;
+  /** The key that verified it (JWS `kid`), for explanations and audit. */
+  keyId?: string;
+  /** Credential expiry, epoch seconds. */
+  expiresAt?: number;
+}
+
+/**
+ * One stage's verdict as recorded for explanations, audit, metrics and spans.
+ * `shadow_deny`: a shadow-mode policy would have denied; recorded, not enforced.
+ */
+export interface DecisionRecord {
+  stage: string;
+  outcome: 'allow' | 'deny' | 'shadow_deny' | 'skip';
+  code: string;
+  /** Structured context: provider, kid, rule/policy id, key, remaining quota… never secrets. */
+  detail?: Readonly<Record<string, unknown>>;
 }
 
 export interface TraceContext {
@@ -48,6 +66,12 @@ export class RequestContext {
   identity: Identity | null;
   requestId: string;
   trace: TraceContext | null;
+  /** Every stage's verdict, in order (explanations, audit). */
+  readonly decisions: DecisionRecord[];
+  /** Extra request headers stages want sent upstream (e.g. identity headers), flat [name, value, …]. */
+  upstreamHeaders: string[] | null;
+  /** Request header names (lower-case) stages want removed before forwarding (e.g. client copies of identity headers). */
+  stripHeaders: ReadonlySet<string> | null;
   /** process.hrtime.bigint() at arrival. */
   readonly startedAt: bigint;
 
@@ -75,6 +99,9 @@ export class RequestContext {
     this.identity = null;
     this.requestId = init.requestId;
     this.trace = null;
+    this.decisions = [];
+    this.upstreamHeaders = null;
+    this.stripHeaders = null;
     this.startedAt = process.hrtime.bigint();
   }
 }

@@ -57,11 +57,13 @@ export class BulwarkError extends Error {
   readonly detail: string | undefined;
   /** Extra structured context for logs and audit (never rendered to clients). */
   readonly context: Readonly<Record<string, unknown>> | undefined;
+  /** Response headers the denial requires (e.g. `WWW-Authenticate`, `Retry-After`). */
+  readonly headers: Readonly<Record<string, string>> | undefined;
 
   constructor(
     code: ErrorCode,
     detail?: string,
-    options?: { cause?: unknown; context?: Record<string, unknown>; status?: number },
+    options?: { cause?: unknown; context?: Record<string, unknown>; status?: number; headers?: Record<string, string> },
   ) {
     const spec = ERROR_CODES[code];
     super(detail ?? spec.title, options?.cause === undefined ? undefined : { cause: options.cause });
@@ -69,6 +71,7 @@ export class BulwarkError extends Error {
     this.status = options?.status ?? spec.status;
     this.detail = detail;
     this.context = options?.context;
+    this.headers = options?.headers;
   }
 }
 

@@ -243,7 +243,7 @@ export class Gateway {
       xForwardedFor: trusted && typeof xff === 'string' && xff !== '' ? `${xff}, ${peer}` : peer,
       xForwardedProto: trusted && typeof xfp === 'string' && xfp !== '' ? xfp : ctx.secure ? 'https' : 'http',
       xForwardedHost: trusted && typeof xfh === 'string' && xfh !== '' ? xfh : authority,
-    });
+    }, ctx.stripHeaders, ctx.upstreamHeaders);
     let body: AnyRequest | BodyLimiter | null = null;
     if (hasBody(req, isH2)) {
       const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
@@ -288,6 +288,7 @@ export class Gateway {
     }
     const body = renderProblem(error, ctx.requestId);
     const headers: Record<string, string | number> = {
+      ...error.headers,
       'content-type': PROBLEM_CONTENT_TYPE,
       'content-length': Buffer.byteLength(body),
       'x-request-id': ctx.requestId,

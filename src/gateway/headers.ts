@@ -60,6 +60,8 @@ export function upstreamRequestHeaders(
   rawHeaders: readonly string[],
   connection: string | string[] | undefined,
   forwarding: ForwardingInfo,
+  strip: ReadonlySet<string> | null = null,
+  extra: readonly string[] | null = null,
 ): string[] {
   const nominated = connectionTokens(connection);
   const out: string[] = [];
@@ -69,8 +71,11 @@ export function upstreamRequestHeaders(
     const lower = name.toLowerCase();
     if (HOP_BY_HOP.has(lower) || GATEWAY_OWNED.has(lower)) continue;
     if (nominated !== null && nominated.has(lower)) continue;
+    // Headers stages own (identity headers): the client's copies never pass, whatever their case.
+    if (strip !== null && strip.has(lower)) continue;
     out.push(lower, rawHeaders[i + 1]!);
   }
+  if (extra !== null) for (let i = 0; i < extra.length; i++) out.push(extra[i]!);
   out.push(
     'host',
     forwarding.host,
