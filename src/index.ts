@@ -14,3 +14,6 @@ export { ConfigError, formatIssues, loadConfigFile, parseConfig } from './config
 export type { ConfigCheck, ConfigIssue, LoadedConfig } from './config/load.js';
 export type { BulwarkConfig } from './config/schema.js';
 export { Gateway } from './gateway/gateway.js';
+export { Bulwark, createBulwark } from './adapters/bulwark.js';
+export type { BulwarkOptions, BulwarkRequestState, Evaluation } from './adapters/bulwark.js';
+export { bulwarkFastify } from './adapters/fastify.js';

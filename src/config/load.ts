@@ -518,7 +518,7 @@ const checkUpstreams: ConfigCheck = (config, report) => {
   }
   const names = Object.keys(config.upstreams);
   config.routes.forEach((route, i) => {
-    if (Object.hasOwn(config.upstreams, route.upstream)) return;
+    if (route.upstream === undefined || Object.hasOwn(config.upstreams, route.upstream)) return;
     const defined = names.length > 0 ? `; defined: ${names.join(', ')}` : '; no upstreams are defined';
     report(
       ['routes', i, 'upstream'],

@@ -184,7 +184,13 @@ export const RouteMatchSchema = Closed({
 export const RouteSchema = Closed({
   id: Name,
   match: RouteMatchSchema,
-  upstream: Name,
+  upstream: Type.Optional(
+    Type.Unsafe<string>({
+      ...Name,
+      description:
+        'The upstream pool to forward to. Required by the gateway; library adapters hand the request to the application instead.',
+    }),
+  ),
   maxBodyBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Lower the listener body limit for this route.' })),
   timeouts: Type.Optional(RouteTimeoutsSchema),
 });
@@ -198,11 +204,18 @@ export const ConfigSchema = Closed(
       description: 'Worker processes behind the listeners; `auto` = one per available core.',
     }),
     shutdownTimeoutMs: DurationMs('Longest graceful drain on SIGTERM/SIGINT or reload', 30_000),
-    listeners: Type.Array(ListenerSchema, { minItems: 1 }),
+    listeners: Type.Array(ListenerSchema, {
+      default: [],
+      description: 'Sockets the gateway serves; `bulwark serve` needs at least one (library adapters need none).',
+    }),
     admin: Type.Optional(AdminSchema),
     // A Record is not closed by default: a key failing the name pattern would be
     // accepted without being validated as an upstream at all.
-    upstreams: Type.Record(Name, UpstreamSchema, { additionalProperties: false, description: 'Named upstream pools.' }),
+    upstreams: Type.Record(Name, UpstreamSchema, {
+      additionalProperties: false,
+      default: {},
+      description: 'Named upstream pools.',
+    }),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

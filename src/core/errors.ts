@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   'request.method_not_allowed': { status: 405, title: 'Method not allowed' },
   'request.aborted': { status: 400, title: 'Request aborted by the client' },
   'request.upgrade_unsupported': { status: 501, title: 'Protocol upgrade not supported' },
+  'request.duplicate_authorization': { status: 400, title: 'Duplicate Authorization header' },
   'request.transfer_encoding': { status: 400, title: 'Unsupported transfer encoding' },
   // routing
   'route.not_found': { status: 404, title: 'No route matches' },

@@ -1,14 +1,13 @@
-import { randomUUID } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { BulwarkConfig } from '../config/schema.js';
-import { RequestContext, type Protocol } from '../core/context.js';
+import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
-import { canonicalizeTarget } from '../core/target.js';
 import type { Logger } from '../telemetry/logger.js';
-import { acceptableRequestId, upstreamRequestHeaders } from './headers.js';
+import { admit, contextFor, problemResponse } from '../engine/admission.js';
+import { upstreamRequestHeaders } from './headers.js';
 import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
 import {
@@ -134,32 +133,16 @@ export class Gateway {
       }
     };
     const isH2 = req.httpVersionMajor === 2;
-    const protocol: Protocol = isH2 ? (listener.secure ? 'h2' : 'h2c') : req.httpVersionMinor === 0 ? 'http/1.0' : 'http/1.1';
-    const incomingId = req.headers['x-request-id'];
-    const socket = req.socket;
-    const ctx = new RequestContext({
-      method: req.method ?? 'GET',
-      rawTarget: req.url ?? '',
-      headers: req.headers,
-      peerAddress: socket?.remoteAddress ?? '',
-      peerPort: socket?.remotePort ?? 0,
-      protocol,
-      secure: listener.secure,
-      requestId: acceptableRequestId(incomingId) ? incomingId : randomUUID(),
-    });
+    const ctx = contextFor(req, listener.secure);
     const settings = runtime.listeners.get(listener.key)!;
-    const admitted = this.admit(req, ctx, settings, runtime, isH2);
+    const admitted = admit(req, ctx, settings, runtime);
     if (admitted instanceof BulwarkError) {
       this.respondProblem(req, res, ctx, admitted, isH2);
       res.once('close', release);
       return;
     }
     const route = admitted;
-    if (route.pipeline === null) {
-      this.proxy(req, res, ctx, route, settings, isH2, release);
-      return;
-    }
-    const decision = route.pipeline.run(ctx);
+    const decision = route.pipeline === null ? null : route.pipeline.run(ctx);
     if (decision === null) {
       this.proxy(req, res, ctx, route, settings, isH2, release);
     } else if (decision instanceof BulwarkError) {
@@ -182,43 +165,6 @@ export class Gateway {
     }
   }
 
-  /** Everything decided before any stage runs: target, host, header count, route, body size. */
-  private admit(
-    req: AnyRequest,
-    ctx: RequestContext,
-    settings: ListenerSettings,
-    runtime: Runtime,
-    isH2: boolean,
-  ): BulwarkError | CompiledRoute {
-    const raw = req.rawHeaders;
-    if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
-    const hosts = collectHosts(raw, isH2);
-    const target = canonicalizeTarget(
-      {
-        method: ctx.method,
-        target: ctx.rawTarget,
-        hosts,
-        requireHost: ctx.protocol !== 'http/1.0',
-        scheme: ctx.secure ? 'https' : 'http',
-      },
-      settings.pathPolicy,
-    );
-    if (target instanceof BulwarkError) return target;
-    ctx.path = target.path;
-    ctx.query = target.query;
-    ctx.host = target.host;
-    const match = runtime.router.match(ctx.host, ctx.method, ctx.path);
-    if (match === null) return new BulwarkError('route.not_found');
-    const route = match.route;
-    ctx.route = { id: route.id, params: match.params };
-    const te = req.headers['transfer-encoding'];
-    if (te !== undefined && !isH2 && te.trim().toLowerCase() !== 'chunked') return new BulwarkError('request.transfer_encoding');
-    const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
-    const length = req.headers['content-length'];
-    if (length !== undefined && Number(length) > limit) return new BulwarkError('request.body_too_large');
-    return route;
-  }
-
   private proxy(
     req: AnyRequest,
     res: AnyResponse,
@@ -237,13 +183,19 @@ export class Gateway {
     const authority = isH2
       ? ((headers[':authority'] as string | undefined) ?? headers.host ?? ctx.host)
       : (headers.host ?? ctx.host);
-    const upstreamHeaders = upstreamRequestHeaders(req.rawHeaders, isH2 ? undefined : headers.connection, {
-      host: authority,
-      requestId: ctx.requestId,
-      xForwardedFor: trusted && typeof xff === 'string' && xff !== '' ? `${xff}, ${peer}` : peer,
-      xForwardedProto: trusted && typeof xfp === 'string' && xfp !== '' ? xfp : ctx.secure ? 'https' : 'http',
-      xForwardedHost: trusted && typeof xfh === 'string' && xfh !== '' ? xfh : authority,
-    }, ctx.stripHeaders, ctx.upstreamHeaders);
+    const upstreamHeaders = upstreamRequestHeaders(
+      req.rawHeaders,
+      isH2 ? undefined : headers.connection,
+      {
+        host: authority,
+        requestId: ctx.requestId,
+        xForwardedFor: trusted && typeof xff === 'string' && xff !== '' ? `${xff}, ${peer}` : peer,
+        xForwardedProto: trusted && typeof xfp === 'string' && xfp !== '' ? xfp : ctx.secure ? 'https' : 'http',
+        xForwardedHost: trusted && typeof xfh === 'string' && xfh !== '' ? xfh : authority,
+      },
+      ctx.stripHeaders,
+      ctx.upstreamHeaders,
+    );
     let body: AnyRequest | BodyLimiter | null = null;
     if (hasBody(req, isH2)) {
       const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
@@ -254,9 +206,16 @@ export class Gateway {
         body = limiter;
       }
     }
+    const upstream = route.upstream;
+    if (upstream === null) {
+      // Only a programmatic caller can get here: `serve` refuses routes without an upstream.
+      this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), isH2);
+      res.once('close', release);
+      return;
+    }
     const response = res as unknown as ClientResponse;
     const method = ctx.method;
-    forward({ ctx, method, headers: upstreamHeaders, body, upstream: route.upstream, timeouts: route.timeouts }, response, {
+    forward({ ctx, method, headers: upstreamHeaders, body, upstream, timeouts: route.timeouts }, response, {
       fail: (error) => this.respondProblem(req, res, ctx, error, isH2),
       done: (status, error) => {
         release();
@@ -265,7 +224,7 @@ export class Gateway {
             {
               request_id: ctx.requestId,
               route: route.id,
-              upstream: route.upstream.name,
+              upstream: upstream.name,
               code: error.code,
               reason: error.context?.['reason'],
               err: error.cause,
@@ -286,17 +245,10 @@ export class Gateway {
       if (!res.destroyed && !res.writableEnded) res.destroy();
       return;
     }
-    const body = renderProblem(error, ctx.requestId);
-    const headers: Record<string, string | number> = {
-      ...error.headers,
-      'content-type': PROBLEM_CONTENT_TYPE,
-      'content-length': Buffer.byteLength(body),
-      'x-request-id': ctx.requestId,
-      'cache-control': 'no-store',
-    };
+    const { status, headers, body } = problemResponse(error, ctx);
     // A body we never read would otherwise be parsed as the next request (or drained for ever).
     if (!isH2 && (!req.complete || this.draining)) headers['connection'] = 'close';
-    res.writeHead(error.status, headers);
+    res.writeHead(status, headers);
     if (ctx.method === 'HEAD') res.end();
     else res.end(body);
     if (!isH2 && !req.complete) {
@@ -334,16 +286,6 @@ export class Gateway {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function collectHosts(raw: readonly string[], isH2: boolean): string[] {
-  const hosts: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!;
-    if (name.length === 4 && name.toLowerCase() === 'host') hosts.push(raw[i + 1]!);
-    else if (isH2 && name === ':authority') hosts.unshift(raw[i + 1]!);
-  }
-  return hosts;
 }
 
 function hasBody(req: AnyRequest, isH2: boolean): boolean {

@@ -28,3 +28,12 @@ export const listenerChecks: ConfigCheck = (config, report) => {
     }
   });
 };
+
+/** What `bulwark serve` needs beyond what the library adapters do. */
+export const gatewayChecks: ConfigCheck = (config, report) => {
+  if (config.listeners.length === 0) report(['listeners'], 'config.required', 'the gateway needs at least one listener');
+  config.routes.forEach((route, index) => {
+    if (route.upstream === undefined)
+      report(['routes', index], 'config.required', `route "${route.id}" needs an \`upstream\` to forward to`);
+  });
+};

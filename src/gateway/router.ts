@@ -150,6 +150,60 @@ function globMatches(glob: ParsedGlob, path: string, caps: Int32Array): boolean 
   return true;
 }
 
+/**
+ * A glob compiled once, for matchers outside the router (authz resources use
+ * it): the same language and the same matcher, so routing and policy cannot
+ * disagree about what a pattern means.
+ */
+export interface CompiledGlob {
+  readonly source: string;
+  /** Parameter names, in capture-slot order. */
+  readonly names: readonly string[];
+  /**
+   * Whether the canonical `path` matches. No regex, no allocation. After a
+   * match the capture bounds stay readable until the next call on this glob
+   * (the buffer is owned by the glob, as in the router: read them at once).
+   */
+  match(path: string): boolean;
+  /** Start index, in the last matched path, of parameter `slot` (its index in `names`). */
+  captureStart(slot: number): number;
+  /** End index (exclusive), in the last matched path, of parameter `slot`. */
+  captureEnd(slot: number): number;
+}
+
+class GlobMatcher implements CompiledGlob {
+  readonly source: string;
+  readonly names: readonly string[];
+  readonly #glob: ParsedGlob;
+  readonly #caps: Int32Array;
+
+  constructor(glob: ParsedGlob) {
+    this.source = glob.source;
+    this.names = glob.names;
+    this.#glob = glob;
+    this.#caps = new Int32Array(glob.names.length * 2);
+  }
+
+  match(path: string): boolean {
+    return globMatches(this.#glob, path, this.#caps);
+  }
+
+  captureStart(slot: number): number {
+    return this.#caps[slot * 2]!;
+  }
+
+  captureEnd(slot: number): number {
+    return this.#caps[slot * 2 + 1]!;
+  }
+}
+
+/** Compiles `glob` for reuse; throws a TypeError when it is invalid (check with `validateGlob` first). */
+export function compileGlob(glob: string): CompiledGlob {
+  const parsed = parseGlob(glob);
+  if (typeof parsed === 'string') throw new TypeError(`invalid glob ${JSON.stringify(glob)}: ${parsed}`);
+  return new GlobMatcher(parsed);
+}
+
 // ---------------------------------------------------------------------------
 // Per-route compilation (shared by the router and the shadow lint)
 // ---------------------------------------------------------------------------

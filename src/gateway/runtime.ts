@@ -11,7 +11,7 @@ import { compilePathPolicy, type PathPolicy } from '../core/target.js';
 import { echoOrigin } from './echo.js';
 import { Router } from './router.js';
 import { TrustedProxies } from './trusted-proxies.js';
-import { Upstream } from './upstream.js';
+import { DEFAULT_UPSTREAM_TIMEOUTS, Upstream } from './upstream.js';
 
 export const DEFAULT_LISTENER_LIMITS: Readonly<ListenerLimitsConfig> = Object.freeze({
   maxHeaderBytes: 16_384,
@@ -26,20 +26,21 @@ export const DEFAULT_LISTENER_LIMITS: Readonly<ListenerLimitsConfig> = Object.fr
 export class CompiledRoute {
   readonly id: string;
   readonly match: RouteConfig['match'];
-  readonly upstream: Upstream;
+  /** Null in library mode, where the application handles the request. */
+  readonly upstream: Upstream | null;
   /** Null when the route has no stages, so the hot path skips a call. */
   readonly pipeline: Pipeline | null;
   readonly maxBodyBytes: number | null;
   readonly timeouts: Readonly<UpstreamTimeoutsConfig>;
 
-  constructor(config: RouteConfig, upstream: Upstream, stages: readonly Stage[]) {
+  constructor(config: RouteConfig, upstream: Upstream | null, stages: readonly Stage[]) {
     this.id = config.id;
     this.match = config.match;
     this.upstream = upstream;
     this.pipeline = stages.length === 0 ? null : new Pipeline(stages);
     this.maxBodyBytes = config.maxBodyBytes ?? null;
-    this.timeouts =
-      config.timeouts === undefined ? upstream.timeouts : Object.freeze({ ...upstream.timeouts, ...config.timeouts });
+    const base = upstream?.timeouts ?? DEFAULT_UPSTREAM_TIMEOUTS;
+    this.timeouts = config.timeouts === undefined ? base : Object.freeze({ ...base, ...config.timeouts });
   }
 }
 
@@ -135,7 +136,7 @@ export async function compileRuntime(
     upstreams.set(name, new Upstream(name, upstreamConfig, origins));
   }
   const routes = config.routes.map((route) => {
-    const upstream = upstreams.get(route.upstream);
+    const upstream = route.upstream === undefined ? null : upstreams.get(route.upstream);
     // Validation guarantees the reference; this guards programmatic callers.
     if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
     return new CompiledRoute(route, upstream, stagesFor(route));

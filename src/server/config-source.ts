@@ -2,14 +2,17 @@ import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
-import { listenerChecks, routeChecks } from '../gateway/route-checks.js';
+import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
   port?: number | undefined;
   adminPort?: number | undefined;
 }
 
-export const CONFIG_CHECKS: readonly ConfigCheck[] = [routeChecks, listenerChecks];
+/** Checks for a config the library adapters run. */
+export const LIBRARY_CHECKS: readonly ConfigCheck[] = [routeChecks, listenerChecks];
+/** Checks for a config `bulwark serve` and `bulwark validate` accept. */
+export const CONFIG_CHECKS: readonly ConfigCheck[] = [...LIBRARY_CHECKS, gatewayChecks];
 
 /** CLI flags win over the file; applied after validation so they survive every reload. */
 export function applyOverrides(config: BulwarkConfig, overrides: Overrides): BulwarkConfig {

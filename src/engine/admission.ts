@@ -1,0 +1,120 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
+import { RequestContext, type Protocol } from '../core/context.js';
+import { BulwarkError } from '../core/errors.js';
+import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
+import { canonicalizeTarget } from '../core/target.js';
+import { acceptableRequestId } from '../gateway/headers.js';
+import type { CompiledRoute, ListenerSettings, Runtime } from '../gateway/runtime.js';
+
+/** What every adapter can say about a request, whatever its framework. */
+export interface RequestLike {
+  readonly method?: string | undefined;
+  readonly url?: string | undefined;
+  readonly headers: IncomingHttpHeaders;
+  readonly rawHeaders: readonly string[];
+  readonly httpVersionMajor: number;
+  readonly httpVersionMinor: number;
+  readonly socket?: { readonly remoteAddress?: string | undefined; readonly remotePort?: number | undefined } | null;
+}
+
+export function contextFor(req: RequestLike, secure: boolean): RequestContext {
+  const isH2 = req.httpVersionMajor === 2;
+  const protocol: Protocol = isH2 ? (secure ? 'h2' : 'h2c') : req.httpVersionMinor === 0 ? 'http/1.0' : 'http/1.1';
+  const incomingId = req.headers['x-request-id'];
+  const socket = req.socket;
+  return new RequestContext({
+    method: req.method ?? 'GET',
+    rawTarget: req.url ?? '',
+    headers: req.headers,
+    peerAddress: socket?.remoteAddress ?? '',
+    peerPort: socket?.remotePort ?? 0,
+    protocol,
+    secure,
+    requestId: acceptableRequestId(incomingId) ? incomingId : randomUUID(),
+  });
+}
+
+/**
+ * Everything decided before any stage runs: header count, canonical target and
+ * Host rules, route, transfer-encoding, declared body size. Fills ctx.path /
+ * query / host / route.
+ */
+export function admit(
+  req: RequestLike,
+  ctx: RequestContext,
+  settings: ListenerSettings,
+  runtime: Runtime,
+): BulwarkError | CompiledRoute {
+  const raw = req.rawHeaders;
+  if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
+  const isH2 = req.httpVersionMajor === 2;
+  const target = canonicalizeTarget(
+    {
+      method: ctx.method,
+      target: ctx.rawTarget,
+      hosts: collectHosts(raw, isH2),
+      requireHost: ctx.protocol !== 'http/1.0',
+      scheme: ctx.secure ? 'https' : 'http',
+    },
+    settings.pathPolicy,
+  );
+  if (target instanceof BulwarkError) return target;
+  ctx.path = target.path;
+  ctx.query = target.query;
+  ctx.host = target.host;
+  // Node keeps only the first Authorization header; a second one is an attempt to confuse
+  // whoever reads the other copy, so it is refused before any stage sees the request.
+  if (countHeader(raw, 'authorization') > 1) return new BulwarkError('request.duplicate_authorization');
+  const match = runtime.router.match(ctx.host, ctx.method, ctx.path);
+  if (match === null) return new BulwarkError('route.not_found');
+  const route = match.route;
+  ctx.route = { id: route.id, params: match.params };
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && !isH2 && te.trim().toLowerCase() !== 'chunked') return new BulwarkError('request.transfer_encoding');
+  const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
+  const length = req.headers['content-length'];
+  if (length !== undefined && Number(length) > limit) return new BulwarkError('request.body_too_large');
+  return route;
+}
+
+export function countHeader(raw: readonly string[], lowerName: string): number {
+  let n = 0;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === lowerName.length && name.toLowerCase() === lowerName) n++;
+  }
+  return n;
+}
+
+function collectHosts(raw: readonly string[], isH2: boolean): string[] {
+  const hosts: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!;
+    if (name.length === 4 && name.toLowerCase() === 'host') hosts.push(raw[i + 1]!);
+    else if (isH2 && name === ':authority') hosts.unshift(raw[i + 1]!);
+  }
+  return hosts;
+}
+
+export interface ProblemResponse {
+  status: number;
+  headers: Record<string, string | number>;
+  body: string;
+}
+
+/** A denial as every adapter sends it: the same status, headers and RFC 7807 body as the gateway. */
+export function problemResponse(error: BulwarkError, ctx: RequestContext): ProblemResponse {
+  const body = renderProblem(error, ctx.requestId);
+  return {
+    status: error.status,
+    headers: {
+      ...error.headers,
+      'content-type': PROBLEM_CONTENT_TYPE,
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': ctx.requestId,
+      'cache-control': 'no-store',
+    },
+    body,
+  };
+}
