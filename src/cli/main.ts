@@ -4,6 +4,7 @@ import { ConfigError, formatIssues, loadConfigFile } from '../config/load.js';
 import { CONFIG_CHECKS } from '../server/config-source.js';
 import { isWorkerProcess, runWorker, serve } from '../server/serve.js';
 import { createLogger } from '../telemetry/logger.js';
+import { DEV_ALGORITHMS, generateKeys, mintToken, writeKeys, type DevAlgorithm } from './dev-tokens.js';
 
 /** Exit codes, documented in `bulwark --help` and the README. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -15,8 +16,10 @@ Zero-trust gateway: authentication, authorization, limits, audit and telemetry
 in front of (or inside) your services.
 
 Commands:
-  serve       run the gateway
-  validate    check a configuration file
+  serve         run the gateway
+  validate      check a configuration file
+  keys generate create a signing key pair (private JWK + public JWKS) for development
+  token mint    sign a development token with such a key
 
 Options:
   -h, --help     show help (also: bulwark <command> --help)
@@ -35,6 +38,21 @@ Options:
   -p, --port N          override the first listener's port
       --admin-port N    override the admin listener's port
   -h, --help            show this help
+`,
+  keys: `Usage: bulwark keys generate [--alg ES256] [--kid ID] [--out DIR]
+
+Creates a key pair for local development and tests. With --out, writes
+DIR/<kid>.private.jwk.json (mode 0600) and DIR/jwks.json (public keys, for a
+provider's \`jwksFile\`); without it, prints both as JSON.
+
+Algorithms: ES256 ES384 ES512 RS256 RS384 RS512 PS256 PS384 PS512 EdDSA.
+`,
+  token: `Usage: bulwark token mint --key FILE [--sub S] [--iss I] [--aud A[,B]]
+                          [--roles R[,R]] [--scope "a b"] [--tenant T]
+                          [--ttl SECONDS] [--typ T] [--claim NAME=JSON]...
+
+Signs a token with a private JWK from \`bulwark keys generate\`, for local
+development and tests. Prints the token.
 `,
   validate: `Usage: bulwark validate FILE
 
@@ -82,6 +100,10 @@ export async function main(argv: string[]): Promise<number> {
         return await serveCommand(rest);
       case 'validate':
         return await validateCommand(rest);
+      case 'keys':
+        return await keysCommand(rest);
+      case 'token':
+        return await tokenCommand(rest);
       default:
         return usageError('main', `unknown command "${command}"`);
     }
@@ -139,6 +161,105 @@ async function validateCommand(args: string[]): Promise<number> {
     process.stderr.write(
       `${file}: invalid (${err.issues.filter((i) => !('severity' in i) || (i as { severity?: string }).severity !== 'warning').length} error(s))\n`,
     );
+    return EXIT.failure;
+  }
+}
+
+async function keysCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub === '-h' || sub === '--help') {
+    process.stdout.write(HELP['keys']!);
+    return EXIT.ok;
+  }
+  if (sub !== 'generate') return usageError('keys', 'expected `keys generate`');
+  const { values } = parseArgs({
+    args: rest,
+    options: { help: { type: 'boolean', short: 'h' }, alg: { type: 'string' }, kid: { type: 'string' }, out: { type: 'string' } },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(HELP['keys']!);
+    return EXIT.ok;
+  }
+  const alg = (values.alg ?? 'ES256') as DevAlgorithm;
+  if (!DEV_ALGORITHMS.includes(alg)) return usageError('keys', `unsupported --alg "${values.alg}"`);
+  const keys = await generateKeys(alg, values.kid);
+  if (values.out === undefined) {
+    process.stdout.write(JSON.stringify(keys, null, 2) + '\n');
+  } else {
+    const written = writeKeys(values.out, keys);
+    process.stdout.write(`private key: ${written.privateKey}\npublic JWKS: ${written.jwks}\n`);
+  }
+  return EXIT.ok;
+}
+
+async function tokenCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub === '-h' || sub === '--help') {
+    process.stdout.write(HELP['token']!);
+    return EXIT.ok;
+  }
+  if (sub !== 'mint') return usageError('token', 'expected `token mint`');
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      key: { type: 'string' },
+      sub: { type: 'string' },
+      iss: { type: 'string' },
+      aud: { type: 'string' },
+      roles: { type: 'string' },
+      scope: { type: 'string' },
+      tenant: { type: 'string' },
+      ttl: { type: 'string' },
+      typ: { type: 'string' },
+      claim: { type: 'string', multiple: true },
+    },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(HELP['token']!);
+    return EXIT.ok;
+  }
+  if (values.key === undefined) return usageError('token', '--key FILE is required');
+  const ttl = values.ttl === undefined ? undefined : Number(values.ttl);
+  if (ttl !== undefined && (!Number.isInteger(ttl) || ttl <= 0))
+    return usageError('token', '--ttl expects a positive number of seconds');
+  const claims: Record<string, unknown> = {};
+  for (const entry of values.claim ?? []) {
+    const eq = entry.indexOf('=');
+    if (eq <= 0) return usageError('token', `--claim expects NAME=VALUE, got "${entry}"`);
+    const raw = entry.slice(eq + 1);
+    try {
+      claims[entry.slice(0, eq)] = JSON.parse(raw);
+    } catch {
+      claims[entry.slice(0, eq)] = raw;
+    }
+  }
+  const list = (v: string | undefined) =>
+    v === undefined
+      ? undefined
+      : v
+          .split(',')
+          .map((s) => s.trim())
+          .filter(Boolean);
+  try {
+    const token = await mintToken({
+      keyFile: values.key,
+      subject: values.sub,
+      issuer: values.iss,
+      audience: list(values.aud),
+      roles: list(values.roles),
+      scope: values.scope,
+      tenant: values.tenant,
+      ttlSeconds: ttl,
+      typ: values.typ,
+      claims,
+    });
+    process.stdout.write(token + '\n');
+    return EXIT.ok;
+  } catch (err) {
+    process.stderr.write(`bulwark: ${err instanceof Error ? err.message : String(err)}\n`);
     return EXIT.failure;
   }
 }
