@@ -333,3 +333,59 @@ routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
     }
   });
 });
+
+describe('response shapes', () => {
+  it('relays HEAD, 204, 304, large streamed bodies and repeated response headers', async () => {
+    const big = Buffer.alloc(5 * 1024 * 1024, 7);
+    const upstream = await startUpstream((req, res) => {
+      if (req.url === '/nocontent') return void res.writeHead(204).end();
+      if (req.url === '/notmodified') return void res.writeHead(304, { etag: '"x"' }).end();
+      if (req.url === '/cookies') {
+        res.setHeader('set-cookie', ['a=1', 'b=2']);
+        return void res.end('ok');
+      }
+      if (req.url === '/big') {
+        res.writeHead(200, { 'content-type': 'application/octet-stream' });
+        // chunked, in many writes: the gateway must stream, not buffer
+        for (let i = 0; i < 80; i++) res.write(big.subarray(i * 65536, (i + 1) * 65536));
+        return void res.end();
+      }
+      res.writeHead(200, { 'content-length': '5', 'x-up': '1' });
+      res.end(req.method === 'HEAD' ? undefined : 'hello');
+    });
+    const gw = await startGateway(`
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+`);
+    try {
+      const head = await request(`${gw.url}/x`, { method: 'HEAD' });
+      expect(head.statusCode).toBe(200);
+      expect(head.headers['content-length']).toBe('5');
+      expect(head.headers['x-up']).toBe('1');
+      expect(await head.body.text()).toBe('');
+      const nc = await request(`${gw.url}/nocontent`);
+      expect(nc.statusCode).toBe(204);
+      await nc.body.dump();
+      const nm = await request(`${gw.url}/notmodified`);
+      expect(nm.statusCode).toBe(304);
+      expect(nm.headers['etag']).toBe('"x"');
+      await nm.body.dump();
+      const cookies = await request(`${gw.url}/cookies`);
+      expect(cookies.headers['set-cookie']).toEqual(['a=1', 'b=2']);
+      await cookies.body.dump();
+      const res = await request(`${gw.url}/big`);
+      let total = 0;
+      for await (const chunk of res.body) {
+        total += (chunk as Buffer).length;
+        // a slow reader: backpressure must reach the upstream instead of buffering in the gateway
+        if (total % (1024 * 1024) < 65536) await new Promise((r) => setTimeout(r, 5));
+      }
+      expect(total).toBe(big.length);
+    } finally {
+      await gw.close();
+      await upstream.close();
+    }
+  });
+});
