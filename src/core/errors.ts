@@ -46,6 +46,44 @@ export const ERROR_CODES = {
   // gateway state
   'gateway.shutting_down': { status: 503, title: 'Gateway shutting down' },
   'gateway.internal': { status: 500, title: 'Internal error' },
+  // authn — JWT authentication (src/authn). Titles stay generic: the precise reason is the
+  // code on the decision (logs, audit, metrics), never something the client is told.
+  'jwt.missing': { status: 401, title: 'Authentication required' },
+  'jwt.malformed': { status: 401, title: 'Invalid token' },
+  'jwt.expired': { status: 401, title: 'Invalid token' },
+  'jwt.not_yet_valid': { status: 401, title: 'Invalid token' },
+  'jwt.too_old': { status: 401, title: 'Invalid token' },
+  'jwt.signature_invalid': { status: 401, title: 'Invalid token' },
+  'jwt.unknown_kid': { status: 401, title: 'Invalid token' },
+  'jwt.alg_not_allowed': { status: 401, title: 'Invalid token' },
+  'jwt.issuer_mismatch': { status: 401, title: 'Invalid token' },
+  'jwt.audience_mismatch': { status: 401, title: 'Invalid token' },
+  'jwt.typ_mismatch': { status: 401, title: 'Invalid token' },
+  'jwt.claim_missing': { status: 401, title: 'Invalid token' },
+  'jwt.claim_mismatch': { status: 401, title: 'Invalid token' },
+  'jwt.subject_mismatch': { status: 401, title: 'Invalid token' },
+  'jwt.crit_unsupported': { status: 401, title: 'Invalid token' },
+  'jwt.jwks_unavailable': { status: 401, title: 'Invalid token' },
+  'jwt.insufficient_scope': { status: 403, title: 'Insufficient scope' },
+  // end authn
+  // authz — RBAC (src/authz). Which rule decided is on the decision record, never in the response.
+  'rbac.denied': { status: 403, title: 'Forbidden by policy' },
+  'rbac.no_matching_rule': { status: 403, title: 'Forbidden: no rule allows this request' },
+  'rbac.tenant_mismatch': { status: 403, title: "Forbidden: another tenant's resource" },
+  'rbac.insufficient_scope': { status: 403, title: 'Insufficient scope' },
+  'rbac.unauthenticated': { status: 401, title: 'Authentication required' },
+  // end authz
+  // ratelimit — rate and concurrency limits (src/limits). Policy id and hashed key are on the
+  // decision record; raw key material (IPs, subjects) never reaches the response.
+  'ratelimit.exceeded': { status: 429, title: 'Rate limit exceeded' },
+  'ratelimit.concurrency': { status: 429, title: 'Too many concurrent requests' },
+  'ratelimit.store_unavailable': { status: 503, title: 'Rate limit store unavailable' },
+  'ratelimit.overloaded': { status: 503, title: 'Gateway overloaded' },
+  // end ratelimit
+  // audit (src/audit): the audit log cannot take the event (queue or WAL full under
+  // `whenFull: block`, or the log is closed); the request is refused rather than left unaudited.
+  'audit.unavailable': { status: 503, title: 'Audit log unavailable' },
+  // end audit
 } as const satisfies Record<string, ErrorCodeSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -1,0 +1,348 @@
+/**
+ * The authentication stage for one route requirement. Built once per route and
+ * config snapshot; per request it extracts the token, consults the verified-token
+ * cache (a hit stays synchronous: no promise, no crypto, no allocation beyond the
+ * upstream header copy) and only on a miss goes async to verify with jose.
+ *
+ * - `provider`: that provider's token must verify.
+ * - `anyOf`: the first provider that verifies wins; when several share a token
+ *   source, the token's `iss` picks among them (no blind trial of every key).
+ * - `allOf`: every listed provider verifies its own token; the identity is the
+ *   first provider's, upstream headers are everyone's.
+ * - `optional`: like `anyOf`, but no token at all is an anonymous pass; a token
+ *   that fails is still a 401.
+ * - `public`: no stage at all (`null`).
+ */
+import { decodeJwt } from 'jose';
+import type { DecisionRecord, RequestContext } from '../core/context.js';
+import type { BulwarkError } from '../core/errors.js';
+import { CONTINUE, type Decision, type Stage } from '../core/stage.js';
+import { tokenDigest, type CachedToken } from './cache.js';
+import { authnDenial, type AuthnFailureCode } from './failures.js';
+import type { CompiledAuthn, CompiledProvider } from './provider.js';
+import type { RouteAuthConfig } from './schema.js';
+import { MAX_TOKEN_LENGTH, type CompiledTokenSource } from './token.js';
+
+export const AUTHN_STAGE_ID = 'authn';
+/** Decision code when an `optional` route is called without a token. */
+export const AUTHN_ANONYMOUS = 'authn.anonymous';
+
+const ANONYMOUS_RECORD: DecisionRecord = Object.freeze({ stage: AUTHN_STAGE_ID, outcome: 'allow', code: AUTHN_ANONYMOUS });
+
+type Mode = 'one' | 'any' | 'all' | 'optional';
+
+/** Providers reading the token from the same place. */
+interface TokenGroup {
+  readonly source: CompiledTokenSource;
+  readonly providers: readonly CompiledProvider[];
+  /** `iss` → providers with that issuer, in requirement order. */
+  readonly byIssuer: ReadonlyMap<string, readonly CompiledProvider[]>;
+}
+
+interface Failure {
+  readonly code: AuthnFailureCode;
+  readonly provider: string;
+  readonly kid: string | undefined;
+  readonly reason: string;
+}
+
+interface FoundToken {
+  readonly group: TokenGroup;
+  readonly token: string;
+  readonly digest: string;
+}
+
+type GroupResult = { readonly ok: true; readonly entry: CachedToken } | { readonly ok: false; readonly failure: Failure };
+
+/**
+ * Every forward header any provider sets, lower-case. Adapters put these in
+ * `ctx.stripHeaders` on every route, public ones included: a client must never be
+ * able to send its own `x-user-id` to an upstream that trusts the header.
+ */
+export function forwardedHeaderNames(authn: CompiledAuthn): ReadonlySet<string> {
+  return authn.forwardedHeaders;
+}
+
+/** The stage for a route requirement, or null for `public: true`. Throws TypeError for an unknown provider. */
+export function createAuthnStage(requirement: RouteAuthConfig, authn: CompiledAuthn): Stage | null {
+  let mode: Mode;
+  let names: readonly string[];
+  if ('public' in requirement) return null;
+  if ('provider' in requirement) [mode, names] = ['one', [requirement.provider]];
+  else if ('anyOf' in requirement) [mode, names] = ['any', requirement.anyOf];
+  else if ('allOf' in requirement) [mode, names] = ['all', requirement.allOf];
+  else [mode, names] = ['optional', typeof requirement.optional === 'string' ? [requirement.optional] : requirement.optional];
+  const providers = names.map((name) => {
+    const provider = authn.providers.get(name);
+    if (provider === undefined) throw new TypeError(`unknown authn provider "${name}"`);
+    return provider;
+  });
+  if (providers.length === 0) throw new TypeError('an authn requirement needs at least one provider');
+  return new AuthnStage(mode, providers, authn);
+}
+
+function groupBySource(providers: readonly CompiledProvider[]): TokenGroup[] {
+  const byKey = new Map<string, CompiledProvider[]>();
+  for (const provider of providers) {
+    const list = byKey.get(provider.token.key);
+    if (list) list.push(provider);
+    else byKey.set(provider.token.key, [provider]);
+  }
+  return [...byKey.values()].map((list) => {
+    const byIssuer = new Map<string, CompiledProvider[]>();
+    for (const provider of list) {
+      const same = byIssuer.get(provider.issuer);
+      if (same) same.push(provider);
+      else byIssuer.set(provider.issuer, [provider]);
+    }
+    return { source: list[0]!.token, providers: list, byIssuer };
+  });
+}
+
+class AuthnStage implements Stage {
+  readonly id = AUTHN_STAGE_ID;
+  private readonly mode: Mode;
+  private readonly providers: readonly CompiledProvider[];
+  private readonly groups: readonly TokenGroup[];
+  /** allOf: index of each provider's group. */
+  private readonly groupIndex: readonly number[];
+  private readonly strip: ReadonlySet<string>;
+  private readonly authn: CompiledAuthn;
+  private readonly providerLabel: string;
+
+  constructor(mode: Mode, providers: readonly CompiledProvider[], authn: CompiledAuthn) {
+    this.mode = mode;
+    this.providers = providers;
+    this.groups = groupBySource(providers);
+    this.groupIndex = providers.map((p) => this.groups.findIndex((g) => g.providers.includes(p)));
+    this.strip = authn.forwardedHeaders;
+    this.authn = authn;
+    this.providerLabel = providers.map((p) => p.name).join(',');
+  }
+
+  run(ctx: RequestContext): Decision | Promise<Decision> {
+    this.stripForwarded(ctx);
+    return this.mode === 'all' ? this.runAll(ctx) : this.runAny(ctx);
+  }
+
+  private stripForwarded(ctx: RequestContext): void {
+    const strip = this.strip;
+    if (strip.size === 0) return;
+    const current = ctx.stripHeaders;
+    if (current === null || current === strip) {
+      ctx.stripHeaders = strip;
+    } else {
+      const union = new Set(current);
+      for (const name of strip) union.add(name);
+      ctx.stripHeaders = union;
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // provider / anyOf / optional
+
+  private runAny(ctx: RequestContext): Decision | Promise<Decision> {
+    const groups = this.groups;
+    if (groups.length === 1) {
+      // The common case (one token source), without intermediate arrays.
+      const group = groups[0]!;
+      const token = group.source.extract(ctx);
+      if (token === null) return this.noToken(ctx);
+      if (typeof token !== 'string') return this.deny(ctx, token.code, this.providerLabel, undefined, token.reason);
+      if (token.length > MAX_TOKEN_LENGTH)
+        return this.deny(ctx, 'jwt.malformed', this.providerLabel, undefined, 'token too large');
+      const digest = tokenDigest(token);
+      const hit = this.lookup(group, digest);
+      if (hit !== undefined) return this.allow(ctx, hit, hit.cachedRecord);
+      return this.verifyFound(ctx, [{ group, token, digest }], null);
+    }
+
+    const found: FoundToken[] = [];
+    let firstFailure: Failure | null = null;
+    for (const group of groups) {
+      const token = group.source.extract(ctx);
+      if (token === null) continue;
+      const label = group.providers[0]!.name;
+      if (typeof token !== 'string') {
+        if (token.code === 'request.duplicate_authorization') return this.deny(ctx, token.code, label, undefined, token.reason);
+        firstFailure ??= { code: token.code, provider: label, kid: undefined, reason: token.reason };
+        continue;
+      }
+      if (token.length > MAX_TOKEN_LENGTH) {
+        firstFailure ??= { code: 'jwt.malformed', provider: label, kid: undefined, reason: 'token too large' };
+        continue;
+      }
+      const digest = tokenDigest(token);
+      const hit = this.lookup(group, digest);
+      if (hit !== undefined) return this.allow(ctx, hit, hit.cachedRecord);
+      found.push({ group, token, digest });
+    }
+    if (found.length === 0) {
+      return firstFailure === null ? this.noToken(ctx) : this.denyWith(ctx, firstFailure);
+    }
+    return this.verifyFound(ctx, found, firstFailure);
+  }
+
+  private lookup(group: TokenGroup, digest: string): CachedToken | undefined {
+    const now = this.authn.now();
+    const cache = this.authn.cache;
+    for (const provider of group.providers) {
+      const hit = cache.get(digest + provider.tag, now);
+      if (hit !== undefined) return hit;
+    }
+    return undefined;
+  }
+
+  private async verifyFound(ctx: RequestContext, found: readonly FoundToken[], earlier: Failure | null): Promise<Decision> {
+    let first = earlier;
+    for (const { group, token, digest } of found) {
+      const result = await this.verifyInGroup(group, token, digest);
+      if (result.ok) return this.allow(ctx, result.entry, result.entry.verifiedRecord);
+      first ??= result.failure;
+    }
+    return this.denyWith(ctx, first!);
+  }
+
+  private async verifyInGroup(group: TokenGroup, token: string, digest: string): Promise<GroupResult> {
+    let candidates = group.providers;
+    if (candidates.length > 1) {
+      // Several providers read this token: its (unverified) `iss` says which one to ask.
+      // Verification by that provider then checks `iss` for real.
+      let iss: unknown;
+      try {
+        iss = decodeJwt(token).iss;
+      } catch {
+        return {
+          ok: false,
+          failure: { code: 'jwt.malformed', provider: this.providerLabel, kid: undefined, reason: 'undecodable' },
+        };
+      }
+      const matched = typeof iss === 'string' ? group.byIssuer.get(iss) : undefined;
+      if (matched === undefined) {
+        return {
+          ok: false,
+          failure: {
+            code: 'jwt.issuer_mismatch',
+            provider: this.providerLabel,
+            kid: undefined,
+            reason: 'iss names no listed provider',
+          },
+        };
+      }
+      candidates = matched;
+    }
+    let first: Failure | null = null;
+    for (const provider of candidates) {
+      const result = await provider.verify(token);
+      if (result.ok) {
+        this.authn.cache.set(digest + provider.tag, result.entry);
+        return result;
+      }
+      first ??= { code: result.code, provider: provider.name, kid: result.kid, reason: result.reason };
+    }
+    return { ok: false, failure: first! };
+  }
+
+  private noToken(ctx: RequestContext): Decision {
+    if (this.mode === 'optional') {
+      ctx.decisions.push(ANONYMOUS_RECORD);
+      return CONTINUE;
+    }
+    return this.deny(ctx, 'jwt.missing', this.providerLabel, undefined, 'no token');
+  }
+
+  // -------------------------------------------------------------------------
+  // allOf
+
+  private runAll(ctx: RequestContext): Decision | Promise<Decision> {
+    const providers = this.providers;
+    const tokens: (string | undefined)[] = new Array(this.groups.length);
+    const digests: (string | undefined)[] = new Array(this.groups.length);
+    const entries: (CachedToken | undefined)[] = new Array(providers.length);
+    let misses = 0;
+    const now = this.authn.now();
+    for (let i = 0; i < providers.length; i++) {
+      const provider = providers[i]!;
+      const g = this.groupIndex[i]!;
+      let token = tokens[g];
+      if (token === undefined) {
+        const extracted = this.groups[g]!.source.extract(ctx);
+        if (extracted === null) return this.deny(ctx, 'jwt.missing', provider.name, undefined, 'no token');
+        if (typeof extracted !== 'string') return this.deny(ctx, extracted.code, provider.name, undefined, extracted.reason);
+        if (extracted.length > MAX_TOKEN_LENGTH)
+          return this.deny(ctx, 'jwt.malformed', provider.name, undefined, 'token too large');
+        token = extracted;
+        tokens[g] = token;
+        digests[g] = tokenDigest(token);
+      }
+      const hit = this.authn.cache.get(digests[g]! + provider.tag, now);
+      entries[i] = hit;
+      if (hit === undefined) misses++;
+    }
+    if (misses === 0) return this.allowAll(ctx, entries as CachedToken[], null);
+    return this.verifyAll(ctx, tokens as string[], digests as string[], entries);
+  }
+
+  private async verifyAll(
+    ctx: RequestContext,
+    tokens: readonly string[],
+    digests: readonly string[],
+    entries: (CachedToken | undefined)[],
+  ): Promise<Decision> {
+    const providers = this.providers;
+    const fresh: boolean[] = new Array(providers.length).fill(false);
+    for (let i = 0; i < providers.length; i++) {
+      if (entries[i] !== undefined) continue;
+      const provider = providers[i]!;
+      const g = this.groupIndex[i]!;
+      const result = await provider.verify(tokens[g]!);
+      if (!result.ok) return this.deny(ctx, result.code, provider.name, result.kid, result.reason);
+      this.authn.cache.set(digests[g]! + provider.tag, result.entry);
+      entries[i] = result.entry;
+      fresh[i] = true;
+    }
+    return this.allowAll(ctx, entries as CachedToken[], fresh);
+  }
+
+  private allowAll(ctx: RequestContext, entries: readonly CachedToken[], fresh: readonly boolean[] | null): Decision {
+    ctx.identity = entries[0]!.identity;
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i]!;
+      this.addHeaders(ctx, entry);
+      ctx.decisions.push(fresh !== null && fresh[i] ? entry.verifiedRecord : entry.cachedRecord);
+    }
+    return CONTINUE;
+  }
+
+  // -------------------------------------------------------------------------
+
+  private allow(ctx: RequestContext, entry: CachedToken, record: DecisionRecord): Decision {
+    ctx.identity = entry.identity;
+    this.addHeaders(ctx, entry);
+    ctx.decisions.push(record);
+    return CONTINUE;
+  }
+
+  private addHeaders(ctx: RequestContext, entry: CachedToken): void {
+    const headers = entry.upstreamHeaders;
+    if (headers.length === 0) return;
+    // A copy: the cached array is shared by every request carrying this token.
+    ctx.upstreamHeaders = ctx.upstreamHeaders === null ? headers.slice() : ctx.upstreamHeaders.concat(headers);
+  }
+
+  private denyWith(ctx: RequestContext, failure: Failure): BulwarkError {
+    return this.deny(ctx, failure.code, failure.provider, failure.kid, failure.reason);
+  }
+
+  private deny(
+    ctx: RequestContext,
+    code: AuthnFailureCode,
+    provider: string,
+    kid: string | undefined,
+    reason: string,
+  ): BulwarkError {
+    const detail = { provider, kid, reason };
+    ctx.decisions.push({ stage: AUTHN_STAGE_ID, outcome: 'deny', code, detail });
+    return authnDenial(code, detail);
+  }
+}
