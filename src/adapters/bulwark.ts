@@ -68,6 +68,7 @@ export class Bulwark {
     const ctx = contextFor(req, this.secure);
     const admitted = admit(req, ctx, this.settings, this.runtime);
     if (admitted instanceof BulwarkError) return { ctx, error: admitted };
+    ctx.stripHeaders = this.runtime.ownedHeaders;
     if (admitted.pipeline === null) return { ctx, error: null };
     try {
       return { ctx, error: await admitted.pipeline.run(ctx) };

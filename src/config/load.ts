@@ -3,6 +3,7 @@
  * file:line:column. Stages: YAML parse → env substitution (on the parsed
  * document) → schema (ajv, defaults filled) → semantic checks → extra checks.
  */
+import { resolveAuthnPaths } from '../authn/checks.js';
 import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -740,6 +741,7 @@ export function parseConfig(source: string, file: string, options: ParseOptions 
   // Only schema-valid configs reach the checks, so they can trust the types.
   const config = data as BulwarkConfig;
   resolveTlsPaths(config, dirname(resolvePath(file)));
+  resolveAuthnPaths(config.authn, dirname(resolvePath(file)));
   const report = (path: (string | number)[], code: string, message: string, severity: IssueSeverity = 'error') =>
     sink.addPath(doc, path, 'value', code, message, severity);
   for (const check of [...BUILTIN_CHECKS, ...(options.checks ?? [])]) {

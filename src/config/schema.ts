@@ -6,6 +6,8 @@
  * Every object is closed (`additionalProperties: false`): a typo must be an
  * error, never a silently ignored (and so silently widened) setting.
  */
+import { AuthnSchema, RouteAuthSchema } from '../authn/schema.js';
+import { AuthzSchema, RouteAuthzSchema } from '../authz/schema.js';
 import { Type, type Static, type TSchema, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
@@ -191,6 +193,12 @@ export const RouteSchema = Closed({
         'The upstream pool to forward to. Required by the gateway; library adapters hand the request to the application instead.',
     }),
   ),
+  auth: Type.Unsafe<Static<typeof RouteAuthSchema>>({
+    ...RouteAuthSchema,
+    description:
+      'Who may call this route: `{ provider }`, `{ anyOf }`, `{ allOf }`, `{ optional }`, or `{ public: true }`. Required: a route without a requirement must say so.',
+  }),
+  authz: Type.Optional(RouteAuthzSchema),
   maxBodyBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Lower the listener body limit for this route.' })),
   timeouts: Type.Optional(RouteTimeoutsSchema),
 });
@@ -216,6 +224,8 @@ export const ConfigSchema = Closed(
       default: {},
       description: 'Named upstream pools.',
     }),
+    authn: Type.Optional(AuthnSchema),
+    authz: Type.Optional(AuthzSchema),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

@@ -9,6 +9,21 @@ export interface ErrorCodeSpec {
   readonly title: string;
 }
 
+/**
+ * What a client is told instead of the precise code, where the precise code
+ * would help an attacker (which check a forged token failed, which rule
+ * matched). Logs, audit, metrics and explanations keep the precise code.
+ */
+const PUBLIC_CODE: Readonly<Record<string, string>> = {
+  'rbac.no_matching_rule': 'rbac.denied',
+  'rbac.tenant_mismatch': 'rbac.denied',
+};
+
+export function publicCode(code: string): string {
+  if (code.startsWith('jwt.') && code !== 'jwt.missing' && code !== 'jwt.insufficient_scope') return 'jwt.invalid';
+  return PUBLIC_CODE[code] ?? code;
+}
+
 export const ERROR_CODES = {
   // request shape (normalize stage, adapters)
   'request.bad_target': { status: 400, title: 'Bad request target' },
@@ -84,6 +99,14 @@ export const ERROR_CODES = {
   // `whenFull: block`, or the log is closed); the request is refused rather than left unaudited.
   'audit.unavailable': { status: 503, title: 'Audit log unavailable' },
   // end audit
+  // grpc — the gRPC proxy and interceptors (src/grpc). Rendered as grpc-status (see
+  // src/grpc/status.ts), or as a problem for the one code a non-gRPC client can get (415).
+  'grpc.not_grpc': { status: 415, title: 'This route only serves gRPC' },
+  'grpc.bad_timeout': { status: 400, title: 'Invalid grpc-timeout' },
+  'grpc.message_too_large': { status: 413, title: 'gRPC message larger than allowed' },
+  'grpc.malformed_frame': { status: 400, title: 'Malformed gRPC message frame' },
+  'grpc.unsupported_encoding': { status: 415, title: 'Unsupported grpc-encoding' },
+  // end grpc
 } as const satisfies Record<string, ErrorCodeSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

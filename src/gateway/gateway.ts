@@ -142,6 +142,7 @@ export class Gateway {
       return;
     }
     const route = admitted;
+    ctx.stripHeaders = runtime.ownedHeaders;
     const decision = route.pipeline === null ? null : route.pipeline.run(ctx);
     if (decision === null) {
       this.proxy(req, res, ctx, route, settings, isH2, release);

@@ -1,3 +1,5 @@
+import { compileAuthn, createAuthnStage, forwardedHeaderNames, type CompiledAuthn } from '../authn/index.js';
+import { compileAuthz, createAuthzStage, type CompiledAuthz } from '../authz/index.js';
 import type {
   BulwarkConfig,
   ListenerConfig,
@@ -74,14 +76,28 @@ export class Runtime {
   readonly router: Router<CompiledRoute>;
   readonly upstreams: ReadonlyMap<string, Upstream>;
   readonly listeners: ReadonlyMap<string, ListenerSettings>;
+  readonly authn: CompiledAuthn | null;
+  readonly authz: CompiledAuthz | null;
+  /** Identity headers the gateway owns: the client's copies are removed on every route, public ones too. */
+  readonly ownedHeaders: ReadonlySet<string> | null;
   private active: number;
   private idle: Promise<void> | null;
   private onIdle: (() => void) | null;
 
-  constructor(config: BulwarkConfig, hash: string, upstreams: Map<string, Upstream>, routes: CompiledRoute[]) {
+  constructor(
+    config: BulwarkConfig,
+    hash: string,
+    upstreams: Map<string, Upstream>,
+    routes: CompiledRoute[],
+    security: { authn: CompiledAuthn | null; authz: CompiledAuthz | null } = { authn: null, authz: null },
+  ) {
     this.config = config;
     this.hash = hash;
     this.upstreams = upstreams;
+    this.authn = security.authn;
+    this.authz = security.authz;
+    const owned = security.authn === null ? null : forwardedHeaderNames(security.authn);
+    this.ownedHeaders = owned !== null && owned.size > 0 ? owned : null;
     this.router = new Router(routes);
     this.listeners = new Map(config.listeners.map((l) => [listenerKey(l), new ListenerSettings(l)]));
     this.active = 0;
@@ -119,12 +135,37 @@ export class Runtime {
  * Compiles a validated config into a snapshot. Upstreams whose settings did not
  * change are carried over from `previous`, so a reload keeps warm connections.
  */
-export async function compileRuntime(
-  config: BulwarkConfig,
-  hash: string,
-  previous: Runtime | null,
-  stagesFor: (route: RouteConfig) => Stage[] = () => [],
-): Promise<Runtime> {
+export async function compileRuntime(config: BulwarkConfig, hash: string, previous: Runtime | null): Promise<Runtime> {
+  // Security state is carried over when its config did not change: JWKS caches stay warm, no refetch storm on reload.
+  const authn =
+    config.authn === undefined
+      ? null
+      : previous?.authn != null && sameJson(previous.config.authn, config.authn)
+        ? previous.authn
+        : compileAuthn(config.authn);
+  if (authn !== null && authn !== previous?.authn) {
+    try {
+      await authn.ready();
+    } catch (err) {
+      authn.close();
+      throw err;
+    }
+  }
+  const authz = config.authz === undefined ? null : compileAuthz(config.authz);
+  const stagesFor = (route: RouteConfig): Stage[] => {
+    const stages: Stage[] = [];
+    if (!('public' in route.auth)) {
+      if (authn === null) throw new TypeError(`route ${route.id}: authentication required but no authn providers are configured`);
+      const stage = createAuthnStage(route.auth, authn);
+      if (stage !== null) stages.push(stage);
+    }
+    if (route.authz !== undefined) {
+      if (authz === null) throw new TypeError(`route ${route.id}: authz policies referenced but no authz section`);
+      const stage = createAuthzStage(route.authz, authz);
+      if (stage !== null) stages.push(stage);
+    }
+    return stages;
+  };
   const upstreams = new Map<string, Upstream>();
   for (const [name, upstreamConfig] of Object.entries(config.upstreams)) {
     const old = previous?.upstreams.get(name);
@@ -141,14 +182,15 @@ export async function compileRuntime(
     if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
     return new CompiledRoute(route, upstream, stagesFor(route));
   });
-  return new Runtime(config, hash, upstreams, routes);
+  return new Runtime(config, hash, upstreams, routes, { authn, authz });
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
 export async function retireRuntime(previous: Runtime, next: Runtime | null, graceMs: number): Promise<void> {
   const shared = new Set(next === null ? [] : next.upstreams.values());
   const owned = [...previous.upstreams.values()].filter((u) => !shared.has(u));
-  if (owned.length === 0) return;
+  const authn = previous.authn !== null && previous.authn !== next?.authn ? previous.authn : null;
+  if (owned.length === 0 && authn === null) return;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<boolean>((resolve) => {
     timer = setTimeout(() => resolve(true), graceMs);
@@ -160,4 +202,9 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
     if (late) upstream.destroy();
     else await upstream.close();
   }
+  authn?.close();
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
 }

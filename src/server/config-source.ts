@@ -2,6 +2,8 @@ import { watch, type FSWatcher } from 'node:fs';
 import { basename, dirname, resolve } from 'node:path';
 import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
+import { authnChecks, checkRouteAuth } from '../authn/index.js';
+import { authzChecks } from '../authz/index.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
@@ -10,7 +12,14 @@ export interface Overrides {
 }
 
 /** Checks for a config the library adapters run. */
-export const LIBRARY_CHECKS: readonly ConfigCheck[] = [routeChecks, listenerChecks];
+export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
+  routeChecks,
+  listenerChecks,
+  (config, report) => authnChecks(config, report),
+  (config, report) =>
+    config.routes.forEach((route, i) => checkRouteAuth(route.auth, config.authn, ['routes', i, 'auth'], report)),
+  (config, report) => authzChecks(config, report),
+];
 /** Checks for a config `bulwark serve` and `bulwark validate` accept. */
 export const CONFIG_CHECKS: readonly ConfigCheck[] = [...LIBRARY_CHECKS, gatewayChecks];
 

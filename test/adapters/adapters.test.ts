@@ -10,8 +10,8 @@ import { bulwarkFastify } from '../../src/adapters/fastify.js';
 const config = {
   version: 1,
   routes: [
-    { id: 'items', match: { path: { glob: '/items/{id}' }, methods: ['GET'] } },
-    { id: 'health', match: { path: { exact: '/health' } } },
+    { id: 'items', auth: { public: true }, match: { path: { glob: '/items/{id}' }, methods: ['GET'] } },
+    { id: 'health', auth: { public: true }, match: { path: { exact: '/health' } } },
   ],
 };
 
@@ -93,7 +93,7 @@ describe('library adapters run the same engine', () => {
 
   it('refuses an invalid config with ConfigError issues', async () => {
     await expect(
-      createBulwark({ config: { version: 1, routes: [{ id: 'x', match: { path: { prefx: '/' } } }] } }),
+      createBulwark({ config: { version: 1, routes: [{ id: 'x', auth: { public: true }, match: { path: { prefx: '/' } } }] } }),
     ).rejects.toMatchObject({
       code: 'ERR_CONFIG_INVALID',
     });

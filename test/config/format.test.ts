@@ -8,8 +8,11 @@ describe('formatIssues', () => {
     const issues = issuesOf(yaml(...BASE, 'bogus: 1', 'also: 2'), {}, 'gateway.yaml');
     const lines = formatIssues(issues).split('\n');
     expect(lines).toHaveLength(2);
-    expect(lines[0]).toMatch(/^gateway\.yaml:12:1: error bogus: unknown key "bogus".* \(config\.unknown_key\)$/);
-    expect(lines[1]).toContain('gateway.yaml:13:1: error also:');
+    const line = BASE.length + 1;
+    expect(lines[0]).toMatch(
+      new RegExp(`^gateway\\.yaml:${line}:1: error bogus: unknown key "bogus".* \\(config\\.unknown_key\\)$`),
+    );
+    expect(lines[1]).toContain(`gateway.yaml:${line + 1}:1: error also:`);
   });
 
   it('marks warnings and the document root', () => {

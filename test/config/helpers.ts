@@ -18,6 +18,7 @@ export const BASE = [
   '    match:',
   '      path: { prefix: /api }',
   '    upstream: app',
+  '    auth: { public: true }',
 ];
 
 export const yaml = (...lines: string[]): string => `${lines.join('\n')}\n`;

@@ -99,7 +99,7 @@ add(
   (s) => [{ code: 'config.upstream_source', path: 'upstreams.app.builtin', line: lineOf(s, 'builtin') }],
 );
 
-add('duplicate route id', [...BASE, '  - id: api', '    match: {}', '    upstream: app'], (s) => [
+add('duplicate route id', [...BASE, '  - id: api', '    match: {}', '    upstream: app', '    auth: { public: true }'], (s) => [
   { code: 'config.duplicate_id', path: 'routes[1].id', line: lineOf(s, '- id: api', 2) },
 ]);
 
@@ -227,10 +227,26 @@ describe('invalid configs', () => {
 describe('gateway checks (what `bulwark serve` needs beyond the library)', () => {
   it('needs a listener and an upstream on every route', async () => {
     const { CONFIG_CHECKS } = await import('../../src/server/config-source.js');
-    const source = yaml(BASE[0] as string, 'listeners: []', 'routes:', '  - id: api', '    match: { path: { prefix: /api } }');
+    const source = yaml(
+      BASE[0] as string,
+      'listeners: []',
+      'routes:',
+      '  - id: api',
+      '    match: { path: { prefix: /api } }',
+      '    auth: { public: true }',
+    );
     expect(pick(issuesOf(source, { checks: CONFIG_CHECKS }))).toEqual([
       { code: 'config.required', path: 'listeners', line: 2 },
       { code: 'config.required', path: 'routes[0]', line: 4 },
+    ]);
+  });
+});
+
+describe('route authentication requirement', () => {
+  it('is required on every route: no requirement must be said explicitly', () => {
+    const source = yaml(...BASE.filter((l) => !l.includes('auth:')));
+    expect(pick(issuesOf(source))).toEqual([
+      { code: 'config.required', path: 'routes[0].auth', line: lineOf(source, '- id: api') },
     ]);
   });
 });

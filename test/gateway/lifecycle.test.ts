@@ -20,7 +20,7 @@ listeners: [{ address: 127.0.0.1, port: 0 }]
 admin: { port: 0 }
 upstreams: { app: { endpoints: ['${origin}'] } }
 routes:
-  - { id: a, match: { path: { prefix: /a } }, upstream: app }
+  - { id: a, auth: { public: true }, match: { path: { prefix: /a } }, upstream: app }
 ${extraRoutes}`;
 }
 
@@ -71,7 +71,10 @@ describe('hot reload', () => {
     for (let i = 0; i < 6; i++) {
       await new Promise((r) => setTimeout(r, 250));
       // alternate between in-place writes and atomic renames, plus SIGHUP
-      const next = yaml(upstream.origin, `  - { id: b${i}, match: { path: { prefix: /b${i} } }, upstream: app }\n`);
+      const next = yaml(
+        upstream.origin,
+        `  - { id: b${i}, auth: { public: true }, match: { path: { prefix: /b${i} } }, upstream: app }\n`,
+      );
       if (i % 2 === 0) writeFileSync(file, next);
       else {
         writeFileSync(file + '.tmp', next);
@@ -98,7 +101,7 @@ describe('hot reload', () => {
     const port = gw.ports[0]!;
     const refusedBefore = () => gw.logs.filter((l) => l['msg'] === 'reload refused, keeping the running configuration').length;
 
-    const full = yaml(upstream.origin, '  - { id: c, match: { path: { prefix: /c } }, upstream: app }\n');
+    const full = yaml(upstream.origin, '  - { id: c, auth: { public: true }, match: { path: { prefix: /c } }, upstream: app }\n');
     writeFileSync(file, full.slice(0, full.length - 30)); // half-written
     await gw.waitForLog(() => refusedBefore() >= 1);
     expect(await get(port, '/a/x')).toBe(200);
@@ -204,8 +207,8 @@ describe('validate: router and listener checks', () => {
 listeners: [{ port: 8080 }]
 upstreams: { app: { endpoints: ['http://127.0.0.1:1'] } }
 routes:
-  - { id: all, match: { path: { prefix: /api } }, upstream: app }
-  - { id: users, match: { path: { prefix: /api/users } }, upstream: app }
+  - { id: all, auth: { public: true }, match: { path: { prefix: /api } }, upstream: app }
+  - { id: users, auth: { public: true }, match: { path: { prefix: /api/users } }, upstream: app }
 `,
     );
     const warned = await runCli(['validate', shadowed]);
@@ -219,7 +222,7 @@ routes:
 listeners: [{ port: 8080, paths: { backslash: keep } }]
 upstreams: { app: { endpoints: ['http://127.0.0.1:1'] } }
 routes:
-  - { id: g, match: { path: { glob: '/a/**/b/**' } }, upstream: app }
+  - { id: g, auth: { public: true }, match: { path: { glob: '/a/**/b/**' } }, upstream: app }
 `,
     );
     const refused = await runCli(['validate', knobs]);

@@ -30,9 +30,11 @@ routes:
   - id: items
     match: { path: { glob: '/items/{id}' }, methods: [GET] }
     upstream: app
+    auth: { public: true }
   - id: api
     match: { path: { prefix: /api } }
     upstream: app
+    auth: { public: true }
 ${extra}`;
 }
 
@@ -208,11 +210,11 @@ upstreams:
   garbage: { endpoints: ['http://127.0.0.1:${garbagePort}'] }
   midbody: { endpoints: ['http://127.0.0.1:${midBodyPort}'] }
 routes:
-  - { id: refused, match: { path: { prefix: /refused } }, upstream: refused }
-  - { id: reset, match: { path: { prefix: /reset } }, upstream: reset }
-  - { id: hang, match: { path: { prefix: /hang } }, upstream: hang }
-  - { id: garbage, match: { path: { prefix: /garbage } }, upstream: garbage }
-  - { id: midbody, match: { path: { prefix: /midbody } }, upstream: midbody }
+  - { id: refused, auth: { public: true }, match: { path: { prefix: /refused } }, upstream: refused }
+  - { id: reset, auth: { public: true }, match: { path: { prefix: /reset } }, upstream: reset }
+  - { id: hang, auth: { public: true }, match: { path: { prefix: /hang } }, upstream: hang }
+  - { id: garbage, auth: { public: true }, match: { path: { prefix: /garbage } }, upstream: garbage }
+  - { id: midbody, auth: { public: true }, match: { path: { prefix: /midbody } }, upstream: midbody }
 `);
     try {
       const expectations: [string, number, string][] = [
@@ -246,7 +248,7 @@ describe('HTTP/2', () => {
 version: 1
 listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
 upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
 `);
     try {
       const session = h2connect(gw.url);
@@ -277,7 +279,7 @@ routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
 version: 1
 listeners: [{ address: 127.0.0.1, port: 0, protocol: https, tls: { cert: '${tls.cert}', key: '${tls.key}' } }]
 upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
 `);
     try {
       const session = h2connect(`https://localhost:${gw.port}`, { rejectUnauthorized: false });
@@ -317,7 +319,7 @@ describe('slow request bodies', () => {
 version: 1
 listeners: [{ address: 127.0.0.1, port: 0, limits: { headersTimeoutMs: 300, requestTimeoutMs: 600 } }]
 upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
 `);
     try {
       const raw = await rawRequest(gw.port, 'POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\nonly-part', 3000);
@@ -357,7 +359,7 @@ describe('response shapes', () => {
 version: 1
 listeners: [{ address: 127.0.0.1, port: 0 }]
 upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, match: { path: { prefix: / } }, upstream: app }]
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
 `);
     try {
       const head = await request(`${gw.url}/x`, { method: 'HEAD' });
