@@ -2,7 +2,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
 import { connect as h2connect } from 'node:http2';
 import { fileURLToPath } from 'node:url';
-import { spawnBulwark, type RunningBulwark } from '../helpers/process.js';
+import { execFileSync } from 'node:child_process';
+import { mintToken } from '../../src/cli/dev-tokens.js';
+import { ROOT, spawnBulwark, type RunningBulwark } from '../helpers/process.js';
 
 const QUICKSTART = fileURLToPath(new URL('../../examples/quickstart/gateway.yaml', import.meta.url));
 
@@ -10,6 +12,12 @@ describe('quickstart (examples/quickstart/gateway.yaml, built-in echo upstream)'
   let gw: RunningBulwark;
   let base: string;
   beforeAll(async () => {
+    // what `npm start` runs first (prestart): the demo key and ready-made curls
+    execFileSync(process.execPath, ['examples/quickstart/prepare-demo.js'], {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, BULWARK_PORT: '8080' },
+    }).toString();
     gw = await spawnBulwark(QUICKSTART, [], { BULWARK_PORT: '0', BULWARK_ADMIN_PORT: '0' });
     base = `http://127.0.0.1:${gw.ports[0]}`;
   });
@@ -41,6 +49,21 @@ describe('quickstart (examples/quickstart/gateway.yaml, built-in echo upstream)'
     const other = await request(`${base}/admin`);
     expect(other.statusCode).toBe(404);
     await other.body.dump();
+  });
+
+  it('protects /api/orders: 401 without a token, 200 for a viewer, 403 without the role', async () => {
+    const keyFile = fileURLToPath(new URL('../../examples/quickstart/.keys/demo.private.jwk.json', import.meta.url));
+    const mint = (roles: string[]) =>
+      mintToken({ keyFile, issuer: 'https://demo.bulwark.local', audience: ['demo-api'], subject: 'alice', roles });
+    const none = await request(`${base}/api/orders/42`);
+    expect(none.statusCode).toBe(401);
+    await none.body.dump();
+    const ok = await request(`${base}/api/orders/42`, { headers: { authorization: `Bearer ${await mint(['viewer'])}` } });
+    expect(ok.statusCode).toBe(200);
+    expect(((await ok.body.json()) as { headers: Record<string, string> }).headers['x-user-id']).toBe('alice');
+    const forbidden = await request(`${base}/api/orders/42`, { headers: { authorization: `Bearer ${await mint([])}` } });
+    expect(forbidden.statusCode).toBe(403);
+    await forbidden.body.dump();
   });
 
   it('speaks cleartext HTTP/2 on the same port', async () => {
