@@ -4,6 +4,7 @@ import { ConfigError, formatIssues, loadConfigFile } from '../config/load.js';
 import { CONFIG_CHECKS } from '../server/config-source.js';
 import { isWorkerProcess, runWorker, serve } from '../server/serve.js';
 import { createLogger } from '../telemetry/logger.js';
+import { explain } from './explain.js';
 import { DEV_ALGORITHMS, generateKeys, mintToken, writeKeys, type DevAlgorithm } from './dev-tokens.js';
 
 /** Exit codes, documented in `bulwark --help` and the README. */
@@ -18,6 +19,7 @@ in front of (or inside) your services.
 Commands:
   serve         run the gateway
   validate      check a configuration file
+  explain       show how a config decides one request (exit 0 allow, 1 deny)
   keys generate create a signing key pair (private JWK + public JWKS) for development
   token mint    sign a development token with such a key
 
@@ -38,6 +40,16 @@ Options:
   -p, --port N          override the first listener's port
       --admin-port N    override the admin listener's port
   -h, --help            show this help
+`,
+  explain: `Usage: bulwark explain --config FILE --method M --path P
+                       [--token T | --claims JSON] [--host H] [--header 'Name: value']... [--json]
+
+Runs one request through the config's real engine (canonicalization, routing,
+authentication, authorization) and prints every decision: stage, outcome, reason
+code, provider and key id, policy and rule. With --claims, authentication is
+skipped and the claims are taken as verified.
+
+Exit codes: 0 allow, 1 deny, 2 usage error.
 `,
   keys: `Usage: bulwark keys generate [--alg ES256] [--kid ID] [--out DIR]
 
@@ -100,6 +112,8 @@ export async function main(argv: string[]): Promise<number> {
         return await serveCommand(rest);
       case 'validate':
         return await validateCommand(rest);
+      case 'explain':
+        return await explainCommand(rest);
       case 'keys':
         return await keysCommand(rest);
       case 'token':
@@ -260,6 +274,66 @@ async function tokenCommand(args: string[]): Promise<number> {
     return EXIT.ok;
   } catch (err) {
     process.stderr.write(`bulwark: ${err instanceof Error ? err.message : String(err)}\n`);
+    return EXIT.failure;
+  }
+}
+
+async function explainCommand(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      help: { type: 'boolean', short: 'h' },
+      config: { type: 'string', short: 'c' },
+      method: { type: 'string', short: 'X' },
+      path: { type: 'string' },
+      host: { type: 'string' },
+      token: { type: 'string' },
+      claims: { type: 'string' },
+      header: { type: 'string', short: 'H', multiple: true },
+      json: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help === true) {
+    process.stdout.write(HELP['explain']!);
+    return EXIT.ok;
+  }
+  if (values.config === undefined || values.path === undefined) return usageError('explain', '--config and --path are required');
+  if (values.token !== undefined && values.claims !== undefined)
+    return usageError('explain', 'give --token or --claims, not both');
+  let claims: Record<string, unknown> | undefined;
+  if (values.claims !== undefined) {
+    try {
+      const parsed: unknown = JSON.parse(values.claims);
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
+      claims = parsed as Record<string, unknown>;
+    } catch {
+      return usageError('explain', '--claims expects a JSON object');
+    }
+  }
+  const headers: Record<string, string> = {};
+  for (const h of values.header ?? []) {
+    const colon = h.indexOf(':');
+    if (colon <= 0) return usageError('explain', `--header expects "Name: value", got "${h}"`);
+    headers[h.slice(0, colon).trim().toLowerCase()] = h.slice(colon + 1).trim();
+  }
+  try {
+    return await explain(
+      {
+        configFile: values.config,
+        method: values.method ?? 'GET',
+        path: values.path,
+        host: values.host,
+        token: values.token,
+        claims,
+        headers,
+        json: values.json,
+      },
+      (text) => process.stdout.write(text.endsWith('\n') ? text : text + '\n'),
+    );
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(formatIssues(err.issues) + '\n');
     return EXIT.failure;
   }
 }
