@@ -1,0 +1,637 @@
+/**
+ * Tracing through the OpenTelemetry SDK: a server span per request, a client
+ * span per upstream attempt, pipeline decisions as span events.
+ *
+ * Hot path: nothing here uses the OTel context manager (no AsyncLocalStorage):
+ * the parent of every span is passed explicitly, so an unsampled request costs
+ * one id generation, a sampler call and a NonRecordingSpan. With `exporter: none`
+ * there is no SDK at all: `startServerSpan` returns a shared no-op handle and only
+ * reads an incoming trace context when the request carries one, so the logs of a
+ * traced caller still show its trace id (the `span_id` is then the caller's
+ * span) while the headers pass upstream untouched.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import type { IncomingHttpHeaders } from 'node:http';
+import {
+  ROOT_CONTEXT,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Attributes,
+  type Context,
+  type Span,
+  type SpanContext,
+  type TextMapGetter,
+  type TextMapPropagator,
+  type TextMapSetter,
+} from '@opentelemetry/api';
+import {
+  CompositePropagator,
+  ExportResultCode,
+  W3CBaggagePropagator,
+  W3CTraceContextPropagator,
+  type ExportResult,
+} from '@opentelemetry/core';
+import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import { B3InjectEncoding, B3Propagator } from '@opentelemetry/propagator-b3';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import {
+  BasicTracerProvider,
+  BatchSpanProcessor,
+  ConsoleSpanExporter,
+  ParentBasedSampler,
+  RandomIdGenerator,
+  SimpleSpanProcessor,
+  TraceIdRatioBasedSampler,
+  type ReadableSpan,
+  type Sampler,
+  type SpanExporter,
+  type SpanProcessor,
+} from '@opentelemetry/sdk-trace-base';
+import {
+  ATTR_ERROR_TYPE,
+  ATTR_HTTP_REQUEST_METHOD,
+  ATTR_HTTP_REQUEST_METHOD_ORIGINAL,
+  ATTR_HTTP_RESPONSE_STATUS_CODE,
+  ATTR_HTTP_ROUTE,
+  ATTR_NETWORK_PROTOCOL_VERSION,
+  ATTR_SERVER_ADDRESS,
+  ATTR_SERVER_PORT,
+  ATTR_SERVICE_NAME,
+  ATTR_SERVICE_VERSION,
+  ATTR_URL_PATH,
+  ATTR_URL_SCHEME,
+} from '@opentelemetry/semantic-conventions';
+import type { DecisionRecord, RequestContext } from '../core/context.js';
+import type { PropagatorName, ResolvedTelemetryConfig } from './schema.js';
+
+// The gRPC attributes the issue names (rpc.system, rpc.service, rpc.grpc.status_code) are
+// "incubating"/deprecated in semconv 1.45 in favour of rpc.system.name; Jaeger, Tempo and
+// Grafana still key on these, so they are what we emit.
+const ATTR_RPC_SYSTEM = 'rpc.system';
+const ATTR_RPC_SERVICE = 'rpc.service';
+const ATTR_RPC_METHOD = 'rpc.method';
+const ATTR_RPC_GRPC_STATUS_CODE = 'rpc.grpc.status_code';
+const ATTR_ENDUSER_ID = 'enduser.id';
+
+/** Detail keys of a DecisionRecord copied onto span events: ids and reasons only. `key`, `roles`, subjects never. */
+const EVENT_DETAIL_KEYS = [
+  'provider',
+  'kid',
+  'policy',
+  'rule',
+  'mode',
+  'reason',
+  'profile',
+  'store',
+  'limit',
+  'remaining',
+] as const;
+
+export const VERSION: string = (() => {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+  } catch {
+    return '0.0.0';
+  }
+})();
+
+const KNOWN_METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
+
+/** Semconv: a method outside the known set is reported as `_OTHER` (the original goes in its own attribute). */
+export function normalizeMethod(method: string): string {
+  return KNOWN_METHODS.has(method) ? method : '_OTHER';
+}
+
+/** gRPC statuses a server reports as span errors (semconv rpc spans). */
+const GRPC_SERVER_ERRORS = new Set([2, 4, 12, 13, 14, 15]);
+
+const headerGetter: TextMapGetter<IncomingHttpHeaders> = {
+  get(carrier, key) {
+    return carrier[key];
+  },
+  keys(carrier) {
+    return Object.keys(carrier);
+  },
+};
+
+/** Appends to the gateway's flat [name, value, …] upstream header list. */
+const flatSetter: TextMapSetter<string[]> = {
+  set(carrier, key, value) {
+    carrier.push(key, value);
+  },
+};
+
+/** Every trace-context header we understand; replaced, never forwarded next to ours. */
+const TRACE_HEADERS = [
+  'traceparent',
+  'tracestate',
+  'b3',
+  'x-b3-traceid',
+  'x-b3-spanid',
+  'x-b3-parentspanid',
+  'x-b3-sampled',
+  'x-b3-flags',
+];
+
+function hasIncomingContext(headers: IncomingHttpHeaders, baggage: boolean): boolean {
+  return (
+    headers['traceparent'] !== undefined ||
+    headers['b3'] !== undefined ||
+    headers['x-b3-traceid'] !== undefined ||
+    (baggage && headers['baggage'] !== undefined)
+  );
+}
+
+/** Incoming propagation: all formats are read; W3C wins over B3 when a request carries both. */
+export function createExtractor(withBaggage: boolean): TextMapPropagator {
+  const propagators: TextMapPropagator[] = [new B3Propagator(), new W3CTraceContextPropagator()];
+  if (withBaggage) propagators.push(new W3CBaggagePropagator());
+  return new CompositePropagator({ propagators });
+}
+
+/** Outgoing propagation: the configured formats only. */
+export function createInjector(names: readonly PropagatorName[]): TextMapPropagator {
+  const propagators: TextMapPropagator[] = names.map((name) => {
+    switch (name) {
+      case 'tracecontext':
+        return new W3CTraceContextPropagator();
+      case 'baggage':
+        return new W3CBaggagePropagator();
+      case 'b3':
+        return new B3Propagator({ injectEncoding: B3InjectEncoding.SINGLE_HEADER });
+      case 'b3multi':
+        return new B3Propagator({ injectEncoding: B3InjectEncoding.MULTI_HEADER });
+    }
+  });
+  return new CompositePropagator({ propagators });
+}
+
+/** The default masking of identity attributes: a truncated SHA-256, joinable with audit records, not reversible by eye. */
+export function hashIdentity(value: string): string {
+  return 'sha256:' + createHash('sha256').update(value).digest('hex').slice(0, 16);
+}
+
+/**
+ * A route's template for `http.route`: the configured path pattern (globs are
+ * already templates, `{id}`), never the request's path.
+ */
+export function routeTemplate(match: { exact: string } | { prefix: string } | { glob: string } | undefined): string {
+  if (match === undefined) return '/**';
+  if ('exact' in match) return match.exact;
+  if ('glob' in match) return match.glob;
+  return match.prefix === '/' ? '/**' : match.prefix.replace(/\/$/, '') + '/**';
+}
+
+export interface RouteLike {
+  readonly id: string;
+  readonly match: { readonly path?: { exact: string } | { prefix: string } | { glob: string } | undefined };
+}
+
+export interface TracingOptions {
+  /** Masks identity attributes (use the audit masker when there is one). Default: `hashIdentity`. */
+  mask?: (value: string) => string;
+  /** Routes of the config snapshot, for `http.route` templates. */
+  routes?: readonly RouteLike[];
+  /** Replaces the configured `otlp`/`console` exporter (tests: an InMemorySpanExporter); `none` stays none. */
+  exporter?: SpanExporter;
+  /** Export a span as soon as it ends (tests, console). Default: batched for OTLP. */
+  simpleProcessor?: boolean;
+  /** Called with the outcome of every export batch (metrics, rate-limited logs). */
+  onExport?: (spans: number, error: Error | null) => void;
+}
+
+export interface EndInfo {
+  /** The denial or failure code (`jwt.expired`, `upstream.timeout`), null when allowed and served. */
+  code?: string | null;
+  /** gRPC status from `grpc-status`, when the request was gRPC. */
+  grpcStatus?: number | null;
+}
+
+/** Per-request tracing handle. The no-op one (traces off) is shared and allocation-free. */
+export interface ServerSpan {
+  readonly recording: boolean;
+  /**
+   * Records one stage's decision as a span event, timed when it happened. Optional: `end`
+   * records every `ctx.decisions` entry after the ones passed here, so call it for each record
+   * in the order they are pushed, or not at all.
+   */
+  stageEvent(record: DecisionRecord): void;
+  /** A client span for one upstream attempt. */
+  startClientSpan(upstream: string, endpoint: string, method: string): ClientSpan;
+  /** Ends the span: status, route, decision code; `ctx` is read for path, host, protocol, identity. */
+  end(ctx: RequestContext, status: number, info?: EndInfo): void;
+}
+
+export interface ClientSpan {
+  /** Replaces any client-sent trace headers in the flat upstream list with this attempt's context. */
+  inject(headers: string[]): void;
+  /** `status` 0 when no response arrived; `code` the upstream failure code. */
+  end(status: number, code?: string | null): void;
+}
+
+const NOOP_CLIENT_SPAN: ClientSpan = Object.freeze({
+  inject(): void {},
+  end(): void {},
+});
+
+const NOOP_SERVER_SPAN: ServerSpan = Object.freeze({
+  recording: false,
+  stageEvent(): void {},
+  startClientSpan(): ClientSpan {
+    return NOOP_CLIENT_SPAN;
+  },
+  end(): void {},
+});
+
+export interface Tracing {
+  /** False with `exporter: none`: no SDK, no spans. */
+  readonly enabled: boolean;
+  /** Starts the request's server span and fills `ctx.trace`. Call right after the context exists. */
+  startServerSpan(ctx: RequestContext): ServerSpan;
+  /** The routes of a new config snapshot (for `http.route`), when nothing else in tracing changed. */
+  setRoutes(routes: readonly RouteLike[]): void;
+  /** Exports what is buffered. */
+  forceFlush(): Promise<void>;
+  /** Flushes and stops the exporter; spans ending afterwards are dropped. */
+  shutdown(): Promise<void>;
+}
+
+/** Shared by every span handle of one tracing setup; only the route templates are swapped (on reload). */
+class TracingRuntime {
+  readonly tracer: ReturnType<BasicTracerProvider['getTracer']>;
+  readonly extractor: TextMapPropagator;
+  readonly injector: TextMapPropagator;
+  readonly extractBaggage: boolean;
+  readonly stripHeaders: ReadonlySet<string>;
+  readonly identity: boolean;
+  readonly mask: (value: string) => string;
+  templates: ReadonlyMap<string, string>;
+  readonly ids = new RandomIdGenerator();
+
+  constructor(
+    tracer: ReturnType<BasicTracerProvider['getTracer']>,
+    config: ResolvedTelemetryConfig['traces'],
+    options: TracingOptions,
+  ) {
+    this.tracer = tracer;
+    this.extractBaggage = config.propagators.includes('baggage');
+    this.extractor = createExtractor(this.extractBaggage);
+    this.injector = createInjector(config.propagators);
+    // Client-sent baggage is only replaced when we re-inject it; otherwise it passes as it came.
+    this.stripHeaders = new Set(this.extractBaggage ? [...TRACE_HEADERS, 'baggage'] : TRACE_HEADERS);
+    this.identity = config.identityAttributes;
+    this.mask = options.mask ?? hashIdentity;
+    this.templates = templatesOf(options.routes ?? []);
+  }
+}
+
+function templatesOf(routes: readonly RouteLike[]): ReadonlyMap<string, string> {
+  return new Map(routes.map((r) => [r.id, routeTemplate(r.match.path)]));
+}
+
+class OtelServerSpan implements ServerSpan {
+  readonly recording: boolean;
+  private readonly runtime: TracingRuntime;
+  private readonly span: Span;
+  private readonly context: Context;
+  private emitted: number;
+  private readonly grpc: boolean;
+
+  constructor(runtime: TracingRuntime, span: Span, context: Context, grpc: boolean) {
+    this.runtime = runtime;
+    this.span = span;
+    this.context = context;
+    this.recording = span.isRecording();
+    this.emitted = 0;
+    this.grpc = grpc;
+  }
+
+  stageEvent(record: DecisionRecord): void {
+    // Counted whether recording or not: end() emits only the records after the last one seen here.
+    this.emitted++;
+    if (this.recording) this.span.addEvent('bulwark.decision', decisionAttributes(record));
+  }
+
+  startClientSpan(upstream: string, endpoint: string, method: string): ClientSpan {
+    const runtime = this.runtime;
+    if (!this.recording) {
+      // An unsampled parent has unsampled children under every sampler we build (parent-based, or
+      // ratio on the same trace id), so skip the tracer: a fresh span id on the parent's context is
+      // exactly what it would return, at a fraction of the cost. It still propagates (sampled=0).
+      const parent = this.span.spanContext();
+      const span = trace.wrapSpanContext({
+        traceId: parent.traceId,
+        spanId: runtime.ids.generateSpanId(),
+        traceFlags: parent.traceFlags,
+        traceState: parent.traceState,
+      });
+      return new OtelClientSpan(runtime, span, trace.setSpan(this.context, span));
+    }
+    const normalized = normalizeMethod(method);
+    let attributes: Attributes | undefined;
+    if (this.recording) {
+      const address = splitOrigin(endpoint);
+      attributes = {
+        [ATTR_HTTP_REQUEST_METHOD]: normalized,
+        [ATTR_SERVER_ADDRESS]: address.host,
+        [ATTR_SERVER_PORT]: address.port,
+        'bulwark.upstream': upstream,
+      };
+    }
+    const span = runtime.tracer.startSpan(
+      normalized === '_OTHER' ? 'HTTP' : normalized,
+      { kind: SpanKind.CLIENT, attributes },
+      this.context,
+    );
+    return new OtelClientSpan(runtime, span, trace.setSpan(this.context, span));
+  }
+
+  end(ctx: RequestContext, status: number, info?: EndInfo): void {
+    const span = this.span;
+    if (!this.recording) {
+      span.end();
+      return;
+    }
+    const decisions = ctx.decisions;
+    for (let i = this.emitted; i < decisions.length; i++) span.addEvent('bulwark.decision', decisionAttributes(decisions[i]!));
+    this.emitted = decisions.length;
+    const runtime = this.runtime;
+    const route = ctx.route;
+    const template = route === null ? undefined : runtime.templates.get(route.id);
+    const method = normalizeMethod(ctx.method);
+    if (status > 0) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+    if (ctx.path !== '') span.setAttribute(ATTR_URL_PATH, ctx.path);
+    if (ctx.host !== '') span.setAttribute(ATTR_SERVER_ADDRESS, ctx.host);
+    span.setAttribute(ATTR_URL_SCHEME, ctx.secure ? 'https' : 'http');
+    span.setAttribute(ATTR_NETWORK_PROTOCOL_VERSION, protocolVersion(ctx.protocol));
+    if (route !== null) {
+      span.setAttribute('bulwark.route.id', route.id);
+      if (template !== undefined) span.setAttribute(ATTR_HTTP_ROUTE, template);
+    }
+    const code = info?.code ?? null;
+    if (code !== null) span.setAttribute('bulwark.decision.code', code);
+    if (runtime.identity && ctx.identity !== null) {
+      span.setAttribute(ATTR_ENDUSER_ID, runtime.mask(ctx.identity.subject));
+      if (ctx.identity.tenant !== undefined) span.setAttribute('bulwark.tenant', runtime.mask(ctx.identity.tenant));
+    }
+    let failed = status >= 500;
+    if (this.grpc) {
+      const rpc = parseGrpcPath(ctx.path);
+      span.setAttribute(ATTR_RPC_SYSTEM, 'grpc');
+      if (rpc !== null) {
+        span.setAttribute(ATTR_RPC_SERVICE, rpc.service);
+        span.setAttribute(ATTR_RPC_METHOD, rpc.method);
+        span.updateName(`${rpc.service}/${rpc.method}`);
+      }
+      const grpcStatus = info?.grpcStatus ?? null;
+      if (grpcStatus !== null) {
+        span.setAttribute(ATTR_RPC_GRPC_STATUS_CODE, grpcStatus);
+        failed = GRPC_SERVER_ERRORS.has(grpcStatus);
+      }
+    } else if (template !== undefined) {
+      span.updateName(method === '_OTHER' ? `HTTP ${template}` : `${method} ${template}`);
+    }
+    if (failed) {
+      // Semconv: 4xx is the client's problem, not a server span error.
+      span.setAttribute(ATTR_ERROR_TYPE, code ?? String(status));
+      span.setStatus({ code: SpanStatusCode.ERROR });
+    }
+    span.end();
+  }
+}
+
+class OtelClientSpan implements ClientSpan {
+  private readonly runtime: TracingRuntime;
+  private readonly span: Span;
+  private readonly context: Context;
+
+  constructor(runtime: TracingRuntime, span: Span, context: Context) {
+    this.runtime = runtime;
+    this.span = span;
+    this.context = context;
+  }
+
+  inject(headers: string[]): void {
+    removeHeaders(headers, this.runtime.stripHeaders);
+    this.runtime.injector.inject(this.context, headers, flatSetter);
+  }
+
+  end(status: number, code: string | null = null): void {
+    const span = this.span;
+    if (span.isRecording()) {
+      if (status > 0) span.setAttribute(ATTR_HTTP_RESPONSE_STATUS_CODE, status);
+      if (code !== null || status >= 400) {
+        // Semconv client spans: any 4xx/5xx or transport failure is an error.
+        span.setAttribute(ATTR_ERROR_TYPE, code ?? String(status));
+        span.setStatus({ code: SpanStatusCode.ERROR });
+      }
+    }
+    span.end();
+  }
+}
+
+/** Drops every pair whose (lower-case) name is in `names`, in place. */
+export function removeHeaders(headers: string[], names: ReadonlySet<string>): void {
+  let w = 0;
+  for (let r = 0; r < headers.length; r += 2) {
+    const name = headers[r]!;
+    // The gateway's list is lower-case already; the second lookup covers other callers.
+    if (names.has(name) || names.has(name.toLowerCase())) continue;
+    if (w !== r) {
+      headers[w] = name;
+      headers[w + 1] = headers[r + 1]!;
+    }
+    w += 2;
+  }
+  headers.length = w;
+}
+
+function decisionAttributes(record: DecisionRecord): Attributes {
+  const attributes: Attributes = {
+    'bulwark.stage': record.stage,
+    'bulwark.decision.outcome': record.outcome,
+    'bulwark.decision.code': record.code,
+  };
+  const detail = record.detail;
+  if (detail !== undefined) {
+    for (const key of EVENT_DETAIL_KEYS) {
+      const value = detail[key];
+      if (typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean')
+        attributes[`bulwark.decision.${key}`] = value;
+    }
+  }
+  return attributes;
+}
+
+function protocolVersion(protocol: RequestContext['protocol']): string {
+  return protocol === 'http/1.1' ? '1.1' : protocol === 'http/1.0' ? '1.0' : '2';
+}
+
+export function isGrpcRequest(headers: IncomingHttpHeaders): boolean {
+  const type = headers['content-type'];
+  return type !== undefined && type.startsWith('application/grpc');
+}
+
+/** `/pkg.Service/Method` → its parts; null for anything else. */
+export function parseGrpcPath(path: string): { service: string; method: string } | null {
+  const slash = path.indexOf('/', 1);
+  if (path.charCodeAt(0) !== 47 || slash < 2 || slash === path.length - 1 || path.indexOf('/', slash + 1) !== -1) return null;
+  return { service: path.slice(1, slash), method: path.slice(slash + 1) };
+}
+
+function splitOrigin(origin: string): { host: string; port: number } {
+  try {
+    const url = new URL(origin);
+    return { host: url.hostname, port: url.port === '' ? (url.protocol === 'https:' ? 443 : 80) : Number(url.port) };
+  } catch {
+    return { host: origin, port: 0 };
+  }
+}
+
+function toTraceContext(sc: SpanContext): NonNullable<RequestContext['trace']> {
+  const state = sc.traceState?.serialize();
+  return state === undefined || state === ''
+    ? { traceId: sc.traceId, spanId: sc.spanId, sampled: (sc.traceFlags & 1) === 1 }
+    : { traceId: sc.traceId, spanId: sc.spanId, sampled: (sc.traceFlags & 1) === 1, traceState: state };
+}
+
+/** Reports every export batch's outcome before passing it on. */
+class ObservedExporter implements SpanExporter {
+  private readonly inner: SpanExporter;
+  private readonly onExport: (spans: number, error: Error | null) => void;
+  constructor(inner: SpanExporter, onExport: (spans: number, error: Error | null) => void) {
+    this.inner = inner;
+    this.onExport = onExport;
+  }
+  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    this.inner.export(spans, (result) => {
+      this.onExport(
+        spans.length,
+        result.code === ExportResultCode.SUCCESS ? null : (result.error ?? new Error('span export failed')),
+      );
+      resultCallback(result);
+    });
+  }
+  shutdown(): Promise<void> {
+    return this.inner.shutdown();
+  }
+  forceFlush(): Promise<void> {
+    return this.inner.forceFlush?.() ?? Promise.resolve();
+  }
+}
+
+type OtlpExporterOptions = NonNullable<ConstructorParameters<typeof OTLPTraceExporter>[0]>;
+
+export function createSampler(config: { ratio: number; parentBased: boolean }): Sampler {
+  const root = new TraceIdRatioBasedSampler(config.ratio);
+  return config.parentBased ? new ParentBasedSampler({ root }) : root;
+}
+
+/** Builds the tracing half of telemetry from the resolved `telemetry` config. */
+export function createTracing(config: ResolvedTelemetryConfig, options: TracingOptions = {}): Tracing {
+  const traces = config.traces;
+  if (traces.exporter === 'none') return new PassiveTracing();
+  let exporter: SpanExporter =
+    options.exporter ??
+    (traces.exporter === 'console'
+      ? new ConsoleSpanExporter()
+      : new OTLPTraceExporter({
+          url: traces.endpoint,
+          headers: { ...traces.headers },
+          timeoutMillis: traces.timeoutMs,
+          // The exporter types this as an enum whose values are these very strings.
+          compression: traces.compression as OtlpExporterOptions['compression'],
+        }));
+  if (options.onExport !== undefined) exporter = new ObservedExporter(exporter, options.onExport);
+  // Console output is for a developer watching: show each span as it ends.
+  const processor: SpanProcessor =
+    options.simpleProcessor === true || traces.exporter === 'console'
+      ? new SimpleSpanProcessor(exporter)
+      : new BatchSpanProcessor(exporter, {
+          maxQueueSize: traces.batch.maxQueueSize,
+          maxExportBatchSize: traces.batch.maxExportBatchSize,
+          scheduledDelayMillis: traces.batch.scheduledDelayMs,
+          exportTimeoutMillis: traces.timeoutMs,
+        });
+  const provider = new BasicTracerProvider({
+    resource: resourceFromAttributes({
+      ...config.resourceAttributes,
+      [ATTR_SERVICE_NAME]: config.serviceName,
+      [ATTR_SERVICE_VERSION]: VERSION,
+    }),
+    // Explicit, so OTEL_TRACES_SAMPLER in the environment cannot quietly override the config.
+    sampler: createSampler(traces.sampler),
+    spanProcessors: [processor],
+  });
+  return new SdkTracing(provider, new TracingRuntime(provider.getTracer('bulwark', VERSION), traces, options));
+}
+
+class SdkTracing implements Tracing {
+  readonly enabled = true;
+  private readonly provider: BasicTracerProvider;
+  private readonly runtime: TracingRuntime;
+
+  constructor(provider: BasicTracerProvider, runtime: TracingRuntime) {
+    this.provider = provider;
+    this.runtime = runtime;
+  }
+
+  startServerSpan(ctx: RequestContext): ServerSpan {
+    const runtime = this.runtime;
+    const headers = ctx.headers;
+    const parent = hasIncomingContext(headers, runtime.extractBaggage)
+      ? runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter)
+      : ROOT_CONTEXT;
+    const method = normalizeMethod(ctx.method);
+    const grpc = isGrpcRequest(headers);
+    const attributes: Attributes = { [ATTR_HTTP_REQUEST_METHOD]: method };
+    if (method === '_OTHER') attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = ctx.method;
+    // The route is not known yet (routing comes after); the name is refined at end().
+    const span = runtime.tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes }, parent);
+    ctx.trace = toTraceContext(span.spanContext());
+    return new OtelServerSpan(runtime, span, trace.setSpan(parent, span), grpc);
+  }
+
+  setRoutes(routes: readonly RouteLike[]): void {
+    // Spans in flight keep reading the runtime; swapping the map is atomic for them.
+    this.runtime.templates = templatesOf(routes);
+  }
+
+  // Export failures are reported through `onExport`; flushing and stopping never throw at the caller.
+  forceFlush(): Promise<void> {
+    return this.provider.forceFlush().catch(() => {});
+  }
+
+  shutdown(): Promise<void> {
+    return this.provider.shutdown().catch(() => {});
+  }
+}
+
+/** `exporter: none`: no spans; the caller's trace id is still read for the logs. */
+class PassiveTracing implements Tracing {
+  readonly enabled = false;
+  private readonly extractor: TextMapPropagator = createExtractor(false);
+
+  startServerSpan(ctx: RequestContext): ServerSpan {
+    const headers = ctx.headers;
+    if (hasIncomingContext(headers, false)) {
+      const sc = trace.getSpanContext(this.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
+      if (sc !== undefined) ctx.trace = toTraceContext(sc);
+    }
+    return NOOP_SERVER_SPAN;
+  }
+
+  setRoutes(): void {}
+
+  forceFlush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  shutdown(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+export { NOOP_SERVER_SPAN, NOOP_CLIENT_SPAN };
