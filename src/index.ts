@@ -17,3 +17,22 @@ export { Gateway } from './gateway/gateway.js';
 export { Bulwark, createBulwark } from './adapters/bulwark.js';
 export type { BulwarkOptions, BulwarkRequestState, Evaluation } from './adapters/bulwark.js';
 export { bulwarkFastify } from './adapters/fastify.js';
+// gRPC (src/grpc): grpc-js interceptors for services, statuses and health for any adapter.
+export {
+  bearerTokenInterceptor,
+  bulwarkGrpcInterceptor,
+  getBulwarkState,
+  getIdentity,
+  GrpcHealthService,
+  GrpcStatus,
+  grpcStatusFor,
+  ServingStatus,
+} from './grpc/index.js';
+export type {
+  BearerTokenInterceptorOptions,
+  BulwarkGrpcInterceptorOptions,
+  GrpcEngine,
+  GrpcStatusCode,
+  ServingStatusCode,
+  TokenSource,
+} from './grpc/index.js';

@@ -57,13 +57,16 @@ describe('bulwark keys generate / token mint', () => {
 });
 
 describe('bulwark explain', () => {
-  it('prints the decision path; exit 0 for allow and 1 for deny, with a token or trusted claims', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'bulwark-explain-'));
-    await runCli(['keys', 'generate', '--kid', 'e1', '--out', dir]);
-    const config = join(dir, 'gw.yaml');
-    writeFileSync(
-      config,
-      `version: 1
+  it(
+    'prints the decision path; exit 0 for allow and 1 for deny, with a token or trusted claims',
+    { timeout: 90_000 },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'bulwark-explain-'));
+      await runCli(['keys', 'generate', '--kid', 'e1', '--out', dir]);
+      const config = join(dir, 'gw.yaml');
+      writeFileSync(
+        config,
+        `version: 1
 listeners: [{ port: 8080 }]
 upstreams: { app: { endpoints: ['http://127.0.0.1:1'] } }
 authn: { providers: { idp: { issuer: https://i, audiences: [a], algorithms: [ES256], jwksFile: jwks.json, rolesClaim: roles } } }
@@ -74,46 +77,47 @@ authz:
 routes:
   - { id: admin, match: { path: { prefix: /admin } }, upstream: app, auth: { provider: idp }, authz: p }
 `,
-    );
-    const mint = async (roles: string) =>
-      (
-        await runCli([
-          'token',
-          'mint',
-          '--key',
-          join(dir, 'e1.private.jwk.json'),
-          '--iss',
-          'https://i',
-          '--aud',
-          'a',
-          '--sub',
-          'ann',
-          '--roles',
-          roles,
-        ])
-      ).stdout.trim();
-    const allowed = await runCli(['explain', '--config', config, '--path', '/admin/x', '--token', await mint('admin')]);
-    expect(allowed.code).toBe(0);
-    expect(allowed.stdout).toMatch(/authn\s+allow\s+jwt\.valid\s+provider=idp kid=e1/);
-    expect(allowed.stdout).toMatch(/authz\s+allow\s+rbac\.allowed\s+policy=p rule=admins/);
-    const denied = await runCli(['explain', '--config', config, '--path', '/admin/../admin/x', '--token', await mint('guest')]);
-    expect(denied.code).toBe(1);
-    expect(denied.stdout).toContain('rbac.no_matching_rule');
-    const expired = await runCli(['explain', '--config', config, '--path', '/admin/x', '--token', 'not-a-token']);
-    expect(expired.code).toBe(1);
-    expect(expired.stdout).toContain('jwt.malformed');
-    const claims = await runCli([
-      'explain',
-      '--config',
-      config,
-      '--path',
-      '/admin/x',
-      '--claims',
-      '{"sub":"c","roles":["admin"]}',
-      '--json',
-    ]);
-    expect(claims.code).toBe(0);
-    expect(JSON.parse(claims.stdout).outcome).toBe('allow');
-    expect((await runCli(['explain', '--config', config])).code).toBe(2);
-  });
+      );
+      const mint = async (roles: string) =>
+        (
+          await runCli([
+            'token',
+            'mint',
+            '--key',
+            join(dir, 'e1.private.jwk.json'),
+            '--iss',
+            'https://i',
+            '--aud',
+            'a',
+            '--sub',
+            'ann',
+            '--roles',
+            roles,
+          ])
+        ).stdout.trim();
+      const allowed = await runCli(['explain', '--config', config, '--path', '/admin/x', '--token', await mint('admin')]);
+      expect(allowed.code).toBe(0);
+      expect(allowed.stdout).toMatch(/authn\s+allow\s+jwt\.valid\s+provider=idp kid=e1/);
+      expect(allowed.stdout).toMatch(/authz\s+allow\s+rbac\.allowed\s+policy=p rule=admins/);
+      const denied = await runCli(['explain', '--config', config, '--path', '/admin/../admin/x', '--token', await mint('guest')]);
+      expect(denied.code).toBe(1);
+      expect(denied.stdout).toContain('rbac.no_matching_rule');
+      const expired = await runCli(['explain', '--config', config, '--path', '/admin/x', '--token', 'not-a-token']);
+      expect(expired.code).toBe(1);
+      expect(expired.stdout).toContain('jwt.malformed');
+      const claims = await runCli([
+        'explain',
+        '--config',
+        config,
+        '--path',
+        '/admin/x',
+        '--claims',
+        '{"sub":"c","roles":["admin"]}',
+        '--json',
+      ]);
+      expect(claims.code).toBe(0);
+      expect(JSON.parse(claims.stdout).outcome).toBe('allow');
+      expect((await runCli(['explain', '--config', config])).code).toBe(2);
+    },
+  );
 });

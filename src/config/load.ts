@@ -803,6 +803,8 @@ const URL_USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#@\s]*@/i;
 function redactValue(value: unknown, key: string | undefined): unknown {
   if (key !== undefined) {
     if (SENSITIVE_KEY.test(key)) return REDACTED;
+    // Exporter headers carry vendor credentials under names no pattern can know (x-honeycomb-team…).
+    if (key === 'headers' && isPlainObject(value)) return Object.fromEntries(Object.keys(value).map((k) => [k, REDACTED]));
     if (KEY_LIKE.test(key) && !(typeof value === 'string' && FILE_PATH.test(value))) return REDACTED;
   }
   if (Array.isArray(value)) return value.map((item) => redactValue(item, undefined));

@@ -8,6 +8,7 @@
  */
 import { AuthnSchema, RouteAuthSchema } from '../authn/schema.js';
 import { AuthzSchema, RouteAuthzSchema } from '../authz/schema.js';
+import { TelemetrySchema } from '../telemetry/schema.js';
 import { Type, type Static, type TSchema, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
@@ -226,6 +227,7 @@ export const ConfigSchema = Closed(
     }),
     authn: Type.Optional(AuthnSchema),
     authz: Type.Optional(AuthzSchema),
+    telemetry: Type.Optional(TelemetrySchema),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

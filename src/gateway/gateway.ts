@@ -6,6 +6,9 @@ import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import type { Logger } from '../telemetry/logger.js';
+import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
+import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
+import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
@@ -21,6 +24,15 @@ import {
 
 export interface GatewayOptions {
   logger: Logger;
+  /** The process's telemetry; a default one (metrics on, traces off) when absent. */
+  telemetry?: Telemetry;
+}
+
+/** What the end of a request reports to telemetry; one small object per request. */
+class Outcome {
+  code: string | null = null;
+  upstream: string | null = null;
+  bytes = -1;
 }
 
 /**
@@ -31,12 +43,16 @@ export class Gateway {
   private runtime: Runtime | null = null;
   private readonly listeners = new Map<string, BoundListener>();
   private readonly logger: Logger;
+  readonly telemetry: Telemetry;
+  /** `grpc.health.v1.Health` for the gateway itself. */
+  readonly grpcHealth = new GrpcHealthService();
   private draining = false;
   private readonly onRequest = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => this.handle(req, res, listener);
   private readonly onClientError = (error: NodeJS.ErrnoException, socket: Socket) => this.clientError(error, socket);
 
   constructor(options: GatewayOptions) {
     this.logger = options.logger;
+    this.telemetry = options.telemetry ?? createTelemetry({}, { logger: options.logger, role: 'single' });
   }
 
   get current(): Runtime | null {
@@ -104,6 +120,7 @@ export class Gateway {
   /** Graceful stop: refuse new connections, let in-flight requests finish up to `deadlineMs`. */
   async stop(deadlineMs: number): Promise<boolean> {
     this.draining = true;
+    this.grpcHealth.setDraining(true);
     const listeners = [...this.listeners.values()];
     this.listeners.clear();
     const closed = Promise.all(listeners.map((l) => l.beginDrain()));
@@ -117,6 +134,7 @@ export class Gateway {
       new Promise<boolean>((r) => (timer = setTimeout(() => r(false), deadlineMs))),
     ]);
     clearTimeout(timer);
+    this.grpcHealth.close();
     for (const l of listeners) l.forceClose();
     if (runtime !== null) await retireRuntime(runtime, null, 0);
     return clean;
@@ -125,6 +143,11 @@ export class Gateway {
   private handle(req: AnyRequest, res: AnyResponse, listener: BoundListener): void {
     const runtime = this.runtime!;
     runtime.acquire();
+    const isH2 = req.httpVersionMajor === 2;
+    const ctx = contextFor(req, listener.secure);
+    const span = this.telemetry.startRequest(ctx);
+    const outcome = new Outcome();
+    const grpc = isH2 && isGrpcRequest(req);
     let released = false;
     const release = () => {
       if (!released) {
@@ -132,36 +155,36 @@ export class Gateway {
         runtime.release();
       }
     };
-    const isH2 = req.httpVersionMajor === 2;
-    const ctx = contextFor(req, listener.secure);
+    // One listener for the end of the exchange, whatever path it took: finished, failed or abandoned.
+    res.once('close', () => {
+      release();
+      this.telemetry.finishRequest(ctx, span, res.headersSent ? res.statusCode : 499, outcome.bytes, outcome);
+    });
+    if (grpc && this.grpcHealth.handles(ctx.rawTarget)) {
+      this.grpcHealth.serve((req as Http2ServerRequest).stream, req.headers);
+      return;
+    }
     const settings = runtime.listeners.get(listener.key)!;
     const admitted = admit(req, ctx, settings, runtime);
     if (admitted instanceof BulwarkError) {
-      this.respondProblem(req, res, ctx, admitted, isH2);
-      res.once('close', release);
+      this.deny(req, res, ctx, admitted, isH2, grpc, outcome);
       return;
     }
     const route = admitted;
     ctx.stripHeaders = runtime.ownedHeaders;
     const decision = route.pipeline === null ? null : route.pipeline.run(ctx);
+    const pass = grpc
+      ? () => this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, release, outcome)
+      : () => this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
     if (decision === null) {
-      this.proxy(req, res, ctx, route, settings, isH2, release);
+      pass();
     } else if (decision instanceof BulwarkError) {
-      this.respondProblem(req, res, ctx, decision, isH2);
-      res.once('close', release);
+      this.deny(req, res, ctx, decision, isH2, grpc, outcome);
     } else {
       decision.then(
-        (d) => {
-          if (d === null) this.proxy(req, res, ctx, route, settings, isH2, release);
-          else {
-            this.respondProblem(req, res, ctx, d, isH2);
-            res.once('close', release);
-          }
-        },
-        (err: unknown) => {
-          this.respondProblem(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2);
-          res.once('close', release);
-        },
+        (d) => (d === null ? pass() : this.deny(req, res, ctx, d, isH2, grpc, outcome)),
+        (err: unknown) =>
+          this.deny(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2, grpc, outcome),
       );
     }
   }
@@ -174,6 +197,8 @@ export class Gateway {
     settings: ListenerSettings,
     isH2: boolean,
     release: () => void,
+    span: ServerSpan,
+    outcome: Outcome,
   ): void {
     const peer = ctx.peerAddress;
     const trusted = settings.trustedProxies.has(peer);
@@ -210,43 +235,110 @@ export class Gateway {
     const upstream = route.upstream;
     if (upstream === null) {
       // Only a programmatic caller can get here: `serve` refuses routes without an upstream.
-      this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), isH2);
-      res.once('close', release);
+      this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), isH2, outcome);
       return;
     }
+    outcome.upstream = upstream.name;
     const response = res as unknown as ClientResponse;
     const method = ctx.method;
-    forward({ ctx, method, headers: upstreamHeaders, body, upstream, timeouts: route.timeouts }, response, {
-      fail: (error) => this.respondProblem(req, res, ctx, error, isH2),
-      done: (status, error) => {
+    forward(
+      { ctx, method, headers: upstreamHeaders, body, upstream, timeouts: route.timeouts, telemetry: this.telemetry, span },
+      response,
+      {
+        fail: (error) => this.respondProblem(req, res, ctx, error, isH2, outcome),
+        done: (_status, error, bytes) => {
+          release();
+          if (outcome.bytes === -1) outcome.bytes = bytes;
+          if (error !== null) {
+            outcome.code = error.code;
+            if (error.status >= 500) {
+              this.telemetry
+                .requestLogger(ctx)
+                .warn(
+                  {
+                    route: route.id,
+                    upstream: upstream.name,
+                    code: error.code,
+                    reason: error.context?.['reason'],
+                    err: error.cause,
+                  },
+                  'upstream failure',
+                );
+            }
+          }
+        },
+      },
+    );
+  }
+
+  /** A denial in the client's protocol: a gRPC status for gRPC calls, an RFC 7807 problem otherwise. */
+  private deny(
+    req: AnyRequest,
+    res: AnyResponse,
+    ctx: RequestContext,
+    error: BulwarkError,
+    isH2: boolean,
+    grpc: boolean,
+    outcome: Outcome,
+  ): void {
+    if (!grpc) return this.respondProblem(req, res, ctx, error, isH2, outcome);
+    outcome.code = error.code;
+    if (!res.headersSent && !res.destroyed) sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId);
+  }
+
+  private proxyGrpc(
+    req: Http2ServerRequest,
+    res: Http2ServerResponse,
+    ctx: RequestContext,
+    route: CompiledRoute,
+    settings: ListenerSettings,
+    release: () => void,
+    outcome: Outcome,
+  ): void {
+    const upstream = route.upstream;
+    if (upstream === null) return this.deny(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), true, true, outcome);
+    outcome.upstream = upstream.name;
+    const peer = ctx.peerAddress;
+    const xff = req.headers['x-forwarded-for'];
+    const trusted = settings.trustedProxies.has(peer) && typeof xff === 'string' && xff !== '';
+    forwardGrpc(req, res, ctx, {
+      pool: grpcPoolFor(upstream),
+      maxMessageBytes: route.maxBodyBytes ?? settings.limits.maxBodyBytes,
+      maxTimeoutMs: route.timeouts.totalMs,
+      stripMetadata: null,
+      extraHeaders: null,
+      forwarded: { for: trusted ? `${xff}, ${peer}` : peer, proto: ctx.secure ? 'https' : 'http' },
+      onDone: (_status, error) => {
         release();
-        if (error !== null && error.status >= 500) {
-          this.logger.warn(
-            {
-              request_id: ctx.requestId,
-              route: route.id,
-              upstream: upstream.name,
-              code: error.code,
-              reason: error.context?.['reason'],
-              err: error.cause,
-            },
-            'upstream failure',
-          );
+        if (error !== undefined) {
+          outcome.code = error.code;
+          if (error.status >= 500)
+            this.telemetry
+              .requestLogger(ctx)
+              .warn({ route: route.id, upstream: upstream.name, code: error.code }, 'upstream failure');
         }
-        void status;
       },
     });
   }
 
-  private respondProblem(req: AnyRequest, res: AnyResponse, ctx: RequestContext, error: BulwarkError, isH2: boolean): void {
+  private respondProblem(
+    req: AnyRequest,
+    res: AnyResponse,
+    ctx: RequestContext,
+    error: BulwarkError,
+    isH2: boolean,
+    outcome: Outcome,
+  ): void {
+    outcome.code = error.code;
     if (error.status >= 500 && error.code === 'gateway.internal') {
-      this.logger.error({ request_id: ctx.requestId, err: error.cause, context: error.context }, 'internal error');
+      this.telemetry.requestLogger(ctx).error({ err: error.cause, context: error.context }, 'internal error');
     }
     if (res.headersSent || res.destroyed || error.code === 'request.aborted') {
       if (!res.destroyed && !res.writableEnded) res.destroy();
       return;
     }
     const { status, headers, body } = problemResponse(error, ctx);
+    outcome.bytes = ctx.method === 'HEAD' ? 0 : (headers['content-length'] as number);
     // A body we never read would otherwise be parsed as the next request (or drained for ever).
     if (!isH2 && (!req.complete || this.draining)) headers['connection'] = 'close';
     res.writeHead(status, headers);

@@ -6,6 +6,7 @@ import type { RequestContext } from '../core/context.js';
 import { clientResponseHeaders } from './headers.js';
 import type { Endpoint, Upstream } from './upstream.js';
 import type { UpstreamTimeoutsConfig } from '../config/schema.js';
+import type { ServerSpan, Telemetry, UpstreamAttempt } from '../telemetry/index.js';
 
 /** The part of a server response both node:http and the HTTP/2 compatibility API offer. */
 export interface ClientResponse {
@@ -22,8 +23,8 @@ export interface ClientResponse {
 export interface ExchangeHooks {
   /** Renders a problem when nothing was sent yet. */
   fail(error: BulwarkError): void;
-  /** Called once when the exchange is over, whatever the outcome. */
-  done(status: number, error: BulwarkError | null): void;
+  /** Called once when the exchange is over, whatever the outcome; `bytes` of response body relayed. */
+  done(status: number, error: BulwarkError | null, bytes: number): void;
 }
 
 class TotalTimeoutError extends Error {
@@ -45,16 +46,27 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | null;
   private timer: NodeJS.Timeout | null;
   private status: number;
+  private bytes: number;
   private finished: boolean;
+  private readonly attempt: UpstreamAttempt;
   private readonly resume: () => void;
 
-  constructor(res: ClientResponse, endpoint: Endpoint, requestId: string, totalMs: number, hooks: ExchangeHooks) {
+  constructor(
+    res: ClientResponse,
+    endpoint: Endpoint,
+    requestId: string,
+    totalMs: number,
+    hooks: ExchangeHooks,
+    attempt: UpstreamAttempt,
+  ) {
     this.res = res;
     this.endpoint = endpoint;
     this.hooks = hooks;
     this.requestId = requestId;
+    this.attempt = attempt;
     this.controller = null;
     this.status = 0;
+    this.bytes = 0;
     this.finished = false;
     this.resume = () => this.controller?.resume();
     this.timer = setTimeout(() => this.abort(new TotalTimeoutError('total timeout')), totalMs);
@@ -87,6 +99,7 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    this.bytes += chunk.length;
     if (!this.res.write(chunk)) {
       controller.pause();
       this.res.once('drain', this.resume);
@@ -95,21 +108,23 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
 
   onResponseEnd(): void {
     this.settle();
+    this.attempt.end(this.status);
     this.res.end();
-    this.hooks.done(this.status, null);
+    this.hooks.done(this.status, null, this.bytes);
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.settle();
     const failure = classifyUpstreamError(error);
+    this.attempt.end(this.status, failure.code);
     if (!this.res.headersSent && !this.res.destroyed) {
       this.hooks.fail(failure);
-      this.hooks.done(failure.status, failure);
+      this.hooks.done(failure.status, failure, this.bytes);
       return;
     }
     // Headers are out: the only honest signal left is to cut the response short.
     if (!this.res.destroyed) this.res.destroy(failure);
-    this.hooks.done(this.status, failure);
+    this.hooks.done(this.status, failure, this.bytes);
   }
 
   private settle(): void {
@@ -182,6 +197,8 @@ export interface ForwardRequest {
   body: Readable | null;
   upstream: Upstream;
   timeouts: Readonly<UpstreamTimeoutsConfig>;
+  telemetry: Telemetry;
+  span: ServerSpan;
 }
 
 /** Sends one request upstream; the outcome reaches `hooks`. */
@@ -190,11 +207,13 @@ export function forward(request: ForwardRequest, res: ClientResponse, hooks: Exc
   if (endpoint === null) {
     const error = new BulwarkError('upstream.no_healthy_endpoint');
     hooks.fail(error);
-    hooks.done(error.status, error);
+    hooks.done(error.status, error, 0);
     return;
   }
   const ctx = request.ctx;
-  const exchange = new ProxyExchange(res, endpoint, ctx.requestId, request.timeouts.totalMs, hooks);
+  const attempt = request.telemetry.startUpstream(request.span, request.upstream.name, endpoint.origin, request.method);
+  attempt.inject(request.headers);
+  const exchange = new ProxyExchange(res, endpoint, ctx.requestId, request.timeouts.totalMs, hooks, attempt);
   const path = ctx.query === '' ? ctx.path : ctx.path + '?' + ctx.query;
   endpoint.pool.dispatch(
     {

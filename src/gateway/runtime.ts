@@ -10,6 +10,7 @@ import type {
 import { Pipeline } from '../core/pipeline.js';
 import type { Stage } from '../core/stage.js';
 import { compilePathPolicy, type PathPolicy } from '../core/target.js';
+import { closeGrpcPool } from '../grpc/index.js';
 import { echoOrigin } from './echo.js';
 import { Router } from './router.js';
 import { TrustedProxies } from './trusted-proxies.js';
@@ -199,6 +200,7 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
   const late = await Promise.race([previous.drained().then(() => false), timedOut]);
   clearTimeout(timer);
   for (const upstream of owned) {
+    await closeGrpcPool(upstream, late);
     if (late) upstream.destroy();
     else await upstream.close();
   }

@@ -1,10 +1,13 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { handleAdminTelemetry, type AdminTelemetryOptions } from '../telemetry/index.js';
 
 export interface AdminState {
   ready(): boolean;
   /** Effective config, secrets already redacted. */
   config(): { hash: string; file: string; loadedAt: string; config: unknown; workers: number };
+  /** /metrics and /debug/pprof/*. */
+  telemetry?: () => AdminTelemetryOptions;
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -20,6 +23,8 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 /** The admin listener: separate port, loopback by default, never on the data path. */
 export function createAdminServer(state: AdminState): Server {
   return createServer((req: IncomingMessage, res: ServerResponse) => {
+    const t = state.telemetry?.();
+    if (t !== undefined && handleAdminTelemetry(req, res, t)) return;
     const path = (req.url ?? '/').split('?')[0];
     if (req.method !== 'GET' && req.method !== 'HEAD') return json(res, 405, { status: 405, code: 'admin.method_not_allowed' });
     switch (path) {

@@ -4,6 +4,7 @@ import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from
 import type { BulwarkConfig } from '../config/schema.js';
 import { authnChecks, checkRouteAuth } from '../authn/index.js';
 import { authzChecks } from '../authz/index.js';
+import { telemetryChecks } from '../telemetry/index.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
@@ -19,6 +20,7 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
   (config, report) =>
     config.routes.forEach((route, i) => checkRouteAuth(route.auth, config.authn, ['routes', i, 'auth'], report)),
   (config, report) => authzChecks(config, report),
+  telemetryChecks,
 ];
 /** Checks for a config `bulwark serve` and `bulwark validate` accept. */
 export const CONFIG_CHECKS: readonly ConfigCheck[] = [...LIBRARY_CHECKS, gatewayChecks];

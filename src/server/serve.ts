@@ -5,6 +5,7 @@ import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../c
 import type { BulwarkConfig } from '../config/schema.js';
 import { Gateway } from '../gateway/gateway.js';
 import type { Logger } from '../telemetry/logger.js';
+import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { createAdminServer, listenAdmin } from './admin.js';
 import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
 
@@ -51,11 +52,13 @@ export async function serve(options: ServeOptions): Promise<number> {
 async function runSingle(options: ServeOptions, overrides: Overrides, initial: LoadedConfig): Promise<number> {
   const { logger } = options;
   let current = initial;
-  const gateway = new Gateway({ logger });
+  const telemetry = createTelemetry(current.config, { logger, role: 'single' });
+  const gateway = new Gateway({ logger, telemetry });
   try {
     await gateway.start(current.config, current.hash);
   } catch (err) {
     logger.error({ err }, 'failed to start listeners');
+    await telemetry.shutdown();
     return 1;
   }
   const admin = await startAdmin(
@@ -63,6 +66,7 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
     () => !gateway.isDraining,
     1,
     logger,
+    telemetry,
   );
 
   const reload = serialized(async (trigger: string) => {
@@ -75,14 +79,18 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
         { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
         'reload refused, keeping the running configuration',
       );
+      telemetry.metrics.configReload('failed');
       return;
     }
     if (next.hash === current.hash) return;
     try {
       await gateway.reload(next.config, next.hash);
       current = next;
+      await telemetry.reload(next.config);
+      telemetry.metrics.configReload('ok');
       logger.info({ trigger, hash: next.hash }, 'configuration reloaded');
     } catch (err) {
+      telemetry.metrics.configReload('failed');
       logger.error({ trigger, err }, 'reload failed, keeping the running configuration');
     }
   });
@@ -98,6 +106,7 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
   admin.server.close();
   admin.server.closeAllConnections();
   const clean = await gateway.stop(deadline);
+  await telemetry.shutdown();
   logger.info({ clean }, 'stopped');
   return 0;
 }
@@ -154,11 +163,13 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     }, delay).unref();
   });
 
+  const telemetry = createTelemetry(current.config, { logger, role: 'primary' });
   const admin = await startAdmin(
     () => current,
     () => !shuttingDown && ready.size === count,
     count,
     logger,
+    telemetry,
   );
   for (let i = 0; i < count; i++) fork();
 
@@ -172,9 +183,12 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
         { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
         'reload refused, keeping the running configuration',
       );
+      telemetry.metrics.configReload('failed');
       return;
     }
     if (next.hash === current.hash) return;
+    telemetry.metrics.configReload('ok');
+    void telemetry.reload(next.config);
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
     current = next;
     for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) send(worker, configMessage());
@@ -205,13 +219,15 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
         }),
     ),
   );
+  await telemetry.shutdown();
   logger.info({}, 'stopped');
   return 0;
 }
 
 /** A cluster worker: takes its config from the primary (the text the primary validated), serves, reports. */
 export async function runWorker(logger: Logger): Promise<void> {
-  const gateway = new Gateway({ logger });
+  let telemetry: Telemetry | null = null;
+  let gateway: Gateway | null = null;
   let started = false;
   let hash = '';
   const post = (message: ToPrimary) => {
@@ -220,7 +236,8 @@ export async function runWorker(logger: Logger): Promise<void> {
   // The primary orchestrates signals; a terminal's Ctrl-C reaches every process of the group.
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => {});
   const stop = async (deadlineMs: number) => {
-    await gateway.stop(deadlineMs);
+    if (gateway !== null) await gateway.stop(deadlineMs);
+    await telemetry?.shutdown();
     process.exit(0);
   };
   process.on('disconnect', () => void stop(5_000));
@@ -236,8 +253,15 @@ export async function runWorker(logger: Logger): Promise<void> {
     }
     if (loaded.hash === hash) return;
     try {
-      if (started) await gateway.reload(loaded.config, loaded.hash);
-      else await gateway.start(loaded.config, loaded.hash);
+      if (gateway === null) {
+        // Created on the first config: its buckets and switches come from that config.
+        telemetry = createTelemetry(loaded.config, { logger, role: 'worker' });
+        gateway = new Gateway({ logger, telemetry });
+      }
+      if (started) {
+        await gateway.reload(loaded.config, loaded.hash);
+        await telemetry!.reload(loaded.config);
+      } else await gateway.start(loaded.config, loaded.hash);
     } catch (err) {
       post({ type: 'failed', phase: started ? 'reload' : 'start', message: describeFailure(err).message });
       if (!started) process.exit(1);
@@ -249,7 +273,11 @@ export async function runWorker(logger: Logger): Promise<void> {
       post({ type: 'ready', hash, ports: [...gateway.ports()] });
     } else post({ type: 'reloaded', hash });
   });
-  process.on('message', (message: ToWorker) => void apply(message));
+  // Other modules share this IPC channel (telemetry scrapes, limits); only our messages are handled here.
+  process.on('message', (message: ToWorker) => {
+    if (message !== null && typeof message === 'object' && (message.type === 'config' || message.type === 'shutdown'))
+      void apply(message);
+  });
   post({ type: 'hello' });
 }
 
@@ -258,10 +286,12 @@ async function startAdmin(
   isReady: () => boolean,
   workers: number,
   logger: Logger,
+  telemetry: Telemetry,
 ): Promise<{ server: Server; port: number | null }> {
   const adminConfig = current().config.admin;
   const server = createAdminServer({
     ready: isReady,
+    telemetry: () => telemetry.admin,
     config: () => {
       const loaded = current();
       return {

@@ -1,0 +1,217 @@
+/**
+ * The engine as @grpc/grpc-js interceptors, for Node gRPC services that protect
+ * themselves. The server interceptor maps a call onto the same RequestLike the
+ * gateway admits (`:path` = `/pkg.Service/Method`, POST, HTTP/2, metadata as
+ * headers), so the same routes and stages decide, with the same reason codes; a
+ * denial becomes the same gRPC status the gateway would send.
+ */
+import {
+  InterceptingCall,
+  Metadata,
+  ServerInterceptingCall,
+  ServerListenerBuilder,
+  status as grpcStatus,
+  type Interceptor,
+  type InterceptorOptions,
+  type NextCall,
+  type ServerInterceptingCallInterface,
+  type ServerInterceptor,
+  type ServerMethodDefinition,
+} from '@grpc/grpc-js';
+import { context as otelContext, propagation, type Context } from '@opentelemetry/api';
+import type { IncomingHttpHeaders } from 'node:http';
+import type { BulwarkRequestState, Evaluation } from '../adapters/bulwark.js';
+import type { Identity, RequestContext } from '../core/context.js';
+import { BulwarkError } from '../core/errors.js';
+import type { RequestLike } from '../engine/admission.js';
+import { GRPC_CONTENT_TYPE, grpcMessageFor, grpcStatusFor } from './status.js';
+
+/** What the interceptor needs of the engine: `Bulwark` from `createBulwark` satisfies it. */
+export interface GrpcEngine {
+  evaluate(req: RequestLike): Promise<Evaluation>;
+}
+
+export interface BulwarkGrpcInterceptorOptions {
+  /** Whether clients reach this server over TLS (the `:scheme` the engine sees). */
+  secure?: boolean;
+  /** Every verdict, allowed (`error` null) or denied, for logs and metrics; must not throw. */
+  onDecision?(ctx: RequestContext, error: BulwarkError | null): void;
+}
+
+/**
+ * Handler-side state, keyed by the call's Metadata object: grpc-js hands the handler
+ * (`call.metadata`) exactly the object this interceptor passed on, and nothing a client
+ * sends can reach a WeakMap, so the identity cannot be forged through metadata.
+ */
+const states = new WeakMap<Metadata, BulwarkRequestState>();
+
+/** The verified identity of an allowed call (null when its route needs none), from inside a handler. */
+export function getIdentity(call: { readonly metadata: Metadata }): Identity | null {
+  return states.get(call.metadata)?.identity ?? null;
+}
+
+/** Request id, identity, route and decisions of an allowed call; undefined if the interceptor did not run. */
+export function getBulwarkState(call: { readonly metadata: Metadata }): BulwarkRequestState | undefined {
+  return states.get(call.metadata);
+}
+
+/**
+ * A grpc-js server interceptor (`new Server({ interceptors: [bulwarkGrpcInterceptor(bulwark)] })`)
+ * that runs the pipeline when a call's metadata arrives. The handler is not started, and
+ * no request message is read, until the engine allows the call.
+ */
+export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcInterceptorOptions = {}): ServerInterceptor {
+  const secure = options.secure ?? false;
+  const onDecision = options.onDecision;
+  return (method: ServerMethodDefinition<unknown, unknown>, call: ServerInterceptingCallInterface): ServerInterceptingCall => {
+    const listener = new ServerListenerBuilder()
+      .withOnReceiveMetadata((metadata, next) => {
+        const request = requestLikeFor(method.path, metadata, call, secure);
+        engine.evaluate(request).then(
+          ({ ctx, error }) => {
+            if (onDecision !== undefined) {
+              try {
+                onDecision(ctx, error);
+              } catch {
+                // An observer's bug must not change the verdict.
+              }
+            }
+            if (error !== null) return deny(call, error, ctx.requestId);
+            states.set(metadata, {
+              requestId: ctx.requestId,
+              identity: ctx.identity,
+              route: ctx.route,
+              decisions: ctx.decisions,
+            });
+            next(metadata);
+          },
+          () => deny(call, new BulwarkError('gateway.internal'), undefined),
+        );
+      })
+      .build();
+    return new ServerInterceptingCall(call, { start: (next) => next(listener) });
+  };
+}
+
+function deny(call: ServerInterceptingCallInterface, error: BulwarkError, requestId: string | undefined): void {
+  const metadata = new Metadata();
+  if (requestId !== undefined) metadata.set('x-request-id', requestId);
+  call.sendStatus({ code: grpcStatusFor(error), details: grpcMessageFor(error), metadata });
+}
+
+/**
+ * The call as the engine sees a gateway request. Metadata becomes headers in the
+ * form Node's HTTP/2 server would give them (binary values base64), so admission's
+ * checks (Host rules, header count) apply unchanged.
+ */
+export function requestLikeFor(
+  path: string,
+  metadata: Metadata,
+  call: Pick<ServerInterceptingCallInterface, 'getHost' | 'getConnectionInfo'>,
+  secure: boolean,
+): RequestLike {
+  const authority = call.getHost() || 'localhost';
+  const headers: IncomingHttpHeaders = {
+    ':method': 'POST',
+    ':scheme': secure ? 'https' : 'http',
+    ':path': path,
+    ':authority': authority,
+    'content-type': GRPC_CONTENT_TYPE,
+  };
+  const raw: string[] = [
+    ':method',
+    'POST',
+    ':scheme',
+    secure ? 'https' : 'http',
+    ':path',
+    path,
+    ':authority',
+    authority,
+    'content-type',
+    GRPC_CONTENT_TYPE,
+  ];
+  const entries = metadata.toHttp2Headers();
+  for (const name in entries) {
+    // grpc-js keeps content-type out of metadata; one from elsewhere must not make a second copy.
+    if (name.charCodeAt(0) === 0x3a || name === 'content-type') continue;
+    const value = entries[name];
+    if (value === undefined) continue;
+    if (Array.isArray(value)) {
+      for (const v of value) raw.push(name, String(v));
+      headers[name] = value.map(String).join(', ');
+    } else {
+      raw.push(name, String(value));
+      headers[name] = String(value);
+    }
+  }
+  const info = call.getConnectionInfo();
+  return {
+    method: 'POST',
+    url: path,
+    headers,
+    rawHeaders: raw,
+    httpVersionMajor: 2,
+    httpVersionMinor: 0,
+    socket: { remoteAddress: info.remoteAddress, remotePort: info.remotePort },
+  };
+}
+
+export type TokenSource = () => string | null | undefined | Promise<string | null | undefined>;
+
+export interface BearerTokenInterceptorOptions {
+  /**
+   * Inject the trace context (W3C `traceparent`/`tracestate`, or whatever propagator the
+   * application registered with OpenTelemetry) into the call's metadata. Default true.
+   */
+  propagateTrace?: boolean;
+  /** The context to propagate; default the active one at the moment the call starts. */
+  getContext?: () => Context;
+}
+
+const metadataSetter = {
+  set(carrier: Metadata, key: string, value: string): void {
+    carrier.set(key, value);
+  },
+};
+
+/**
+ * A grpc-js client interceptor that sends `authorization: Bearer <token>` on every
+ * call, with the token from `getToken` (called per call, so a cached, refreshed token
+ * source works), and propagates trace context. Works on insecure channels too, where
+ * grpc-js refuses call credentials. If no token can be had the call fails locally with
+ * UNAUTHENTICATED instead of going out without one.
+ */
+export function bearerTokenInterceptor(getToken: TokenSource, options: BearerTokenInterceptorOptions = {}): Interceptor {
+  const propagate = options.propagateTrace ?? true;
+  const getContext = options.getContext ?? (() => otelContext.active());
+  return (callOptions: InterceptorOptions, nextCall: NextCall): InterceptingCall => {
+    // Captured now: the token may arrive after an await, where the active context is gone.
+    const traceContext = propagate ? getContext() : null;
+    const intercepting: InterceptingCall = new InterceptingCall(nextCall(callOptions), {
+      start(metadata, listener, next) {
+        Promise.resolve()
+          .then(getToken)
+          .then(
+            (token) => token,
+            () => null,
+          )
+          .then((token) => {
+            let ok = typeof token === 'string' && token !== '';
+            if (ok) {
+              try {
+                metadata.set('authorization', `Bearer ${token as string}`);
+                if (traceContext !== null) propagation.inject(traceContext, metadata, metadataSetter);
+              } catch {
+                ok = false; // a token with characters metadata cannot carry
+              }
+            }
+            next(metadata, listener);
+            // Cancelled in the same tick it starts: grpc-js reports the status to the caller and the
+            // call is never sent (it is still resolving its transport), so no request goes out unauthenticated.
+            if (!ok) intercepting.cancelWithStatus(grpcStatus.UNAUTHENTICATED, 'No credentials available for this call');
+          });
+      },
+    });
+    return intercepting;
+  };
+}

@@ -1,0 +1,73 @@
+/**
+ * `grpc-timeout`, parsed strictly: the spec's grammar is `TimeoutValue TimeoutUnit`,
+ * 1–8 ASCII digits and one of H M S m u n, nothing else (no sign, no space, no
+ * fraction, no second unit). Anything looser would let two readers of the same header
+ * (the gateway and the upstream) disagree about the deadline.
+ */
+import { BulwarkError } from '../core/errors.js';
+
+const MAX_DIGITS = 8;
+
+/** Milliseconds per unit, by the unit's char code. */
+const UNIT_MS = new Float64Array(128).fill(-1);
+UNIT_MS[0x48 /* H */] = 3_600_000;
+UNIT_MS[0x4d /* M */] = 60_000;
+UNIT_MS[0x53 /* S */] = 1_000;
+UNIT_MS[0x6d /* m */] = 1;
+UNIT_MS[0x75 /* u */] = 1e-3;
+UNIT_MS[0x6e /* n */] = 1e-6;
+
+/** The timeout in milliseconds (possibly fractional for u/n), or null when the value is not valid. */
+export function parseGrpcTimeout(value: string): number | null {
+  const n = value.length;
+  if (n < 2 || n > MAX_DIGITS + 1) return null;
+  const unit = value.charCodeAt(n - 1);
+  const perUnit = unit < 128 ? UNIT_MS[unit]! : -1;
+  if (perUnit < 0) return null;
+  let amount = 0;
+  for (let i = 0; i < n - 1; i++) {
+    const c = value.charCodeAt(i);
+    if (c < 0x30 || c > 0x39) return null;
+    amount = amount * 10 + (c - 0x30);
+  }
+  return amount * perUnit;
+}
+
+/**
+ * The deadline a call gets, in milliseconds from now: the client's `grpc-timeout`
+ * clamped to the route's maximum, the maximum when the client sent none, or null when
+ * neither bounds the call. A header Node received twice arrives as an array: invalid.
+ */
+export function resolveGrpcTimeout(header: string | string[] | undefined, maxMs: number | null): number | null | BulwarkError {
+  if (header === undefined) return maxMs;
+  const parsed = typeof header === 'string' ? parseGrpcTimeout(header) : null;
+  if (parsed === null) return new BulwarkError('grpc.bad_timeout', undefined, { context: { reason: 'grpc-timeout' } });
+  return maxMs !== null && parsed > maxMs ? maxMs : parsed;
+}
+
+// Finest unit first, in nanoseconds: the first one in which the value fits 8 digits is the most precise.
+const FORMAT_UNITS: readonly (readonly [string, number])[] = [
+  ['n', 1],
+  ['u', 1e3],
+  ['m', 1e6],
+  ['S', 1e9],
+  ['M', 6e10],
+  ['H', 3.6e12],
+];
+const MAX_AMOUNT = 99_999_999;
+
+/**
+ * The remaining time as a `grpc-timeout` value for the upstream. Rounded down, so the
+ * upstream's deadline never outlives the gateway's and the upstream, not the gateway,
+ * usually reports DEADLINE_EXCEEDED (with its own trailers). Negative time is `0n`.
+ */
+export function formatGrpcTimeout(ms: number): string {
+  if (!(ms > 0)) return '0n';
+  // Whole nanoseconds first (250.7 ms is 250699999.99… ns in binary floating point).
+  const ns = Math.round(ms * 1e6);
+  for (const [unit, perUnit] of FORMAT_UNITS) {
+    const amount = Math.floor(ns / perUnit);
+    if (amount <= MAX_AMOUNT) return `${amount}${unit}`;
+  }
+  return `${MAX_AMOUNT}H`;
+}
