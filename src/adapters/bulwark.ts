@@ -6,6 +6,7 @@ import type { ListenerConfig, PathPolicyConfig } from '../config/schema.js';
 import { admit, contextFor, problemResponse, type RequestLike } from '../engine/admission.js';
 import { compileRuntime, ListenerSettings, retireRuntime, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS } from '../server/config-source.js';
+import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
 
 export interface BulwarkOptions {
   /** A config file path, or the config itself (validated exactly like a file). */
@@ -90,7 +91,9 @@ export class Bulwark {
   ) {
     return (req: Req, res: Res): void => {
       void this.evaluate(req).then(({ ctx, error }) => {
+        res.once('close', () => releaseLimits(ctx));
         if (error !== null) return this.sendProblem(res, error, ctx);
+        setLimitHeaders(res, ctx);
         handler(attach(req, ctx), res);
       });
     };
@@ -102,7 +105,9 @@ export class Bulwark {
       // Express rewrites req.url under a mount path; policy must see what the client sent.
       const view = req.originalUrl === undefined || req.originalUrl === req.url ? req : withUrl(req, req.originalUrl);
       this.evaluate(view).then(({ ctx, error }) => {
+        res.once('close', () => releaseLimits(ctx));
         if (error !== null) return this.sendProblem(res, error, ctx);
+        setLimitHeaders(res, ctx);
         attach(req, ctx);
         next();
       }, next);
@@ -138,4 +143,9 @@ function attach<Req extends object>(req: Req, ctx: RequestContext): Req & { bulw
 
 export function createBulwark(options: BulwarkOptions): Promise<Bulwark> {
   return Bulwark.create(options);
+}
+
+function setLimitHeaders(res: ServerResponse, ctx: RequestContext): void {
+  const headers = rateLimitHeaders(ctx);
+  if (headers !== null) for (const name in headers) res.setHeader(name, headers[name]!);
 }

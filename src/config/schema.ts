@@ -9,6 +9,7 @@
 import { AuthnSchema, RouteAuthSchema } from '../authn/schema.js';
 import { AuthzSchema, RouteAuthzSchema } from '../authz/schema.js';
 import { TelemetrySchema } from '../telemetry/schema.js';
+import { RateLimitsSchema } from '../limits/schema.js';
 import { Type, type Static, type TSchema, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
@@ -200,6 +201,14 @@ export const RouteSchema = Closed({
       'Who may call this route: `{ provider }`, `{ anyOf }`, `{ allOf }`, `{ optional }`, or `{ public: true }`. Required: a route without a requirement must say so.',
   }),
   authz: Type.Optional(RouteAuthzSchema),
+  rateLimit: Type.Optional(
+    Type.Array(Name, {
+      minItems: 1,
+      uniqueItems: true,
+      description:
+        'Rate-limit and concurrency policy ids (`rateLimits.policies`) applied to this route; every one must admit the request.',
+    }),
+  ),
   maxBodyBytes: Type.Optional(Type.Integer({ minimum: 0, description: 'Lower the listener body limit for this route.' })),
   timeouts: Type.Optional(RouteTimeoutsSchema),
 });
@@ -228,6 +237,7 @@ export const ConfigSchema = Closed(
     authn: Type.Optional(AuthnSchema),
     authz: Type.Optional(AuthzSchema),
     telemetry: Type.Optional(TelemetrySchema),
+    rateLimits: Type.Optional(RateLimitsSchema),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

@@ -59,6 +59,8 @@ export class RequestContext {
   headers: IncomingHttpHeaders;
   readonly peerAddress: string;
   readonly peerPort: number;
+  /** The client's address: the peer, or what trusted proxies say in X-Forwarded-For (set at admission). */
+  clientAddress: string;
   readonly protocol: Protocol;
   /** Whether the client connection is TLS. */
   readonly secure: boolean;
@@ -93,6 +95,7 @@ export class RequestContext {
     this.headers = init.headers;
     this.peerAddress = init.peerAddress;
     this.peerPort = init.peerPort;
+    this.clientAddress = init.peerAddress;
     this.protocol = init.protocol;
     this.secure = init.secure;
     this.route = null;

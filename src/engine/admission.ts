@@ -63,6 +63,10 @@ export function admit(
   ctx.path = target.path;
   ctx.query = target.query;
   ctx.host = target.host;
+  if (!settings.trustedProxies.empty) {
+    const xff = req.headers['x-forwarded-for'];
+    ctx.clientAddress = settings.trustedProxies.clientAddress(ctx.peerAddress, typeof xff === 'string' ? xff : undefined);
+  }
   // Node keeps only the first Authorization header; a second one is an attempt to confuse
   // whoever reads the other copy, so it is refused before any stage sees the request.
   if (countHeader(raw, 'authorization') > 1) return new BulwarkError('request.duplicate_authorization');

@@ -7,6 +7,7 @@ import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
+import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
 import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
@@ -152,6 +153,7 @@ export class Gateway {
     const release = () => {
       if (!released) {
         released = true;
+        releaseLimits(ctx);
         runtime.release();
       }
     };
@@ -252,18 +254,16 @@ export class Gateway {
           if (error !== null) {
             outcome.code = error.code;
             if (error.status >= 500) {
-              this.telemetry
-                .requestLogger(ctx)
-                .warn(
-                  {
-                    route: route.id,
-                    upstream: upstream.name,
-                    code: error.code,
-                    reason: error.context?.['reason'],
-                    err: error.cause,
-                  },
-                  'upstream failure',
-                );
+              this.telemetry.requestLogger(ctx).warn(
+                {
+                  route: route.id,
+                  upstream: upstream.name,
+                  code: error.code,
+                  reason: error.context?.['reason'],
+                  err: error.cause,
+                },
+                'upstream failure',
+              );
             }
           }
         },

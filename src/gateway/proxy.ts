@@ -7,6 +7,7 @@ import { clientResponseHeaders } from './headers.js';
 import type { Endpoint, Upstream } from './upstream.js';
 import type { UpstreamTimeoutsConfig } from '../config/schema.js';
 import type { ServerSpan, Telemetry, UpstreamAttempt } from '../telemetry/index.js';
+import { rateLimitHeaders } from '../limits/index.js';
 
 /** The part of a server response both node:http and the HTTP/2 compatibility API offer. */
 export interface ClientResponse {
@@ -49,6 +50,8 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   private bytes: number;
   private finished: boolean;
   private readonly attempt: UpstreamAttempt;
+  /** Headers stages add to the client's response (e.g. RateLimit); null when none. */
+  private readonly extra: Record<string, string> | null;
   private readonly resume: () => void;
 
   constructor(
@@ -58,12 +61,14 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     totalMs: number,
     hooks: ExchangeHooks,
     attempt: UpstreamAttempt,
+    extra: Record<string, string> | null,
   ) {
     this.res = res;
     this.endpoint = endpoint;
     this.hooks = hooks;
     this.requestId = requestId;
     this.attempt = attempt;
+    this.extra = extra;
     this.controller = null;
     this.status = 0;
     this.bytes = 0;
@@ -91,7 +96,9 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     if (statusCode < 200) return; // 1xx informational responses are not relayed
     this.status = statusCode;
     try {
-      this.res.writeHead(statusCode, clientResponseHeaders(headers, this.requestId));
+      const out = clientResponseHeaders(headers, this.requestId);
+      if (this.extra !== null) Object.assign(out, this.extra);
+      this.res.writeHead(statusCode, out);
     } catch (err) {
       // An upstream header Node refuses to send (invalid characters): that upstream is broken.
       controller.abort(new BulwarkError('upstream.bad_response', undefined, { cause: err }));
@@ -213,7 +220,15 @@ export function forward(request: ForwardRequest, res: ClientResponse, hooks: Exc
   const ctx = request.ctx;
   const attempt = request.telemetry.startUpstream(request.span, request.upstream.name, endpoint.origin, request.method);
   attempt.inject(request.headers);
-  const exchange = new ProxyExchange(res, endpoint, ctx.requestId, request.timeouts.totalMs, hooks, attempt);
+  const exchange = new ProxyExchange(
+    res,
+    endpoint,
+    ctx.requestId,
+    request.timeouts.totalMs,
+    hooks,
+    attempt,
+    rateLimitHeaders(ctx),
+  );
   const path = ctx.query === '' ? ctx.path : ctx.path + '?' + ctx.query;
   endpoint.pool.dispatch(
     {

@@ -7,10 +7,13 @@ import type {
   RouteConfig,
   UpstreamTimeoutsConfig,
 } from '../config/schema.js';
+import type { RequestContext } from '../core/context.js';
 import { Pipeline } from '../core/pipeline.js';
 import type { Stage } from '../core/stage.js';
 import { compilePathPolicy, type PathPolicy } from '../core/target.js';
 import { closeGrpcPool } from '../grpc/index.js';
+import { compileLimits, createLimitStage, type CompiledLimits } from '../limits/index.js';
+import { availableParallelism } from 'node:os';
 import { echoOrigin } from './echo.js';
 import { Router } from './router.js';
 import { TrustedProxies } from './trusted-proxies.js';
@@ -79,6 +82,7 @@ export class Runtime {
   readonly listeners: ReadonlyMap<string, ListenerSettings>;
   readonly authn: CompiledAuthn | null;
   readonly authz: CompiledAuthz | null;
+  readonly limits: CompiledLimits | null;
   /** Identity headers the gateway owns: the client's copies are removed on every route, public ones too. */
   readonly ownedHeaders: ReadonlySet<string> | null;
   private active: number;
@@ -90,13 +94,17 @@ export class Runtime {
     hash: string,
     upstreams: Map<string, Upstream>,
     routes: CompiledRoute[],
-    security: { authn: CompiledAuthn | null; authz: CompiledAuthz | null } = { authn: null, authz: null },
+    security: { authn: CompiledAuthn | null; authz: CompiledAuthz | null; limits?: CompiledLimits | null } = {
+      authn: null,
+      authz: null,
+    },
   ) {
     this.config = config;
     this.hash = hash;
     this.upstreams = upstreams;
     this.authn = security.authn;
     this.authz = security.authz;
+    this.limits = security.limits ?? null;
     const owned = security.authn === null ? null : forwardedHeaderNames(security.authn);
     this.ownedHeaders = owned !== null && owned.size > 0 ? owned : null;
     this.router = new Router(routes);
@@ -153,6 +161,14 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
     }
   }
   const authz = config.authz === undefined ? null : compileAuthz(config.authz);
+  const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
+  // Unchanged stores (buckets, leases, Redis connections) carry over: a reload never refills a bucket.
+  const limits = usesLimits
+    ? compileLimits(config.rateLimits, {
+        workers: config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1),
+        ...(previous?.limits != null ? { previous: previous.limits } : {}),
+      })
+    : null;
   const stagesFor = (route: RouteConfig): Stage[] => {
     const stages: Stage[] = [];
     if (!('public' in route.auth)) {
@@ -163,6 +179,11 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
     if (route.authz !== undefined) {
       if (authz === null) throw new TypeError(`route ${route.id}: authz policies referenced but no authz section`);
       const stage = createAuthzStage(route.authz, authz);
+      if (stage !== null) stages.push(stage);
+    }
+    if (route.rateLimit !== undefined) {
+      if (limits === null) throw new TypeError(`route ${route.id}: rate limits referenced but no rateLimits section`);
+      const stage = createLimitStage(route.rateLimit, limits, clientAddressOf);
       if (stage !== null) stages.push(stage);
     }
     return stages;
@@ -183,7 +204,7 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
     if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
     return new CompiledRoute(route, upstream, stagesFor(route));
   });
-  return new Runtime(config, hash, upstreams, routes, { authn, authz });
+  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits });
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
@@ -191,7 +212,8 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
   const shared = new Set(next === null ? [] : next.upstreams.values());
   const owned = [...previous.upstreams.values()].filter((u) => !shared.has(u));
   const authn = previous.authn !== null && previous.authn !== next?.authn ? previous.authn : null;
-  if (owned.length === 0 && authn === null) return;
+  const limits = previous.limits !== null && previous.limits !== next?.limits ? previous.limits : null;
+  if (owned.length === 0 && authn === null && limits === null) return;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<boolean>((resolve) => {
     timer = setTimeout(() => resolve(true), graceMs);
@@ -205,8 +227,11 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
     else await upstream.close();
   }
   authn?.close();
+  await limits?.close();
 }
 
 function sameJson(a: unknown, b: unknown): boolean {
   return JSON.stringify(a) === JSON.stringify(b);
 }
+
+const clientAddressOf = (ctx: RequestContext): string => ctx.clientAddress;

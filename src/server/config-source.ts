@@ -5,6 +5,7 @@ import type { BulwarkConfig } from '../config/schema.js';
 import { authnChecks, checkRouteAuth } from '../authn/index.js';
 import { authzChecks } from '../authz/index.js';
 import { telemetryChecks } from '../telemetry/index.js';
+import { limitsChecks, policyReferenceChecks } from '../limits/index.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
@@ -21,6 +22,12 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
     config.routes.forEach((route, i) => checkRouteAuth(route.auth, config.authn, ['routes', i, 'auth'], report)),
   (config, report) => authzChecks(config, report),
   telemetryChecks,
+  (config, report) => limitsChecks(config.rateLimits, report),
+  (config, report) =>
+    config.routes.forEach((route, i) => {
+      if (route.rateLimit !== undefined)
+        policyReferenceChecks(route.rateLimit, config.rateLimits, ['routes', i, 'rateLimit'], report);
+    }),
 ];
 /** Checks for a config `bulwark serve` and `bulwark validate` accept. */
 export const CONFIG_CHECKS: readonly ConfigCheck[] = [...LIBRARY_CHECKS, gatewayChecks];

@@ -6,6 +6,7 @@ import type { BulwarkConfig } from '../config/schema.js';
 import { Gateway } from '../gateway/gateway.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
+import { LimitsPrimaryHost } from '../limits/index.js';
 import { createAdminServer, listenAdmin } from './admin.js';
 import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
 
@@ -124,6 +125,8 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   };
   const configMessage = (): ToWorker => ({ type: 'config', source: current.source, file: current.file, overrides });
 
+  // Memory rate-limit buckets live here, so N workers enforce the configured limit once, not N times.
+  new LimitsPrimaryHost().attach(cluster);
   const fork = () => {
     const worker = cluster.fork({ BULWARK_WORKER: '1' });
     worker.on('message', (message: ToPrimary) => {
