@@ -7,7 +7,7 @@ import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
-import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
+import { releaseLimits } from '../limits/index.js';
 import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
