@@ -1,11 +1,18 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ConfigError, formatIssues, loadConfigFile } from '../config/load.js';
-import { CONFIG_CHECKS } from '../server/config-source.js';
-import { isWorkerProcess, runWorker, serve } from '../server/serve.js';
-import { createLogger } from '../telemetry/logger.js';
-import { explain } from './explain.js';
-import { DEV_ALGORITHMS, generateKeys, mintToken, writeKeys, type DevAlgorithm } from './dev-tokens.js';
+import cluster from 'node:cluster';
+import type { DevAlgorithm } from './dev-tokens.js';
+
+// Commands load what they need on demand: `bulwark --version` or `validate` must not pay for
+// the gateway, gRPC and OpenTelemetry modules.
+const load = {
+  config: () => import('../config/load.js'),
+  checks: () => import('../server/config-source.js'),
+  serve: () => import('../server/serve.js'),
+  logger: () => import('../telemetry/logger.js'),
+  explain: () => import('./explain.js'),
+  tokens: () => import('./dev-tokens.js'),
+};
 
 /** Exit codes, documented in `bulwark --help` and the README. */
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
@@ -93,7 +100,8 @@ function port(value: string | undefined, flag: string): number | undefined | Err
 }
 
 export async function main(argv: string[]): Promise<number> {
-  if (isWorkerProcess()) {
+  if (cluster.isWorker && process.env['BULWARK_WORKER'] === '1') {
+    const [{ runWorker }, { createLogger }] = await Promise.all([load.serve(), load.logger()]);
     await runWorker(createLogger());
     return EXIT.ok;
   }
@@ -148,6 +156,7 @@ async function serveCommand(args: string[]): Promise<number> {
   if (listenPort instanceof Error) return usageError('serve', listenPort.message);
   if (adminPort instanceof Error) return usageError('serve', adminPort.message);
   const configFile = values.config ?? process.env['BULWARK_CONFIG'] ?? 'bulwark.yaml';
+  const [{ serve }, { createLogger }] = await Promise.all([load.serve(), load.logger()]);
   return serve({ configFile, port: listenPort, adminPort, logger: createLogger() });
 }
 
@@ -164,6 +173,7 @@ async function validateCommand(args: string[]): Promise<number> {
   }
   if (positionals.length !== 1) return usageError('validate', 'validate expects exactly one FILE');
   const file = positionals[0]!;
+  const [{ ConfigError, formatIssues, loadConfigFile }, { CONFIG_CHECKS }] = await Promise.all([load.config(), load.checks()]);
   try {
     const loaded = await loadConfigFile(file, { checks: CONFIG_CHECKS });
     if (loaded.warnings.length > 0) process.stderr.write(formatIssues(loaded.warnings) + '\n');
@@ -195,6 +205,7 @@ async function keysCommand(args: string[]): Promise<number> {
     process.stdout.write(HELP['keys']!);
     return EXIT.ok;
   }
+  const { DEV_ALGORITHMS, generateKeys, writeKeys } = await load.tokens();
   const alg = (values.alg ?? 'ES256') as DevAlgorithm;
   if (!DEV_ALGORITHMS.includes(alg)) return usageError('keys', `unsupported --alg "${values.alg}"`);
   const keys = await generateKeys(alg, values.kid);
@@ -257,6 +268,7 @@ async function tokenCommand(args: string[]): Promise<number> {
           .split(',')
           .map((s) => s.trim())
           .filter(Boolean);
+  const { mintToken } = await load.tokens();
   try {
     const token = await mintToken({
       keyFile: values.key,
@@ -317,6 +329,7 @@ async function explainCommand(args: string[]): Promise<number> {
     if (colon <= 0) return usageError('explain', `--header expects "Name: value", got "${h}"`);
     headers[h.slice(0, colon).trim().toLowerCase()] = h.slice(colon + 1).trim();
   }
+  const [{ explain }, { ConfigError, formatIssues }] = await Promise.all([load.explain(), load.config()]);
   try {
     return await explain(
       {

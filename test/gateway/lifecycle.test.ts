@@ -173,7 +173,7 @@ describe('admin listener', () => {
 });
 
 describe('CLI', () => {
-  it('validate: 0 for valid, 1 with file:line for invalid, 2 for usage', async () => {
+  it('validate: 0 for valid, 1 with file:line for invalid, 2 for usage', { timeout: 60_000 }, async () => {
     const good = tempFile('good.yaml', yaml('http://127.0.0.1:1'));
     expect((await runCli(['validate', good])).code).toBe(0);
     const bad = tempFile('bad.yaml', yaml('http://127.0.0.1:1').replace('prefix: /a', 'prefx: /a'));
@@ -184,7 +184,7 @@ describe('CLI', () => {
     expect((await runCli(['validate', '--bogus', good])).code).toBe(2);
   });
 
-  it('--version, --help, unknown command, and serve with an invalid config', async () => {
+  it('--version, --help, unknown command, and serve with an invalid config', { timeout: 60_000 }, async () => {
     const version = await runCli(['--version']);
     expect(version.code).toBe(0);
     expect(version.stdout).toMatch(/^bulwark \d+\.\d+\.\d+/);
