@@ -1,0 +1,337 @@
+/**
+ * Masking: what an audit record may contain, decided before it is hashed and
+ * written (a hash chain makes a leaked secret permanent — it cannot be edited
+ * out later without breaking the chain).
+ *
+ * Three layers, in this order:
+ * 1. `toJsonData` copies caller-supplied structures (business `details`, claims,
+ *    decision details) into plain, bounded JSON data: no functions, cycles,
+ *    bigints or lone surrogates (which RFC 8785 rejects), strings capped.
+ * 2. Configured rules — by field path, header name, query parameter — replace
+ *    values with `[redacted]`, an HMAC pseudonym or a partial mask.
+ * 3. The never-raw sweep, which config cannot turn off: values under
+ *    credential-named keys (`authorization`, `cookie`, `*_token`, `password`…)
+ *    are redacted unless a rule already hashed them, and anything shaped like a
+ *    JWT or an `Authorization` credential (`Bearer …`, `Basic …`) is cut out of
+ *    every string in the record, whatever field it is in.
+ */
+import { createHmac } from 'node:crypto';
+import { canonicalize } from './canonical.js';
+import type { MaskAction, MaskingConfig, MaskRuleConfig } from './schema.js';
+import { NEVER_RAW_HEADERS } from './schema.js';
+
+export const REDACTED = '[redacted]';
+export const REDACTED_JWT = '[redacted:jwt]';
+
+const MAX_DEPTH = 12;
+const MAX_STRING = 4096;
+const MAX_ITEMS = 256;
+const LONE_SURROGATE = /\p{Cs}/gu;
+
+/**
+ * Keys whose values are credentials wherever they appear (headers, query,
+ * claims, details). Exact names, plus `…_token`, `…-secret`, `…_password`.
+ */
+const SENSITIVE_KEY =
+  /^(?:authorization|proxy-authorization|cookie|set-cookie|password|passwd|passphrase|secret|token|apikey|api[-_]key|x-api-key|private[-_]?key|session[-_]?id|sessionid|jsessionid|phpsessid)$|[-_](?:token|secret|password|passwd)$/i;
+
+/** A JWS/JWE compact serialization: base64url JSON header (`eyJ`), then 2 or 4 more dot-separated parts. */
+const JWT = /eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?/g;
+/** An HTTP credential as it appears in Authorization-like headers or pasted into free text. */
+const CREDENTIAL = /\b(Bearer|Basic|Digest|Negotiate|Token|Bot|ApiKey)(\s+)[A-Za-z0-9._~+/=:-]{8,}/gi;
+/** Cheap pre-tests so the common string (no token) costs a scan or two. */
+const MAYBE_TOKEN = /bearer|basic|digest|negotiate|token|bot|apikey/i;
+const WHITESPACE = /\s/;
+
+// Keys repeat from event to event (`provider`, `policy`, header names): remember the verdict, boundedly.
+const sensitiveCache = new Map<string, boolean>();
+
+export function isSensitiveKey(key: string): boolean {
+  let sensitive = sensitiveCache.get(key);
+  if (sensitive === undefined) {
+    sensitive = NEVER_RAW_HEADERS.has(key.toLowerCase()) || SENSITIVE_KEY.test(key);
+    if (sensitiveCache.size < 4096) sensitiveCache.set(key, sensitive);
+  }
+  return sensitive;
+}
+
+// ES2024 `isWellFormed` (native in Node 20): no lone surrogate.
+const isWellFormed = (value: string): boolean => (value as unknown as { isWellFormed(): boolean }).isWellFormed();
+
+function wellFormed(value: string): string {
+  return isWellFormed(value) ? value : value.replace(LONE_SURROGATE, '\uFFFD');
+}
+
+/** Token-shaped substrings cut out of free text; the rest of the string stays (a path, a message). */
+export function scrubTokens(value: string): string {
+  if (value.length < 12) return value;
+  // Cheap pre-tests: a JWT has `eyJ`; a credential has whitespace after its scheme name.
+  const maybeJwt = value.includes('eyJ');
+  if (!maybeJwt && !(WHITESPACE.test(value) && MAYBE_TOKEN.test(value))) return value;
+  JWT.lastIndex = 0;
+  CREDENTIAL.lastIndex = 0;
+  return value
+    .replace(JWT, REDACTED_JWT)
+    .replace(CREDENTIAL, (_m, scheme: string, space: string) => `${scheme}${space}${REDACTED}`);
+}
+
+function capString(value: string): string {
+  return value.length > MAX_STRING ? `${value.slice(0, MAX_STRING)}…[truncated]` : value;
+}
+
+/**
+ * Caller data as plain, bounded JSON data. Never throws: whatever an application
+ * passes, the event is written (an audit event lost to a `toJSON` bug is worse
+ * than one with a `[unsupported]` field).
+ */
+export function toJsonData(value: unknown, depth = 0): unknown {
+  switch (typeof value) {
+    case 'string':
+      return capString(wellFormed(value));
+    case 'number':
+      return Number.isFinite(value) ? value : null;
+    case 'boolean':
+      return value;
+    case 'bigint':
+      return value.toString();
+    case 'undefined':
+    case 'function':
+    case 'symbol':
+      return undefined;
+    default:
+      break;
+  }
+  if (value === null) return null;
+  if (depth >= MAX_DEPTH) return '[too deep]';
+  if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString();
+  if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return '[binary]';
+  if (value instanceof Map || value instanceof Set || value instanceof Promise || value instanceof WeakMap)
+    return '[unsupported]';
+  if (Array.isArray(value)) {
+    const out: unknown[] = [];
+    const n = Math.min(value.length, MAX_ITEMS);
+    for (let i = 0; i < n; i++) {
+      const item = toJsonData(value[i], depth + 1);
+      out.push(item === undefined ? null : item);
+    }
+    if (value.length > MAX_ITEMS) out.push(`[${value.length - MAX_ITEMS} more]`);
+    return out;
+  }
+  const out: Record<string, unknown> = {};
+  let count = 0;
+  for (const key of Object.keys(value as object)) {
+    if (++count > MAX_ITEMS) {
+      out['…'] = '[more keys]';
+      break;
+    }
+    let item: unknown;
+    try {
+      item = toJsonData((value as Record<string, unknown>)[key], depth + 1);
+    } catch {
+      item = '[unreadable]'; // a throwing getter
+    }
+    if (item !== undefined) out[wellFormed(key)] = item;
+  }
+  return out;
+}
+
+/** Objects hash by their canonical form, so key order does not change the pseudonym. */
+function stableText(value: object): string {
+  try {
+    return canonicalize(value);
+  } catch {
+    return JSON.stringify(value) ?? '';
+  }
+}
+
+/** A value a rule already masked: the sweep unwraps it instead of redacting it again. */
+class Masked {
+  constructor(readonly value: string) {}
+}
+
+interface Rule {
+  readonly action: MaskAction;
+  readonly keep: number;
+}
+
+interface FieldRule extends Rule {
+  readonly segments: readonly string[];
+}
+
+export interface CompiledMasking {
+  readonly fields: readonly FieldRule[];
+  readonly headers: ReadonlyMap<string, Rule>;
+  readonly query: ReadonlyMap<string, Rule>;
+  readonly hmacKey: Buffer | null;
+}
+
+function toRule(rule: MaskRuleConfig): Rule {
+  return typeof rule === 'string' ? { action: rule, keep: 4 } : { action: rule.action, keep: rule.keep ?? 4 };
+}
+
+/** Rules compiled once per config; a `hash` rule without a key is a config error caught by `auditChecks`. */
+export function compileMasking(config: MaskingConfig | undefined): CompiledMasking {
+  const headers = new Map<string, Rule>();
+  for (const [name, rule] of Object.entries(config?.headers ?? {})) headers.set(name.toLowerCase(), toRule(rule));
+  const query = new Map<string, Rule>();
+  for (const [name, rule] of Object.entries(config?.query ?? {})) query.set(name, toRule(rule));
+  return {
+    fields: (config?.fields ?? []).map((f) => ({ segments: f.path.split('.'), action: f.action, keep: f.keep ?? 4 })),
+    headers,
+    query,
+    hmacKey: config?.hmacKey === undefined ? null : Buffer.from(config.hmacKey, 'utf8'),
+  };
+}
+
+const PSEUDONYM_CACHE = 8192;
+
+export class Masker {
+  readonly #rules: CompiledMasking;
+  readonly #pseudonyms = new Map<string, string>();
+
+  constructor(rules: CompiledMasking) {
+    this.#rules = rules;
+  }
+
+  /** `hmac:` + 22 base64url characters (132 bits): stable per key, useless without it. */
+  pseudonym(value: string): string {
+    const key = this.#rules.hmacKey;
+    // auditChecks refuses `hash` without a key; should one slip through, fail closed.
+    if (key === null) return REDACTED;
+    // Hashed values repeat (client IPs, e-mail addresses): an HMAC costs microseconds, a lookup nanoseconds.
+    let pseudonym = this.#pseudonyms.get(value);
+    if (pseudonym === undefined) {
+      pseudonym = `hmac:${createHmac('sha256', key).update(value, 'utf8').digest('base64url').slice(0, 22)}`;
+      if (this.#pseudonyms.size >= PSEUDONYM_CACHE) this.#pseudonyms.clear();
+      this.#pseudonyms.set(value, pseudonym);
+    }
+    return pseudonym;
+  }
+
+  #apply(rule: Rule, key: string, value: unknown): Masked {
+    if (value === null || value === undefined) return new Masked(REDACTED);
+    const text = typeof value === 'string' ? value : typeof value === 'object' ? stableText(value) : String(value);
+    switch (rule.action) {
+      case 'hash':
+        return new Masked(this.pseudonym(text));
+      case 'partial': {
+        // A credential is never partly shown: its tail is still part of the secret.
+        if (isSensitiveKey(key) || typeof value === 'object') return new Masked(REDACTED);
+        const chars = Array.from(text); // code points: never split a surrogate pair
+        if (chars.length < 2 * rule.keep) return new Masked(REDACTED);
+        return new Masked('*'.repeat(chars.length - rule.keep) + chars.slice(-rule.keep).join(''));
+      }
+      default:
+        return new Masked(REDACTED);
+    }
+  }
+
+  #applyPath(node: unknown, segments: readonly string[], index: number, rule: Rule): void {
+    if (node === null || typeof node !== 'object' || node instanceof Masked) return;
+    const segment = segments[index] as string;
+    const last = index === segments.length - 1;
+    const container = node as Record<string, unknown>;
+    const keys =
+      segment === '*' ? Object.keys(container) : Object.prototype.hasOwnProperty.call(container, segment) ? [segment] : [];
+    for (const key of keys) {
+      if (last) container[key] = this.#apply(rule, key, container[key]);
+      else this.#applyPath(container[key], segments, index + 1, rule);
+    }
+  }
+
+  /**
+   * Masks a record in place (a fresh object built for writing, never caller
+   * data): configured rules first, then the never-raw sweep over everything.
+   * The record's own keys must already be in canonical order (as the log
+   * builds them); nested objects are reordered as needed. Returns whether
+   * JSON.stringify of the result is its canonical form (false when an object
+   * has integer-like keys, which JS cannot order canonically).
+   */
+  apply(record: Record<string, unknown>): boolean {
+    const rules = this.#rules;
+    const headers = record['headers'];
+    if (rules.headers.size > 0 && headers !== null && typeof headers === 'object') {
+      const h = headers as Record<string, unknown>;
+      for (const name of Object.keys(h)) {
+        const rule = rules.headers.get(name.toLowerCase());
+        if (rule !== undefined) h[name] = this.#apply(rule, name, h[name]);
+      }
+    }
+    const query = record['query'];
+    if (rules.query.size > 0 && query !== null && typeof query === 'object') {
+      const q = query as Record<string, unknown>;
+      for (const name of Object.keys(q)) {
+        const rule = rules.query.get(name);
+        if (rule !== undefined) q[name] = this.#apply(rule, name, q[name]);
+      }
+    }
+    for (const rule of rules.fields) this.#applyPath(record, rule.segments, 0, rule);
+    // Top level: records are built with their keys in canonical order, so this keeps the same object.
+    integerKeySeen = false;
+    for (const key of Object.keys(record)) record[key] = sweep(record[key], key, 0);
+    return !integerKeySeen;
+  }
+}
+
+/**
+ * The never-raw pass: unwrap masked values, redact credential-named keys,
+ * scrub token-shaped text. It also leaves every value *canonical-ready* —
+ * strings well-formed, numbers finite, no undefined in arrays, each object's
+ * keys in UTF-16 code-unit order — so `JSON.stringify` of the result is its RFC
+ * 8785 form (verify recomputes with the real canonicalizer; tests hold the two equal).
+ */
+function sweep(value: unknown, key: string, depth: number): unknown {
+  if (value instanceof Masked) return value.value;
+  switch (typeof value) {
+    case 'string':
+      if (depth > 0 && isSensitiveKey(key)) return REDACTED;
+      return scrubTokens(wellFormed(value));
+    case 'number':
+      return Number.isFinite(value) ? value : null;
+    case 'boolean':
+      return value;
+    case 'object':
+      break;
+    default:
+      return undefined; // bigint, function, symbol, undefined: not JSON data (toJsonData already dropped them)
+  }
+  if (value === null) return null;
+  if (depth > 0 && isSensitiveKey(key)) return REDACTED;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) value[i] = sweep(value[i], key, depth + 1) ?? null;
+    return value;
+  }
+  return sweepObject(value as Record<string, unknown>, depth);
+}
+
+/**
+ * JS objects enumerate integer-like keys ("0", "42") first, in numeric order,
+ * whatever order they were inserted in — so an object holding one cannot be
+ * laid out in RFC 8785 order, and the record must go through the real
+ * canonicalizer. Set by the sweep, read by `Masker.apply`.
+ */
+let integerKeySeen = false;
+const INTEGER_KEY = /^(?:0|[1-9][0-9]{0,9})$/;
+
+function sweepObject(object: Record<string, unknown>, depth: number): Record<string, unknown> {
+  const keys = Object.keys(object);
+  if (!integerKeySeen) {
+    for (const k of keys) {
+      const c = k.charCodeAt(0);
+      if (c >= 0x30 && c <= 0x39 && INTEGER_KEY.test(k) && Number(k) < 4_294_967_295) {
+        integerKeySeen = true;
+        break;
+      }
+    }
+  }
+  let sorted = true;
+  for (let i = 1; i < keys.length && sorted; i++) sorted = (keys[i - 1] as string) < (keys[i] as string);
+  if (sorted) {
+    for (const k of keys) object[k] = sweep(object[k], k, depth + 1);
+    return object;
+  }
+  // Caller data comes in any order: rebuild in canonical order (records we build are already sorted).
+  const out: Record<string, unknown> = {};
+  for (const k of keys.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0))) out[k] = sweep(object[k], k, depth + 1);
+  return out;
+}

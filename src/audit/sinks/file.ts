@@ -1,0 +1,196 @@
+/**
+ * JSON lines file sink, the embedded default. Each line is a record exactly as
+ * hashed. Rotation by size and/or age renames the live file to
+ * `<name>.<UTC timestamp><ext>` (`audit.20261124T022301123Z.jsonl`), a name that
+ * sorts before the live `audit.jsonl`, so `ls` order is chain order and
+ * `audit verify --file audit.jsonl` finds the rotated files by itself.
+ *
+ * Idempotency: a file cannot `ON CONFLICT`, so on open the sink reads its last
+ * line, and the first batch it is given after a restart (which, with the cursor
+ * saved after every file batch, starts at most one batch back) is skipped up to
+ * and including that record.
+ */
+import { mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, extname, join } from 'node:path';
+import { LineEncoder, type WalEntry } from '../wal.js';
+import { recordOf, type AuditSink } from './sink.js';
+
+export interface FileSinkOptions {
+  path: string;
+  rotateBytes: number;
+  rotateIntervalMs: number;
+  batchSize: number;
+  /** fdatasync each batch before acknowledging it (durable mode). */
+  sync: boolean;
+}
+
+const ROTATED_STAMP = /^\d{8}T\d{9}Z$/;
+
+function stamp(date: Date): string {
+  return date.toISOString().replace(/[-:.]/g, ''); // 20261124T022301123Z
+}
+
+function rotatedName(path: string, date: Date): string {
+  const ext = extname(path);
+  const base = ext === '' ? path : path.slice(0, -ext.length);
+  return `${base}.${stamp(date)}${ext}`;
+}
+
+/** The rotated files of `path` (oldest first) followed by `path` itself when it exists. */
+export async function rotationSet(path: string): Promise<string[]> {
+  const dir = dirname(path);
+  const ext = extname(path);
+  const stem = basename(path).slice(0, ext === '' ? undefined : -ext.length);
+  let names: string[] = [];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return [path];
+  }
+  const rotated = names
+    .filter((name) => {
+      if (!name.startsWith(`${stem}.`) || (ext !== '' && !name.endsWith(ext))) return false;
+      const middle = name.slice(stem.length + 1, ext === '' ? undefined : name.length - ext.length);
+      return ROTATED_STAMP.test(middle);
+    })
+    .sort()
+    .map((name) => join(dir, name));
+  return names.includes(basename(path)) ? [...rotated, path] : rotated;
+}
+
+/** The last complete line of a file, or null (reads only the tail). */
+async function lastLine(path: string): Promise<string | null> {
+  let handle: FileHandle;
+  try {
+    handle = await open(path, 'r');
+  } catch {
+    return null;
+  }
+  try {
+    const { size } = await handle.stat();
+    let window = 64 * 1024;
+    for (;;) {
+      const start = Math.max(0, size - window);
+      const buffer = Buffer.alloc(size - start);
+      await handle.read(buffer, 0, buffer.length, start);
+      const end = buffer.lastIndexOf(0x0a);
+      if (end <= 0) return null;
+      const begin = buffer.lastIndexOf(0x0a, end - 1) + 1;
+      if (begin > 0 || start === 0) return buffer.toString('utf8', begin, end);
+      window *= 4; // one line longer than the window
+    }
+  } finally {
+    await handle.close();
+  }
+}
+
+export class FileSink implements AuditSink {
+  readonly name: string;
+  readonly batchSize: number;
+  readonly exactCursor = true;
+  readonly #options: FileSinkOptions;
+  #handle: FileHandle | null = null;
+  #size = 0;
+  #openedAt = 0;
+  /** Id of the last record already in the file when opened: the replay skips through it once. */
+  #resumeAfter: string | null = null;
+  readonly #encoder = new LineEncoder();
+
+  constructor(options: FileSinkOptions) {
+    this.#options = options;
+    this.name = `file:${options.path}`;
+    this.batchSize = options.batchSize;
+  }
+
+  async open(): Promise<void> {
+    const path = this.#options.path;
+    await mkdir(dirname(path), { recursive: true });
+    const set = await rotationSet(path);
+    // The live file may be empty right after a rotation: then the newest rotated file has the last record.
+    for (let i = set.length - 1; i >= 0 && this.#resumeAfter === null; i--) {
+      const line = await lastLine(set[i] as string);
+      if (line === null) continue;
+      try {
+        const id = (JSON.parse(line) as { id?: unknown }).id;
+        if (typeof id === 'string') this.#resumeAfter = id;
+      } catch {
+        // A torn last line (crash mid-append): nothing to resume after; it stays visible to verify.
+      }
+      break;
+    }
+    await this.#openLive();
+  }
+
+  async #openLive(): Promise<void> {
+    const path = this.#options.path;
+    this.#handle = await open(path, 'a', 0o640);
+    const info = await stat(path);
+    this.#size = info.size;
+    if (info.size > 0) {
+      // A crash mid-append leaves a line without its newline: cut it (it was never acknowledged; the
+      // WAL re-sends it) so the next record does not glue onto it.
+      const last = Buffer.alloc(1);
+      const reader = await open(path, 'r');
+      try {
+        await reader.read(last, 0, 1, info.size - 1);
+        if (last[0] !== 0x0a) {
+          const tail = Buffer.alloc(Math.min(info.size, 1 << 20));
+          await reader.read(tail, 0, tail.length, info.size - tail.length);
+          const cut = info.size - tail.length + tail.lastIndexOf(0x0a) + 1;
+          await this.#handle.truncate(cut);
+          this.#size = cut;
+        }
+      } finally {
+        await reader.close();
+      }
+    }
+    this.#openedAt = info.size === 0 ? Date.now() : Math.min(Date.now(), info.birthtimeMs || info.mtimeMs);
+  }
+
+  async #rotateIfDue(): Promise<void> {
+    const { rotateBytes, rotateIntervalMs, path } = this.#options;
+    const bySize = rotateBytes > 0 && this.#size >= rotateBytes;
+    const byAge = rotateIntervalMs > 0 && this.#size > 0 && Date.now() - this.#openedAt >= rotateIntervalMs;
+    if (!bySize && !byAge) return;
+    const handle = this.#handle as FileHandle;
+    await handle.datasync();
+    await handle.close();
+    this.#handle = null;
+    await rename(path, rotatedName(path, new Date()));
+    await this.#openLive();
+  }
+
+  async write(batch: readonly WalEntry[]): Promise<void> {
+    let from = 0;
+    if (this.#resumeAfter !== null) {
+      const resumeAfter = this.#resumeAfter;
+      const at = batch.findIndex((entry) => recordOf(entry)['id'] === resumeAfter);
+      if (at !== -1) from = at + 1;
+      this.#resumeAfter = null;
+    }
+    if (from >= batch.length) return;
+    if (this.#handle === null) await this.#openLive();
+    await this.#rotateIfDue();
+    const lines: string[] = new Array<string>(batch.length - from);
+    for (let i = from; i < batch.length; i++) lines[i - from] = (batch[i] as WalEntry).line;
+    const data = this.#encoder.encode(lines);
+    const handle = this.#handle as FileHandle;
+    try {
+      let written = 0;
+      while (written < data.length) written += (await handle.write(data, written, data.length - written)).bytesWritten;
+      if (this.#options.sync) await handle.datasync();
+    } catch (error) {
+      // Keep lines whole: cut a partial append so the retry starts on a line boundary.
+      await handle.truncate(this.#size).catch(() => {});
+      throw error;
+    }
+    this.#size += data.length;
+  }
+
+  async close(): Promise<void> {
+    if (this.#handle === null) return;
+    await this.#handle.datasync().catch(() => {});
+    await this.#handle.close();
+    this.#handle = null;
+  }
+}

@@ -1,0 +1,89 @@
+/**
+ * The sink contract. A sink receives committed WAL entries in WAL order, one
+ * batch at a time (the next batch only after the previous one resolved), and
+ * must be idempotent by record id: after a crash the WAL re-sends what a sink
+ * may already hold (SQL stores use `ON CONFLICT (id) DO NOTHING`; the file sink
+ * skips what its tail already has; a webhook receiver dedups by id).
+ *
+ * `write` resolving means the batch is stored as durably as the sink can make
+ * it: the WAL segment holding it may then be deleted. A rejection is retried
+ * with backoff, forever — the WAL keeps the events meanwhile.
+ */
+import type { WalEntry } from '../wal.js';
+
+export interface AuditSink {
+  /** For logs and stats: `file:/var/log/audit.jsonl`, `postgres:audit@db/audit#audit_events`. */
+  readonly name: string;
+  readonly batchSize: number;
+  /**
+   * Sinks that cannot deduplicate on their own (files) need the cursor saved
+   * after every batch, so a replay re-sends at most the last batch.
+   */
+  readonly exactCursor: boolean;
+  open(): Promise<void>;
+  write(batch: readonly WalEntry[]): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** The parsed record of an entry (entries read back from the WAL carry only the line). */
+export function recordOf(entry: WalEntry): Record<string, unknown> {
+  if (entry.record === undefined) entry.record = JSON.parse(entry.line) as Record<string, unknown>;
+  return entry.record;
+}
+
+/** An entry's indexed columns: taken when it was built, or from its parsed line (entries read back from disk). */
+export function columnsOf(entry: WalEntry): IndexedColumns {
+  return entry.columns ?? indexedColumns(recordOf(entry));
+}
+
+/** The indexed columns the SQL sinks store beside the record (verify checks they agree with it). */
+export interface IndexedColumns {
+  id: string;
+  chain: string;
+  n: number;
+  ts: string;
+  kind: string;
+  subject: string | null;
+  tenant: string | null;
+  decision: string | null;
+  route: string | null;
+  action: string | null;
+  status: number | null;
+  request_id: string | null;
+}
+
+export const INDEXED_COLUMNS = [
+  'id',
+  'chain',
+  'n',
+  'ts',
+  'kind',
+  'subject',
+  'tenant',
+  'decision',
+  'route',
+  'action',
+  'status',
+  'request_id',
+] as const;
+
+function str(value: unknown): string | null {
+  return typeof value === 'string' ? value : null;
+}
+
+export function indexedColumns(record: Record<string, unknown>): IndexedColumns {
+  return {
+    id: String(record['id']),
+    chain: String(record['chain']),
+    n: Number(record['n']),
+    ts: String(record['ts']),
+    kind: String(record['kind']),
+    subject: str(record['subject']),
+    tenant: str(record['tenant']),
+    decision: str(record['decision']),
+    route: str(record['route']),
+    action: str(record['action']),
+    status: typeof record['status'] === 'number' ? record['status'] : null,
+    request_id: str(record['requestId']),
+  };
+}

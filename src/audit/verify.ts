@@ -1,0 +1,776 @@
+/**
+ * `verifyAudit`: checks every chain in a store and names the first bad record.
+ *
+ * What is checked, per record in storage order (file line order, table `pos`):
+ * - its `hash` is SHA-256 of its canonical JSON (RFC 8785) without `hash`
+ *   → a modified record (`record.hash_mismatch`);
+ * - in its chain, `n` is the previous record's `n` + 1 and `prev` its hash
+ *   → deleted (`record.missing`), inserted or reordered (`record.out_of_order`,
+ *   `record.prev_mismatch`) records; a chain must begin at n = 0 with a `start`
+ *   record (`chain.head_missing`) unless `allowPartial`;
+ * - SQL stores: the indexed columns equal the record's fields
+ *   (`record.column_mismatch`: a query by subject must not be lied to);
+ * - checkpoints: `count`/`head` match their position, and the Ed25519
+ *   signature verifies — against the trusted `publicKeys` when given
+ *   (`checkpoint.untrusted_key`, `checkpoint.bad_signature`), else against the
+ *   key the chain's own start record declares (which only catches clumsy
+ *   tampering: someone rewriting the whole store can declare their own key —
+ *   reported as the warning `verify.unanchored`);
+ * - nothing follows a chain's final checkpoint (`record.after_seal`);
+ * - event `seq` numbers are consecutive, gap markers accounting for drops.
+ *
+ * Truncation — records removed from the end of a chain — leaves a valid
+ * prefix, so it shows only against something that remembers the end:
+ * - a chain's final checkpoint (written on close, or by the next process on the
+ *   same WAL slot after a crash): without it the chain is *open*. An open chain
+ *   is a warning (`chain.open`: its writer may be running, or crashed and not
+ *   restarted yet) that says how many records follow its last signed checkpoint
+ *   — those are the ones that could be cut without trace. With `sealed: true`
+ *   (stores whose writers are all stopped) it is an error (`chain.unsealed`);
+ * - the next chain's start record, which names its predecessor's last record
+ *   (n and hash): a predecessor that ends earlier or differently is
+ *   `chain.truncated`, an error, even when the seal itself was cut;
+ * - `anchors` (chain, n, hash) taken from elsewhere (the gateway logs each
+ *   final checkpoint's head): a chain that ends before an anchor, or has another
+ *   hash there, is `chain.truncated` / `anchor.mismatch`.
+ * Not detectable from the store alone: cutting the newest chain's unsigned tail
+ * together with everything after it while its writer is down — only an anchor
+ * kept elsewhere can show that.
+ *
+ * Gap markers (events dropped under `whenFull: drop`) are reported as gaps,
+ * not as tampering. Exact duplicates of a record (an at-least-once replay into
+ * a store that cannot deduplicate) are counted, not errors.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { GENESIS_HASH, hashInput, sha256Hex, signatureInput } from './chain.js';
+import { keyFingerprint, loadPublicKey, verifyBytes } from './keys.js';
+import { INDEXED_COLUMNS, indexedColumns } from './sinks/sink.js';
+import { describeSource, readSource, type AuditSource, type SourceRow } from './sources.js';
+
+export type VerifySeverity = 'error' | 'warning';
+
+export interface VerifyIssue {
+  code: string;
+  severity: VerifySeverity;
+  message: string;
+  chain?: string;
+  n?: number;
+  id?: string;
+  /** Where the record is: `audit.jsonl:12`, `pos 1234`. */
+  position?: string;
+}
+
+export interface GapReport {
+  chain: string;
+  n: number;
+  id: string;
+  dropped: number;
+  fromSeq: number;
+  toSeq: number;
+  firstTs: string;
+  lastTs: string;
+  position: string;
+}
+
+export interface ChainReport {
+  chain: string;
+  records: number;
+  firstN: number;
+  lastN: number;
+  lastHash: string;
+  host: string | null;
+  pid: number | null;
+  startedAt: string | null;
+  checkpoints: number;
+  lastCheckpointN: number | null;
+  /** Ended by a final checkpoint: `close` (clean) or `recovered` (sealed by the next process). */
+  sealed: 'close' | 'recovered' | null;
+  /** Records after the last checkpoint: not covered by any signature. */
+  unsignedTail: number;
+  droppedEvents: number;
+  intact: boolean;
+  firstBad: VerifyIssue | null;
+}
+
+export interface VerifyReport {
+  /** No errors (warnings allowed). */
+  ok: boolean;
+  source: string;
+  records: number;
+  chains: ChainReport[];
+  gaps: GapReport[];
+  duplicates: number;
+  /** How checkpoint signatures were checked. */
+  signatures: 'trusted' | 'self-declared' | 'unsigned' | 'none';
+  errors: number;
+  warnings: number;
+  /** Errors and warnings, in the order found (storage order, then end-of-store checks). At most `maxIssues`. */
+  issues: VerifyIssue[];
+  /** The first error: the first bad record. */
+  firstBad: VerifyIssue | null;
+}
+
+export interface VerifyOptions {
+  /** Trusted Ed25519 public keys (PEM text, PEM file paths, or KeyObjects). */
+  publicKeys?: readonly (string | KeyObject)[];
+  /** Every chain must end in a final checkpoint (all writers stopped). */
+  sealed?: boolean;
+  /** Chains may start after n = 0 (older records pruned or in files not given). */
+  allowPartial?: boolean;
+  /** Known (chain, n, hash) points the store must contain. */
+  anchors?: readonly { chain: string; n: number; hash: string }[];
+  /** Issues kept in the report (counting goes on). Default 1000. */
+  maxIssues?: number;
+}
+
+const HEX64 = /^[0-9a-f]{64}$/;
+const KINDS = new Set(['request', 'event', 'gap', 'checkpoint', 'start']);
+/** Recent (n → hash) kept per chain to recognize exact duplicates from a replay. */
+const DUPLICATE_WINDOW = 8192;
+
+/** Where a record is, spread into the issues about it. */
+interface Where {
+  chain: string;
+  n: number;
+  position: string;
+  id?: string;
+}
+
+interface ChainState {
+  report: ChainReport;
+  lastKind: string;
+  final: boolean;
+  expectSeq: number | null;
+  startKey: KeyObject | null;
+  startKeyId: string | null;
+  after: { chain: string; n: number; hash: string } | null;
+  recent: Map<number, string>;
+  unsignedWarned: boolean;
+  lastPosition: string;
+  lastId: string;
+  fork: Fork | null;
+}
+
+interface ForkSide {
+  hash: string;
+  id: string;
+  position: string;
+}
+
+/** Two records with one `n`, both linked to the record before. */
+interface Fork {
+  n: number;
+  first: ForkSide;
+  second: ForkSide;
+}
+
+class Verifier {
+  readonly #options: VerifyOptions;
+  readonly #trusted: { key: KeyObject; keyId: string }[];
+  readonly #chains = new Map<string, ChainState>();
+  readonly #gaps: GapReport[] = [];
+  readonly #issues: VerifyIssue[] = [];
+  readonly #anchors: Map<string, { chain: string; n: number; hash: string; seen: boolean }>;
+  #errors = 0;
+  #warnings = 0;
+  #firstBad: VerifyIssue | null = null;
+  #records = 0;
+  #duplicates = 0;
+  #selfDeclared = false;
+  #trustedChecked = false;
+  #unsigned = false;
+
+  constructor(options: VerifyOptions) {
+    this.#options = options;
+    this.#trusted = (options.publicKeys ?? []).map((k) =>
+      typeof k === 'string' ? loadPublicKey(k) : { key: k, keyId: keyFingerprint(k) },
+    );
+    this.#anchors = new Map((options.anchors ?? []).map((a) => [`${a.chain}\u0000${a.n}`, { ...a, seen: false }]));
+  }
+
+  #issue(issue: VerifyIssue, state?: ChainState): void {
+    if (issue.severity === 'error') {
+      this.#errors++;
+      this.#firstBad ??= issue;
+      if (state !== undefined) {
+        state.report.intact = false;
+        state.report.firstBad ??= issue;
+      }
+    } else {
+      this.#warnings++;
+    }
+    if (this.#issues.length < (this.#options.maxIssues ?? 1000)) this.#issues.push(issue);
+  }
+
+  #stateFor(chain: string, n: number): ChainState {
+    let state = this.#chains.get(chain);
+    if (state === undefined) {
+      state = {
+        report: {
+          chain,
+          records: 0,
+          firstN: n,
+          lastN: n - 1,
+          lastHash: '',
+          host: null,
+          pid: null,
+          startedAt: null,
+          checkpoints: 0,
+          lastCheckpointN: null,
+          sealed: null,
+          unsignedTail: 0,
+          droppedEvents: 0,
+          intact: true,
+          firstBad: null,
+        },
+        lastKind: '',
+        final: false,
+        expectSeq: n === 0 ? 1 : null,
+        startKey: null,
+        startKeyId: null,
+        after: null,
+        recent: new Map(),
+        unsignedWarned: false,
+        lastPosition: '',
+        lastId: '',
+        fork: null,
+      };
+      this.#chains.set(chain, state);
+    }
+    return state;
+  }
+
+  row(row: SourceRow): void {
+    this.#records++;
+    let record: Record<string, unknown>;
+    try {
+      const parsed: unknown = JSON.parse(row.line);
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
+      record = parsed as Record<string, unknown>;
+    } catch {
+      this.#issue({
+        code: 'record.unparsable',
+        severity: 'error',
+        message: 'not a JSON record (edited or corrupted)',
+        position: row.position,
+      });
+      return;
+    }
+    const { chain, n, hash, prev, id, kind } = record;
+    const where = { position: row.position, ...(typeof id === 'string' ? { id } : {}) };
+    if (
+      typeof chain !== 'string' ||
+      typeof n !== 'number' ||
+      !Number.isInteger(n) ||
+      n < 0 ||
+      typeof hash !== 'string' ||
+      !HEX64.test(hash) ||
+      typeof prev !== 'string' ||
+      !HEX64.test(prev) ||
+      typeof id !== 'string' ||
+      typeof kind !== 'string' ||
+      !KINDS.has(kind) ||
+      record['v'] !== 1
+    ) {
+      this.#issue({ code: 'record.malformed', severity: 'error', message: 'missing or invalid chain fields', ...where });
+      return;
+    }
+    const state = this.#stateFor(chain, n);
+    const at = { chain, n, ...where };
+
+    // Content against its own hash.
+    let contentOk = true;
+    let computed: string;
+    try {
+      computed = sha256Hex(hashInput(record));
+    } catch {
+      computed = '';
+    }
+    if (computed !== hash) {
+      contentOk = false;
+      this.#issue(
+        {
+          code: 'record.hash_mismatch',
+          severity: 'error',
+          message: 'content does not match its hash: the record was modified',
+          ...at,
+        },
+        state,
+      );
+    }
+
+    // Indexed columns against the record.
+    if (row.columns !== undefined) {
+      const expected = indexedColumns(record);
+      const differing = INDEXED_COLUMNS.filter((c) => expected[c] !== row.columns?.[c]);
+      if (differing.length > 0)
+        this.#issue(
+          {
+            code: 'record.column_mismatch',
+            severity: 'error',
+            message: `column${differing.length > 1 ? 's' : ''} ${differing.join(', ')} disagree${differing.length > 1 ? '' : 's'} with the record`,
+            ...at,
+          },
+          state,
+        );
+    }
+
+    // Position in the chain.
+    const report = state.report;
+    let linked = true;
+    let advance = true;
+    if (report.records === 0) {
+      if (n !== 0) {
+        linked = false;
+        this.#issue(
+          {
+            code: 'chain.head_missing',
+            severity: this.#options.allowPartial === true ? 'warning' : 'error',
+            message: `the chain starts at n=${n}: records 0..${n - 1} are not in this store`,
+            ...at,
+          },
+          state,
+        );
+      } else if (prev !== GENESIS_HASH || kind !== 'start') {
+        linked = false;
+        this.#issue(
+          {
+            code: 'chain.bad_genesis',
+            severity: 'error',
+            message: 'the first record of a chain must be a start record with a zero prev',
+            ...at,
+          },
+          state,
+        );
+      }
+    } else {
+      const expected = report.lastN + 1;
+      const fork = state.fork;
+      if (fork !== null) {
+        state.fork = null;
+        // The record after a fork links to the genuine one of the two: the other was inserted.
+        if (n === fork.n + 1 && prev === fork.second.hash) this.#inserted(fork, fork.first, state);
+        else if (n === fork.n + 1 && prev === fork.first.hash) {
+          this.#inserted(fork, fork.second, state);
+          report.lastHash = fork.first.hash;
+        } else this.#conflict(fork, state);
+      }
+      if (n < expected) {
+        if (state.recent.get(n) === hash && contentOk) {
+          this.#duplicates++;
+          if (this.#duplicates === 1)
+            this.#issue({
+              code: 'record.duplicate',
+              severity: 'warning',
+              message: 'exact duplicate of an earlier record (an at-least-once replay); further duplicates are counted',
+              ...at,
+            });
+          return;
+        }
+        linked = false;
+        if (n === report.lastN && fork === null && contentOk && prev === state.recent.get(n - 1)) {
+          // Two records claim one place, both linked to the record before: one was inserted. Decided by the next record.
+          state.fork = {
+            n,
+            first: { hash: report.lastHash, id: state.lastId, position: state.lastPosition },
+            second: { hash, id, position: row.position },
+          };
+        } else {
+          advance = false; // keep the head: the rest of the chain still links to it
+          this.#issue(
+            {
+              code: 'record.out_of_order',
+              severity: 'error',
+              message: `n=${n} found after n=${report.lastN}: records were reordered, or a record was inserted`,
+              ...at,
+            },
+            state,
+          );
+        }
+      } else if (n > expected) {
+        linked = false;
+        this.#issue(
+          {
+            code: 'record.missing',
+            severity: 'error',
+            message: `records n=${expected}${n - 1 > expected ? `..${n - 1}` : ''} are missing before this one: deleted (or moved)`,
+            ...at,
+          },
+          state,
+        );
+      } else if (prev !== report.lastHash) {
+        linked = false;
+        this.#issue(
+          {
+            code: 'record.prev_mismatch',
+            severity: 'error',
+            message: `prev is not the hash of record n=${report.lastN} (${state.lastPosition}): a record was modified and rehashed, replaced or inserted`,
+            ...at,
+          },
+          state,
+        );
+      }
+      if (state.final && n >= expected) {
+        this.#issue(
+          { code: 'record.after_seal', severity: 'error', message: "records after the chain's final checkpoint", ...at },
+          state,
+        );
+        state.final = false;
+      }
+    }
+    report.records++;
+    if (!advance) return;
+
+    // Kind-specific checks.
+    if (kind === 'start') this.#start(record, state, at);
+    else if (kind === 'checkpoint') this.#checkpoint(record, state, at);
+    else if (kind === 'gap') {
+      const gap = {
+        chain,
+        n,
+        id,
+        dropped: Number(record['dropped']),
+        fromSeq: Number(record['fromSeq']),
+        toSeq: Number(record['toSeq']),
+        firstTs: String(record['firstTs']),
+        lastTs: String(record['lastTs']),
+        position: row.position,
+      };
+      this.#gaps.push(gap);
+      report.droppedEvents += gap.dropped;
+      this.#seq(state, gap.fromSeq, gap.toSeq, linked && contentOk, at);
+    } else {
+      const seq = record['seq'];
+      if (typeof seq === 'number') this.#seq(state, seq, seq, linked && contentOk, at);
+    }
+    if (kind !== 'checkpoint') report.unsignedTail++;
+
+    // Anchors from outside.
+    if (this.#anchors.size > 0) {
+      const anchor = this.#anchors.get(`${chain}\u0000${n}`);
+      if (anchor !== undefined) {
+        anchor.seen = true;
+        if (anchor.hash !== hash)
+          this.#issue(
+            { code: 'anchor.mismatch', severity: 'error', message: `hash differs from the anchor ${anchor.hash}`, ...at },
+            state,
+          );
+      }
+    }
+
+    // Advance (from a bad record too, so later independent damage is reported on its own).
+    report.lastN = n;
+    report.lastHash = hash;
+    state.lastKind = kind;
+    state.lastPosition = row.position;
+    state.lastId = id;
+    state.recent.set(n, hash);
+    if (state.recent.size > DUPLICATE_WINDOW) state.recent.delete(state.recent.keys().next().value as number);
+  }
+
+  #inserted(fork: Fork, side: ForkSide, state: ChainState): void {
+    this.#issue(
+      {
+        code: 'record.inserted',
+        severity: 'error',
+        message: `a second record claims n=${fork.n}, and the chain continues from the other one: this one was inserted`,
+        chain: state.report.chain,
+        n: fork.n,
+        id: side.id,
+        position: side.position,
+      },
+      state,
+    );
+  }
+
+  #conflict(fork: Fork, state: ChainState): void {
+    this.#issue(
+      {
+        code: 'record.conflict',
+        severity: 'error',
+        message: `two records claim n=${fork.n} (also ${fork.first.position}) and nothing tells which is genuine`,
+        chain: state.report.chain,
+        n: fork.n,
+        id: fork.second.id,
+        position: fork.second.position,
+      },
+      state,
+    );
+  }
+
+  #seq(state: ChainState, from: number, to: number, check: boolean, at: Where): void {
+    if (check && state.expectSeq !== null && from !== state.expectSeq)
+      this.#issue(
+        {
+          code: 'record.seq_mismatch',
+          severity: 'error',
+          message: `event sequence jumps from ${state.expectSeq - 1} to ${from} with no gap marker`,
+          ...at,
+        },
+        state,
+      );
+    state.expectSeq = to + 1;
+  }
+
+  #start(record: Record<string, unknown>, state: ChainState, at: Where): void {
+    const report = state.report;
+    report.host = typeof record['host'] === 'string' ? record['host'] : null;
+    report.pid = typeof record['pid'] === 'number' ? record['pid'] : null;
+    report.startedAt = typeof record['ts'] === 'string' ? record['ts'] : null;
+    const pem = record['publicKey'];
+    if (typeof pem === 'string') {
+      try {
+        state.startKey = createPublicKey(pem);
+        state.startKeyId = keyFingerprint(state.startKey);
+      } catch {
+        this.#issue(
+          { code: 'chain.bad_public_key', severity: 'error', message: "the start record's public key does not parse", ...at },
+          state,
+        );
+      }
+    }
+    const after = record['after'];
+    if (after !== null && typeof after === 'object') {
+      const a = after as Record<string, unknown>;
+      if (typeof a['chain'] === 'string' && typeof a['n'] === 'number' && typeof a['hash'] === 'string')
+        state.after = { chain: a['chain'], n: a['n'], hash: a['hash'] };
+    }
+  }
+
+  #checkpoint(record: Record<string, unknown>, state: ChainState, at: Where): void {
+    const report = state.report;
+    report.checkpoints++;
+    report.lastCheckpointN = at.n;
+    report.unsignedTail = 0;
+    if (record['count'] !== at.n || record['head'] !== record['prev'])
+      this.#issue(
+        {
+          code: 'checkpoint.inconsistent',
+          severity: 'error',
+          message: "count/head do not match the checkpoint's position",
+          ...at,
+        },
+        state,
+      );
+    const sig = record['sig'];
+    const keyId = record['keyId'];
+    if (sig === null || sig === undefined) {
+      this.#unsigned = true;
+      if (this.#trusted.length > 0)
+        this.#issue(
+          {
+            code: 'checkpoint.unsigned',
+            severity: 'error',
+            message: 'unsigned checkpoint where signed ones are required',
+            ...at,
+          },
+          state,
+        );
+      else if (!state.unsignedWarned) {
+        state.unsignedWarned = true;
+        this.#issue({
+          code: 'checkpoint.unsigned',
+          severity: 'warning',
+          message: 'checkpoints are not signed: a rewrite of the whole chain cannot be detected',
+          ...at,
+        });
+      }
+    } else if (typeof sig !== 'string') {
+      this.#issue({ code: 'checkpoint.bad_signature', severity: 'error', message: 'signature is not a string', ...at }, state);
+    } else {
+      const input = signatureInput(record);
+      if (this.#trusted.length > 0) {
+        const trusted = this.#trusted.find((t) => t.keyId === keyId);
+        if (trusted === undefined)
+          this.#issue(
+            {
+              code: 'checkpoint.untrusted_key',
+              severity: 'error',
+              message: `signed by key ${String(keyId)}, not a trusted key: forged`,
+              ...at,
+            },
+            state,
+          );
+        else if (!verifyBytes(trusted.key, input, sig))
+          this.#issue(
+            {
+              code: 'checkpoint.bad_signature',
+              severity: 'error',
+              message: 'signature does not verify: forged or altered',
+              ...at,
+            },
+            state,
+          );
+        else this.#trustedChecked = true;
+      } else if (state.startKey !== null && state.startKeyId === keyId) {
+        this.#selfDeclared = true;
+        if (!verifyBytes(state.startKey, input, sig))
+          this.#issue(
+            {
+              code: 'checkpoint.bad_signature',
+              severity: 'error',
+              message: "signature does not verify with the chain's declared key: forged or altered",
+              ...at,
+            },
+            state,
+          );
+      } else {
+        // A recovered seal written by a successor with another key, or a chain seen without its start record.
+        this.#issue({
+          code: 'checkpoint.unverified',
+          severity: 'warning',
+          message: `signed by key ${String(keyId)}, which this chain does not declare; pass --public-key to check it`,
+          ...at,
+        });
+      }
+    }
+    if (record['final'] === true) {
+      state.final = true;
+      report.sealed = record['reason'] === 'recovered' ? 'recovered' : 'close';
+    }
+  }
+
+  finish(source: string): VerifyReport {
+    for (const state of this.#chains.values()) {
+      const report = state.report;
+      if (state.fork !== null) this.#conflict(state.fork, state);
+      if (report.sealed === null || !state.final) {
+        const tail = `${report.unsignedTail} record${report.unsignedTail === 1 ? '' : 's'} after ${
+          report.lastCheckpointN === null ? 'the start (no checkpoint yet)' : `the last checkpoint (n=${report.lastCheckpointN})`
+        } could be cut without trace`;
+        const where = { chain: report.chain, n: report.lastN, id: state.lastId, position: state.lastPosition };
+        if (this.#options.sealed === true)
+          this.#issue(
+            {
+              code: 'chain.unsealed',
+              severity: 'error',
+              message: `the chain ends at n=${report.lastN} without a final checkpoint (truncated?); ${tail}`,
+              ...where,
+            },
+            state,
+          );
+        else
+          this.#issue({
+            code: 'chain.open',
+            severity: 'warning',
+            message: `no final checkpoint: its writer is running, or stopped without closing and was not restarted; ${tail}`,
+            ...where,
+          });
+      }
+    }
+    // Each successor remembers where its predecessor ended.
+    for (const state of this.#chains.values()) {
+      const after = state.after;
+      if (after === null) continue;
+      const predecessor = this.#chains.get(after.chain);
+      const from = { chain: state.report.chain, n: state.report.firstN, position: '' };
+      if (predecessor === undefined) {
+        this.#issue({
+          code: 'chain.predecessor_missing',
+          severity: 'warning',
+          message: `follows chain ${after.chain}, which is not in this store (pruned, or written before this sink existed)`,
+          ...from,
+        });
+        continue;
+      }
+      const p = predecessor.report;
+      const where = { chain: p.chain, n: p.lastN, id: predecessor.lastId, position: predecessor.lastPosition };
+      if (p.lastN < after.n)
+        this.#issue(
+          {
+            code: 'chain.truncated',
+            severity: 'error',
+            message: `ends at n=${p.lastN}, but chain ${state.report.chain} records that it ended at n=${after.n}: records were removed from its end`,
+            ...where,
+          },
+          predecessor,
+        );
+      else if (p.lastN === after.n && p.lastHash !== after.hash)
+        this.#issue(
+          {
+            code: 'chain.truncated',
+            severity: 'error',
+            message: `its last record differs from the one chain ${state.report.chain} recorded`,
+            ...where,
+          },
+          predecessor,
+        );
+    }
+    for (const anchor of this.#anchors.values()) {
+      if (anchor.seen) continue;
+      const state = this.#chains.get(anchor.chain);
+      if (state === undefined)
+        this.#issue({
+          code: 'anchor.chain_missing',
+          severity: 'error',
+          message: `anchored chain ${anchor.chain} is not in this store`,
+          chain: anchor.chain,
+          n: anchor.n,
+        });
+      else if (state.report.lastN < anchor.n)
+        this.#issue(
+          {
+            code: 'chain.truncated',
+            severity: 'error',
+            message: `ends at n=${state.report.lastN}, before the anchor at n=${anchor.n}`,
+            chain: anchor.chain,
+            n: state.report.lastN,
+            position: state.lastPosition,
+          },
+          state,
+        );
+      else
+        this.#issue(
+          {
+            code: 'anchor.mismatch',
+            severity: 'error',
+            message: `no record n=${anchor.n} where the anchor expects one`,
+            chain: anchor.chain,
+            n: anchor.n,
+          },
+          state,
+        );
+    }
+    if (this.#selfDeclared && !this.#trustedChecked)
+      this.#issue({
+        code: 'verify.unanchored',
+        severity: 'warning',
+        message:
+          'signatures were checked against keys the chains declare themselves; pass --public-key to detect a rewritten store',
+      });
+    const signatures = this.#trustedChecked
+      ? 'trusted'
+      : this.#selfDeclared
+        ? 'self-declared'
+        : this.#unsigned
+          ? 'unsigned'
+          : 'none';
+    return {
+      ok: this.#errors === 0,
+      source,
+      records: this.#records,
+      chains: [...this.#chains.values()].map((s) => s.report),
+      gaps: this.#gaps,
+      duplicates: this.#duplicates,
+      signatures,
+      errors: this.#errors,
+      warnings: this.#warnings,
+      issues: this.#issues,
+      firstBad: this.#firstBad,
+    };
+  }
+}
+
+/** Verifies every chain in a store. Throws only when the store cannot be read (missing file, bad URL). */
+export async function verifyAudit(source: AuditSource, options: VerifyOptions = {}): Promise<VerifyReport> {
+  const verifier = new Verifier(options);
+  for await (const row of readSource(source)) verifier.row(row);
+  return verifier.finish(describeSource(source));
+}
+
+/** Verifies records already in memory (tests, tools); `lines` in storage order. */
+export function verifyLines(lines: readonly string[], options: VerifyOptions = {}, source = 'lines'): VerifyReport {
+  const verifier = new Verifier(options);
+  lines.forEach((line, i) => verifier.row({ position: `line ${i + 1}`, line }));
+  return verifier.finish(source);
+}

@@ -1,0 +1,417 @@
+/**
+ * The write-ahead log of one slot: append-only segment files of JSON lines
+ * (`wal-<first index, 20 digits>.jsonl`), the final records exactly as sinks
+ * get them. Entries are numbered from 0 for the life of the slot (across
+ * restarts); a segment covers [its first index, the next segment's first index).
+ *
+ * - `write()` appends a batch with one write (and one fdatasync when asked):
+ *   group commit is the caller batching lines between calls.
+ * - A segment is deleted once every sink has taken all of it. A restart must
+ *   still find the previous chain's last record (to seal it and link the new
+ *   chain to it): when no segment would hold a record any more, that record is
+ *   saved to `head.json` first.
+ * - On open, a torn tail (a crash mid-write) is cut back to the last complete,
+ *   parseable line: those bytes were never acknowledged (durable mode
+ *   acknowledges after fdatasync, which covers whole batches).
+ * - Segments are valid audit JSONL: `bulwark audit verify --file` reads them.
+ */
+import { open, readdir, readFile, rename, stat, truncate, unlink, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { IndexedColumns } from './sinks/sink.js';
+
+export interface WalEntry {
+  readonly index: number;
+  readonly line: string;
+  /** The parsed line, when something needed it (parsed lazily: most sinks only need the line). */
+  record: Record<string, unknown> | undefined;
+  /** The SQL stores' indexed columns, taken when the record was built (saves parsing the line again). */
+  columns?: IndexedColumns | undefined;
+}
+
+interface Segment {
+  readonly first: number;
+  readonly path: string;
+  bytes: number;
+}
+
+const SEGMENT = /^wal-(\d{20})\.jsonl$/;
+const READ_CHUNK = 1 << 20;
+/** The last record, saved when the last segment holding records is deleted. */
+const HEAD_FILE = 'head.json';
+
+function segmentName(first: number): string {
+  return `wal-${String(first).padStart(20, '0')}.jsonl`;
+}
+
+function parses(line: string): boolean {
+  if (line.length === 0 || line.charCodeAt(0) !== 0x7b /* { */) return false;
+  try {
+    JSON.parse(line);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Encodes lines (plus newlines) into one reused buffer. A fresh Buffer per
+ * commit (megabytes at high rates) is external memory, whose growth makes V8
+ * run full collections; a reused one costs nothing after warm-up. The result
+ * is valid until the next call, so callers must finish writing it first.
+ */
+export class LineEncoder {
+  #buffer = Buffer.allocUnsafe(1 << 20);
+
+  encode(lines: readonly string[], from = 0): Buffer {
+    let offset = 0;
+    for (let i = from; i < lines.length; i++) {
+      const line = lines[i] as string;
+      // Worst case 3 bytes per UTF-16 unit (a surrogate pair is 4 bytes for 2 units): never a partial write.
+      if (offset + line.length * 3 + 1 > this.#buffer.length) {
+        const grown = Buffer.allocUnsafe(Math.max(this.#buffer.length * 2, offset + line.length * 3 + 1));
+        this.#buffer.copy(grown, 0, 0, offset);
+        this.#buffer = grown;
+      }
+      offset += this.#buffer.write(line, offset, 'utf8');
+      this.#buffer[offset++] = 0x0a;
+    }
+    return this.#buffer.subarray(0, offset);
+  }
+}
+
+export class Wal {
+  readonly dir: string;
+  readonly segmentBytes: number;
+  #segments: Segment[] = [];
+  #handle: FileHandle | null = null;
+  #next = 0;
+  /** The last record line known (written, or found on open): the previous chain's last word on restart. */
+  #lastLine: string | null = null;
+  #lastLineAtOpen: string | null = null;
+  #lastSync = 0;
+  /** write, rotate, release, sync and close share one file handle: they run one at a time. */
+  #queue: Promise<unknown> = Promise.resolve();
+  readonly #encoder = new LineEncoder();
+
+  private constructor(dir: string, segmentBytes: number) {
+    this.dir = dir;
+    this.segmentBytes = segmentBytes;
+  }
+
+  static async open(dir: string, segmentBytes: number): Promise<Wal> {
+    const wal = new Wal(dir, segmentBytes);
+    await wal.#load();
+    return wal;
+  }
+
+  #exclusive<T>(work: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(work, work);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
+
+  /** Index the next appended entry gets. */
+  get nextIndex(): number {
+    return this.#next;
+  }
+
+  /** Oldest entry still on disk. */
+  get firstIndex(): number {
+    return this.#segments[0]?.first ?? this.#next;
+  }
+
+  get bytes(): number {
+    let total = 0;
+    for (const s of this.#segments) total += s.bytes;
+    return total;
+  }
+
+  get segmentCount(): number {
+    return this.#segments.length;
+  }
+
+  /** The last record found on open (previous process's last word), or null for a new WAL. */
+  get lastLineAtOpen(): string | null {
+    return this.#lastLineAtOpen;
+  }
+
+  async #load(): Promise<void> {
+    const names = (await readdir(this.dir)).filter((n) => SEGMENT.test(n)).sort();
+    for (const name of names) {
+      const first = Number((SEGMENT.exec(name) as RegExpExecArray)[1]);
+      const path = join(this.dir, name);
+      this.#segments.push({ first, path, bytes: (await stat(path)).size });
+    }
+    // Walk back from the newest segment to the newest one holding a record.
+    for (let i = this.#segments.length - 1; i >= 0; i--) {
+      const segment = this.#segments[i] as Segment;
+      const { count, lastLine, validBytes } = await this.#scan(segment);
+      if (validBytes < segment.bytes) {
+        await truncate(segment.path, validBytes);
+        segment.bytes = validBytes;
+      }
+      if (i === this.#segments.length - 1) this.#next = segment.first + count;
+      if (lastLine !== null) {
+        this.#lastLine = lastLine;
+        break;
+      }
+    }
+    // Every segment was delivered and deleted: the last record was saved aside before the last deletion.
+    if (this.#lastLine === null) {
+      try {
+        const head = JSON.parse(await readFile(join(this.dir, HEAD_FILE), 'utf8')) as { line?: unknown };
+        if (typeof head.line === 'string') this.#lastLine = head.line;
+      } catch {
+        // a new WAL
+      }
+    }
+    this.#lastLineAtOpen = this.#lastLine;
+    if (this.#segments.length === 0) await this.#startSegment(0);
+    else this.#handle = await open((this.#segments[this.#segments.length - 1] as Segment).path, 'a');
+  }
+
+  /** Complete, parseable lines of a segment; what follows the last of them is a torn write. */
+  async #scan(segment: Segment): Promise<{ count: number; lastLine: string | null; validBytes: number }> {
+    if (segment.bytes === 0) return { count: 0, lastLine: null, validBytes: 0 };
+    const handle = await open(segment.path, 'r');
+    try {
+      const buffer = Buffer.alloc(segment.bytes);
+      await handle.read(buffer, 0, segment.bytes, 0);
+      let end = buffer.lastIndexOf(0x0a) + 1; // bytes up to and including the last newline
+      // A power loss can leave a complete-looking line of zeros or garbage: drop unparseable trailing lines.
+      for (;;) {
+        if (end === 0) return { count: 0, lastLine: null, validBytes: 0 };
+        const start = buffer.lastIndexOf(0x0a, end - 2) + 1;
+        const line = buffer.toString('utf8', start, end - 1);
+        if (parses(line)) {
+          let count = 0;
+          for (let i = buffer.indexOf(0x0a); i !== -1 && i < end; i = buffer.indexOf(0x0a, i + 1)) count++;
+          return { count, lastLine: line, validBytes: end };
+        }
+        end = start;
+      }
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async #startSegment(first: number): Promise<void> {
+    const path = join(this.dir, segmentName(first));
+    this.#handle = await open(path, 'a');
+    this.#segments.push({ first, path, bytes: 0 });
+  }
+
+  /** Closes the active segment (synced: it is never written again) and starts the next. */
+  async #rotate(): Promise<void> {
+    const handle = this.#handle as FileHandle;
+    await handle.datasync();
+    await handle.close();
+    this.#handle = null;
+    await this.#startSegment(this.#next);
+  }
+
+  /**
+   * Appends lines (each one record, no newline) as entries `nextIndex…`. On a
+   * failed write the segment is cut back to where it was, so a retry never
+   * leaves half a batch behind it; the error is rethrown.
+   */
+  write(lines: readonly string[], sync: boolean): Promise<number> {
+    return this.#exclusive(async () => {
+      if (lines.length === 0) return this.#next;
+      if ((this.#segments[this.#segments.length - 1] as Segment).bytes >= this.segmentBytes) await this.#rotate();
+      const segment = this.#segments[this.#segments.length - 1] as Segment;
+      const data = this.#encoder.encode(lines);
+      const handle = this.#handle as FileHandle;
+      const before = segment.bytes;
+      try {
+        let written = 0;
+        while (written < data.length) {
+          const { bytesWritten } = await handle.write(data, written, data.length - written);
+          written += bytesWritten;
+        }
+        if (sync) await handle.datasync();
+      } catch (error) {
+        await handle.truncate(before).catch(() => {});
+        throw error;
+      }
+      if (sync) this.#lastSync = Date.now();
+      segment.bytes += data.length;
+      const first = this.#next;
+      this.#next += lines.length;
+      this.#lastLine = lines[lines.length - 1] as string;
+      return first;
+    });
+  }
+
+  /** ms since the last fdatasync (for `fast` mode's periodic sync). */
+  get sinceSync(): number {
+    return Date.now() - this.#lastSync;
+  }
+
+  sync(): Promise<void> {
+    return this.#exclusive(async () => {
+      if (this.#handle !== null) await this.#handle.datasync();
+      this.#lastSync = Date.now();
+    });
+  }
+
+  /**
+   * Deletes segments every reader is past (`minCursor`: the lowest index any
+   * reader still needs); returns the bytes freed. A fully delivered active
+   * segment past `segmentBytes` is rotated first, so it can go too — otherwise
+   * one large commit could pin the WAL at its quota. Before the last segment
+   * holding records is deleted, its last record is saved to `head.json`.
+   */
+  release(minCursor: number): Promise<number> {
+    return this.#exclusive(async () => {
+      const active = this.#segments[this.#segments.length - 1] as Segment;
+      if (minCursor >= this.#next && active.bytes >= this.segmentBytes) await this.#rotate();
+      let freed = 0;
+      while (this.#segments.length > 1) {
+        const oldest = this.#segments[0] as Segment;
+        if (minCursor < (this.#segments[1] as Segment).first) break;
+        if (this.#segments.slice(1).every((s) => s.bytes === 0)) await this.#saveHead();
+        await unlink(oldest.path).catch((error: NodeJS.ErrnoException) => {
+          if (error.code !== 'ENOENT') throw error;
+        });
+        freed += oldest.bytes;
+        this.#segments.shift();
+      }
+      return freed;
+    });
+  }
+
+  async #saveHead(): Promise<void> {
+    if (this.#lastLine === null) return;
+    const path = join(this.dir, HEAD_FILE);
+    const handle = await open(`${path}.tmp`, 'w');
+    try {
+      await handle.writeFile(JSON.stringify({ line: this.#lastLine }));
+      await handle.datasync();
+    } finally {
+      await handle.close();
+    }
+    await rename(`${path}.tmp`, path);
+  }
+
+  /** A sequential reader from `index` (for sinks that fell behind the in-memory tail, and replay). */
+  reader(index: number): WalReader {
+    return new WalReader(this, index);
+  }
+
+  /** @internal Segment holding `index`, or null when it was deleted. */
+  segmentFor(index: number): Segment | null {
+    const segments = this.#segments;
+    for (let i = segments.length - 1; i >= 0; i--) {
+      const s = segments[i] as Segment;
+      if (s.first <= index) return s;
+    }
+    return null;
+  }
+
+  close(): Promise<void> {
+    return this.#exclusive(async () => {
+      if (this.#handle === null) return;
+      await this.#handle.datasync().catch(() => {});
+      await this.#handle.close();
+      this.#handle = null;
+    });
+  }
+}
+
+/**
+ * Reads committed entries back in order. Keeps its byte position, so
+ * catching up is one sequential pass; starting mid-segment costs one scan of
+ * that segment's head.
+ */
+export class WalReader {
+  readonly #wal: Wal;
+  #index: number;
+  #segment: Segment | null = null;
+  #offset = 0;
+
+  constructor(wal: Wal, index: number) {
+    this.#wal = wal;
+    this.#index = index;
+  }
+
+  get index(): number {
+    return this.#index;
+  }
+
+  /** Up to `max` entries from the current position, none at or beyond `limit` (the committed end). */
+  async read(max: number, limit: number): Promise<WalEntry[]> {
+    const out: WalEntry[] = [];
+    while (out.length < max && this.#index < limit) {
+      const segment = this.#wal.segmentFor(this.#index);
+      if (segment === null) throw new Error(`audit WAL entry ${this.#index} is no longer on disk`);
+      if (segment !== this.#segment) {
+        this.#segment = segment;
+        this.#offset = 0;
+        // Skip from the segment's start to our index.
+        const skip = this.#index - segment.first;
+        if (skip > 0) this.#offset = await this.#skipLines(segment, skip);
+      }
+      const got = await this.#readLines(segment, Math.min(max - out.length, limit - this.#index), out);
+      if (got === 0) {
+        // End of this segment: move to the next (its first is our index), or stop when there is none yet.
+        const next = this.#wal.segmentFor(this.#index);
+        if (next === segment) break;
+      }
+    }
+    return out;
+  }
+
+  async #skipLines(segment: Segment, count: number): Promise<number> {
+    const handle = await open(segment.path, 'r');
+    try {
+      const buffer = Buffer.alloc(READ_CHUNK);
+      let offset = 0;
+      let remaining = count;
+      while (remaining > 0) {
+        const { bytesRead } = await handle.read(buffer, 0, READ_CHUNK, offset);
+        if (bytesRead === 0) throw new Error(`audit WAL segment ${segment.path} ends before entry ${segment.first + count}`);
+        let i = -1;
+        let consumed = 0;
+        while (remaining > 0 && (i = buffer.indexOf(0x0a, i + 1)) !== -1 && i < bytesRead) {
+          remaining--;
+          consumed = i + 1;
+        }
+        offset += remaining === 0 ? consumed : bytesRead;
+      }
+      return offset;
+    } finally {
+      await handle.close();
+    }
+  }
+
+  async #readLines(segment: Segment, max: number, out: WalEntry[]): Promise<number> {
+    const handle = await open(segment.path, 'r');
+    try {
+      let got = 0;
+      let size = READ_CHUNK;
+      while (got < max) {
+        const buffer = Buffer.allocUnsafe(size);
+        const { bytesRead } = await handle.read(buffer, 0, size, this.#offset);
+        if (bytesRead === 0) break;
+        let start = 0;
+        let nl = buffer.indexOf(0x0a, start);
+        while (got < max && nl !== -1 && nl < bytesRead) {
+          out.push({ index: this.#index, line: buffer.toString('utf8', start, nl), record: undefined });
+          this.#index++;
+          got++;
+          start = nl + 1;
+          nl = buffer.indexOf(0x0a, start);
+        }
+        this.#offset += start;
+        if (start === 0) {
+          if (bytesRead < size) break; // only a partial line on disk: nothing more committed here
+          size *= 2; // one line longer than the buffer
+        }
+      }
+      return got;
+    } finally {
+      await handle.close();
+    }
+  }
+}

@@ -1,0 +1,133 @@
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { auditCli } from '../../src/audit/cli.js';
+import { RequestContext } from '../../src/core/context.js';
+import { createAuditLog } from '../../src/audit/log.js';
+import { auditConfig, ed25519Keys, parseLines, rawLine, silentLogger, tempDir, writeKey, type Rec } from './helpers.js';
+
+let dir: string;
+let cleanup: () => void;
+let publicKeyFile: string;
+let file: string;
+let db: string;
+
+async function cli(...argv: string[]): Promise<{ code: number; out: string; err: string }> {
+  let out = '';
+  let err = '';
+  const code = await auditCli(argv, { stdout: (t) => void (out += t), stderr: (t) => void (err += t) });
+  return { code, out, err };
+}
+
+beforeAll(async () => {
+  ({ dir, cleanup } = tempDir());
+  const keys = ed25519Keys();
+  publicKeyFile = join(dir, 'audit.pub.pem');
+  writeFileSync(publicKeyFile, keys.publicPem);
+  file = join(dir, 'audit.jsonl');
+  db = join(dir, 'audit.db');
+  const log = await createAuditLog(
+    auditConfig(dir, {
+      chain: { checkpointEvery: 10, checkpointIntervalMs: 60_000, signingKey: writeKey(dir, keys) },
+      sinks: [{ file: { path: file } }, { sqlite: { path: db } }],
+    }),
+    { logger: silentLogger() },
+  );
+  for (const [subject, status] of [
+    ['alice', 200],
+    ['bob', 403],
+    ['alice', 403],
+  ] as const) {
+    const ctx = new RequestContext({
+      method: 'GET',
+      rawTarget: '/orders',
+      headers: { host: 'x' },
+      peerAddress: '10.0.0.1',
+      peerPort: 1,
+      protocol: 'http/1.1',
+      secure: false,
+      requestId: `r-${subject}-${status}`,
+    });
+    ctx.path = '/orders';
+    ctx.identity = { subject, roles: [], scopes: [], claims: {}, provider: 'p' };
+    if (status === 403)
+      ctx.decisions.push({ stage: 'authz', outcome: 'deny', code: 'rbac.denied', detail: { policy: 'orders', rule: 'r1' } });
+    log.record(log.fromContext(ctx, { status, latencyMs: 1, bytesIn: 0, bytesOut: 0, clientIp: '10.0.0.1' }));
+  }
+  log.record({ action: 'payment.refund', subject: 'alice', resource: 'order:1' });
+  await log.close();
+});
+afterAll(() => cleanup());
+
+describe('bulwark audit verify', () => {
+  it('exit 0 for an intact store (file or SQLite), with a summary', async () => {
+    for (const args of [
+      ['--file', file],
+      ['--sqlite', db],
+    ]) {
+      const { code, out } = await cli('verify', ...args, '--public-key', publicKeyFile, '--sealed');
+      expect(code).toBe(0);
+      expect(out).toMatch(/signatures: trusted/);
+      expect(out).toMatch(/^INTACT$/m);
+    }
+  });
+
+  it('exit 1 for a tampered store, naming the first bad record; --json gives the report', async () => {
+    const records = parseLines(readFileSync(file, 'utf8').trim().split('\n'));
+    const target = records.find((r) => r['kind'] === 'request' && r['status'] === 403) as Rec;
+    target['status'] = 200;
+    const tampered = join(dir, 'tampered.jsonl');
+    writeFileSync(tampered, records.map((r) => `${rawLine(r)}\n`).join(''));
+    const text = await cli('verify', '--file', tampered, '--public-key', publicKeyFile);
+    expect(text.code).toBe(1);
+    expect(text.out).toContain(`TAMPERED: 1 error; first bad record: ${String(target['id'])} (${tampered}:3`);
+    expect(text.out).toContain('record.hash_mismatch');
+    const json = await cli('verify', '--file', tampered, '--json');
+    expect(json.code).toBe(1);
+    expect(JSON.parse(json.out)).toMatchObject({ ok: false, firstBad: { code: 'record.hash_mismatch', id: target['id'] } });
+  });
+
+  it('exit 2 for usage errors and unreadable stores', async () => {
+    expect((await cli('verify')).code).toBe(2);
+    expect((await cli('verify', '--file', file, '--sqlite', db)).code).toBe(2);
+    expect((await cli('verify', '--file', file, '--bogus')).code).toBe(2);
+    expect((await cli('verify', '--file', file, '--anchor', 'nope')).code).toBe(2);
+    expect((await cli('verify', '--file', file, '--public-key', join(dir, 'missing.pem'))).code).toBe(2);
+    const missing = await cli('verify', '--file', join(dir, 'nope.jsonl'));
+    expect(missing.code).toBe(2);
+    expect(missing.err).toMatch(/cannot read the store/);
+    expect((await cli('verify', '--sqlite', join(dir, 'nope.db'))).code).toBe(2);
+    expect((await cli('frobnicate')).code).toBe(2);
+    expect((await cli('verify', '--help')).code).toBe(0);
+  });
+});
+
+describe('bulwark audit query', () => {
+  it('filters by subject and decision over a file and SQLite alike', async () => {
+    for (const args of [
+      ['--file', file],
+      ['--sqlite', db],
+    ]) {
+      const { code, out } = await cli('query', ...args, '--since', '1h', '--subject', 'alice', '--decision', 'deny', '--json');
+      expect(code).toBe(0);
+      const rows = out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Rec);
+      expect(rows.map((r) => [r['subject'], r['decision'], r['status']])).toEqual([['alice', 'deny', 403]]);
+    }
+    const events = await cli('query', '--sqlite', db, '--kind', 'event');
+    expect(events.out).toMatch(/payment\.refund/);
+    expect((await cli('query', '--file', file, '--since', 'yesterday')).code).toBe(2);
+  });
+});
+
+describe('bulwark audit keygen', () => {
+  it('writes an Ed25519 pair that verify accepts', async () => {
+    const out = join(dir, 'new-key.pem');
+    expect((await cli('keygen', '--out', out)).code).toBe(0);
+    expect(existsSync(`${out}.pub`)).toBe(true);
+    expect((await cli('verify', '--file', file, '--public-key', `${out}.pub`)).code).toBe(1); // not the key that signed it
+    expect((await cli('keygen', '--out', out)).code).toBe(2); // never overwrites a key
+  });
+});

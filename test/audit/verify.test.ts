@@ -1,0 +1,343 @@
+/**
+ * Tamper evidence, per store: a genuine log (two chains from two runs on one
+ * WAL slot, signed checkpoints every 5 records) is written by the real
+ * pipeline, then each tampering is applied to its records and the result is
+ * stored in a real JSONL file, a real SQLite database and a real PostgreSQL
+ * table, and verified from there.
+ */
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { AuditClock, UuidV7 } from '../../src/audit/clock.js';
+import { createAuditLog } from '../../src/audit/log.js';
+import { verifyAudit, verifyLines, type VerifyOptions, type VerifyReport } from '../../src/audit/verify.js';
+import {
+  auditConfig,
+  dropStore,
+  ed25519Keys,
+  lineOf,
+  parseLines,
+  rawLine,
+  rechain,
+  silentLogger,
+  tempDir,
+  withPg,
+  writeKey,
+  writeStore,
+  type Rec,
+  type StoreKind,
+  type TestKeys,
+} from './helpers.js';
+
+let dir: string;
+let cleanup: () => void;
+let keys: TestKeys;
+let genuine: string[];
+let chainA: string;
+let chainB: string;
+
+beforeAll(async () => {
+  ({ dir, cleanup } = tempDir());
+  keys = ed25519Keys();
+  const config = auditConfig(dir, {
+    chain: { checkpointEvery: 5, checkpointIntervalMs: 60_000, signingKey: writeKey(dir, keys) },
+  });
+  for (const [run, count] of [
+    [1, 12],
+    [2, 8],
+  ] as const) {
+    const log = await createAuditLog(config, { logger: silentLogger() });
+    for (let i = 0; i < count; i++)
+      log.record({
+        action: 'payment.refund',
+        subject: `user${i}`,
+        tenant: 'acme',
+        resource: `order:${run}-${i}`,
+        details: { amount: i * 10 },
+      });
+    await log.close();
+  }
+  genuine = readFileSync(join(dir, 'audit.jsonl'), 'utf8').trim().split('\n');
+  const records = parseLines(genuine);
+  chainA = String(records[0]?.['chain']);
+  chainB = String(records[records.length - 1]?.['chain']);
+});
+
+afterAll(() => cleanup());
+
+const recs = () => parseLines(genuine);
+const indexWhere = (records: Rec[], predicate: (r: Rec) => boolean, nth = 0): number => {
+  let seen = 0;
+  for (let i = 0; i < records.length; i++) if (predicate(records[i] as Rec) && seen++ === nth) return i;
+  throw new Error('no such record');
+};
+const eventOf = (chain: string, nth: number) => (records: Rec[]) =>
+  indexWhere(records, (r) => r['chain'] === chain && r['kind'] === 'event', nth);
+
+const STORES: StoreKind[] = ['file', 'sqlite', 'postgres'];
+
+async function verifyIn(kind: StoreKind, lines: string[], options: VerifyOptions = {}): Promise<VerifyReport> {
+  const { source } = await writeStore(kind, lines, dir);
+  try {
+    return await verifyAudit(source as never, { publicKeys: [keys.publicPem], ...options });
+  } finally {
+    await dropStore(source);
+  }
+}
+
+const codes = (report: VerifyReport) => report.issues.filter((i) => i.severity === 'error').map((i) => i.code);
+
+describe('the genuine log', () => {
+  it("has two sealed chains linked by the second one's start record", () => {
+    const records = recs();
+    expect(chainA).not.toBe(chainB);
+    const startB = records.find((r) => r['chain'] === chainB && r['kind'] === 'start') as Rec;
+    const lastA = records.filter((r) => r['chain'] === chainA).pop() as Rec;
+    expect(lastA).toMatchObject({ kind: 'checkpoint', final: true, reason: 'close' });
+    expect(startB['after']).toEqual({ chain: chainA, n: lastA['n'], hash: lastA['hash'] });
+    expect(records.filter((r) => r['kind'] === 'checkpoint' && r['chain'] === chainA).length).toBeGreaterThanOrEqual(3);
+  });
+
+  it.each(STORES)('verifies intact in %s', async (kind) => {
+    const report = await verifyIn(kind, genuine);
+    expect(report.issues).toEqual([]);
+    expect(report).toMatchObject({ ok: true, records: genuine.length, signatures: 'trusted', firstBad: null });
+    expect(report.chains.map((c) => [c.chain, c.sealed, c.intact])).toEqual([
+      [chainA, 'close', true],
+      [chainB, 'close', true],
+    ]);
+  });
+});
+
+interface Tamper {
+  name: string;
+  apply(records: Rec[]): { lines: string[]; badId: string; code: string };
+}
+
+const TAMPERS: Tamper[] = [
+  {
+    name: 'modified record (hash left as it was)',
+    apply(records) {
+      const i = eventOf(chainA, 2)(records);
+      const r = records[i] as Rec;
+      r['subject'] = 'mallory';
+      const lines = records.map((rec, k) => (k === i ? rawLine(rec) : lineOf(rec)));
+      return { lines, badId: String(r['id']), code: 'record.hash_mismatch' };
+    },
+  },
+  {
+    name: 'modified record, rehashed (the next one no longer links)',
+    apply(records) {
+      const i = eventOf(chainA, 2)(records);
+      (records[i] as Rec)['details'] = { amount: 1_000_000 };
+      const lines = records.map((rec, k) => (k === i ? lineOf(rec) : rawLine(rec)));
+      return { lines, badId: String(records[i + 1]?.['id']), code: 'record.prev_mismatch' };
+    },
+  },
+  {
+    name: 'deleted record',
+    apply(records) {
+      const i = eventOf(chainA, 3)(records);
+      const next = records[i + 1] as Rec;
+      records.splice(i, 1);
+      return { lines: records.map(rawLine), badId: String(next['id']), code: 'record.missing' };
+    },
+  },
+  {
+    name: 'inserted record (well linked, well hashed)',
+    apply(records) {
+      const i = eventOf(chainA, 1)(records);
+      const before = records[i] as Rec;
+      const clock = new AuditClock();
+      // A careful forger: next n, next seq, linked to its predecessor, correctly hashed.
+      const fake: Rec = {
+        ...before,
+        id: new UuidV7().next(clock.now()),
+        subject: 'mallory',
+        n: Number(before['n']) + 1,
+        seq: Number(before['seq']) + 1,
+        prev: before['hash'],
+      };
+      const fakeLine = lineOf(fake);
+      const lines = records.map(rawLine);
+      lines.splice(i + 1, 0, fakeLine);
+      return { lines, badId: String(fake['id']), code: 'record.inserted' };
+    },
+  },
+  {
+    name: 'reordered records',
+    apply(records) {
+      const i = eventOf(chainA, 4)(records);
+      const [a, b] = [records[i] as Rec, records[i + 1] as Rec];
+      records[i] = b;
+      records[i + 1] = a;
+      return { lines: records.map(rawLine), badId: String(b['id']), code: 'record.missing' };
+    },
+  },
+  {
+    name: 'truncated after the last checkpoint (seal cut too; the next chain remembers the end)',
+    apply(records) {
+      const lastCheckpoint = records
+        .map((r, k) => [r, k] as const)
+        .filter(([r]) => r['chain'] === chainA && r['kind'] === 'checkpoint' && r['final'] === false)
+        .pop();
+      const cutFrom = (lastCheckpoint as readonly [Rec, number])[1] + 1;
+      const cut = records.filter((r, k) => !(r['chain'] === chainA && k >= cutFrom));
+      return { lines: cut.map(rawLine), badId: String(records[cutFrom - 1]?.['id']), code: 'chain.truncated' };
+    },
+  },
+  {
+    name: 'forged checkpoint: whole store rewritten and re-signed with another key',
+    apply(records) {
+      const i = eventOf(chainA, 0)(records);
+      (records[i] as Rec)['subject'] = 'mallory';
+      const attacker = ed25519Keys();
+      const lines = rechain(records, attacker);
+      const firstCheckpoint = parseLines(lines).find((r) => r['kind'] === 'checkpoint') as Rec;
+      return { lines, badId: String(firstCheckpoint['id']), code: 'checkpoint.untrusted_key' };
+    },
+  },
+  {
+    name: 'forged checkpoint: re-signed with another key under the genuine key id',
+    apply(records) {
+      const i = eventOf(chainA, 0)(records);
+      (records[i] as Rec)['subject'] = 'mallory';
+      const attacker = ed25519Keys();
+      const lines = rechain(records, { privatePem: attacker.privatePem, publicPem: keys.publicPem, keyId: keys.keyId });
+      const firstCheckpoint = parseLines(lines).find((r) => r['kind'] === 'checkpoint') as Rec;
+      return { lines, badId: String(firstCheckpoint['id']), code: 'checkpoint.bad_signature' };
+    },
+  },
+];
+
+describe.each(STORES)('tampering detected in %s', (kind) => {
+  it.each(TAMPERS)('$name', async (tamper) => {
+    const { lines, badId, code } = tamper.apply(recs());
+    const report = await verifyIn(kind, lines);
+    expect(report.ok).toBe(false);
+    expect(report.firstBad).toMatchObject({ code, id: badId, severity: 'error' });
+    expect(report.firstBad?.position).toMatch(kind === 'file' ? /\.jsonl:\d+$/ : /^pos \d+$/);
+  });
+});
+
+describe('what each tampering reports (store-independent)', () => {
+  const opts = () => ({ publicKeys: [keys.publicPem] });
+
+  it('a swap reports the displaced record as missing, then as out of order — and nothing after', () => {
+    const apply = TAMPERS.find((t) => t.name === 'reordered records') as Tamper;
+    const report = verifyLines(apply.apply(recs()).lines, opts());
+    expect(codes(report)).toEqual(['record.missing', 'record.out_of_order']);
+  });
+
+  it('an inserted record is named, not the genuine one it sits beside (inserted after it, too)', () => {
+    const records = recs();
+    const i = eventOf(chainA, 1)(records);
+    const genuineNext = records[i + 1] as Rec;
+    const fake: Rec = { ...genuineNext, id: new UuidV7().next(new AuditClock().now()), subject: 'mallory' };
+    const lines = records.map(rawLine);
+    lines.splice(i + 2, 0, lineOf(fake)); // after the genuine record with the same n
+    const report = verifyLines(lines, opts());
+    expect(codes(report)).toEqual(['record.inserted']);
+    expect(report.firstBad?.id).toBe(fake['id']);
+  });
+
+  it('a rewrite with another key passes only without a trusted key, and says so', () => {
+    const apply = TAMPERS.find((t) => t.name.startsWith('forged checkpoint: whole')) as Tamper;
+    const { lines } = apply.apply(recs());
+    const unanchored = verifyLines(lines);
+    expect(unanchored.ok).toBe(true);
+    expect(unanchored.signatures).toBe('self-declared');
+    expect(unanchored.issues.map((i) => i.code)).toContain('verify.unanchored');
+  });
+
+  it('a cut signature alone (sig edited, record rehashed) is a bad signature', () => {
+    const records = recs();
+    const i = records.findIndex((r) => r['kind'] === 'checkpoint');
+    const cp = records[i] as Rec;
+    cp['sig'] = `${String(cp['sig']).slice(0, -4)}AAAA`;
+    const lines = rechain(records, null);
+    const report = verifyLines(lines, opts());
+    expect(report.firstBad).toMatchObject({ code: 'checkpoint.bad_signature', id: cp['id'] });
+  });
+
+  it('truncating the newest chain: open (a warning) by default, an error with sealed; anchors catch it', () => {
+    const records = recs();
+    const lastCheckpointB = records
+      .map((r, k) => [r, k] as const)
+      .filter(([r]) => r['chain'] === chainB && r['kind'] === 'checkpoint' && r['final'] === false)
+      .pop() as readonly [Rec, number];
+    const finalB = records[records.length - 1] as Rec;
+    const cut = records.slice(0, lastCheckpointB[1] + 3).map(rawLine); // two unsigned records after the checkpoint remain
+    const open = verifyLines(cut, opts());
+    expect(open.ok).toBe(true);
+    expect(open.issues).toEqual([expect.objectContaining({ code: 'chain.open', severity: 'warning', chain: chainB })]);
+    expect(open.chains[1]).toMatchObject({ sealed: null, unsignedTail: 2, lastCheckpointN: lastCheckpointB[0]['n'] });
+    expect(verifyLines(cut, { ...opts(), sealed: true }).firstBad).toMatchObject({ code: 'chain.unsealed', chain: chainB });
+    const anchored = verifyLines(cut, {
+      ...opts(),
+      anchors: [{ chain: chainB, n: Number(finalB['n']), hash: String(finalB['hash']) }],
+    });
+    expect(codes(anchored)).toEqual(['chain.truncated']);
+    expect(
+      verifyLines(genuine, { ...opts(), anchors: [{ chain: chainB, n: Number(finalB['n']), hash: String(finalB['hash']) }] }).ok,
+    ).toBe(true);
+  });
+
+  it('deleting the head of a chain, or a whole predecessor chain', () => {
+    const records = recs();
+    const withoutStartA = records.slice(1).map(rawLine);
+    expect(verifyLines(withoutStartA, opts()).firstBad).toMatchObject({ code: 'chain.head_missing', chain: chainA });
+    expect(verifyLines(withoutStartA, { ...opts(), allowPartial: true }).ok).toBe(true);
+    const onlyB = records.filter((r) => r['chain'] === chainB).map(rawLine);
+    const report = verifyLines(onlyB, opts());
+    expect(report.ok).toBe(true);
+    expect(report.issues.map((i) => `${i.severity} ${i.code}`)).toEqual(['warning chain.predecessor_missing']);
+  });
+
+  it('records appended after a seal; unparsable lines; exact duplicates are counted, not errors', () => {
+    const records = recs();
+    const sealA = records.findIndex((r) => r['chain'] === chainA && r['final'] === true);
+    const extra: Rec = {
+      ...(records[sealA - 1] as Rec),
+      id: new UuidV7().next(new AuditClock().now()),
+      n: Number(records[sealA]?.['n']) + 1,
+      prev: records[sealA]?.['hash'],
+    };
+    const appended = records.map(rawLine);
+    appended.splice(sealA + 1, 0, lineOf(extra));
+    expect(codes(verifyLines(appended, opts()))).toContain('record.after_seal');
+
+    const garbled = records.map(rawLine);
+    garbled[3] = garbled[3]!.slice(0, 40);
+    expect(verifyLines(garbled, opts()).firstBad).toMatchObject({ code: 'record.unparsable', position: 'line 4' });
+
+    const duplicated = records.map(rawLine);
+    duplicated.splice(6, 0, duplicated[4] as string, duplicated[5] as string);
+    const dup = verifyLines(duplicated, opts());
+    expect(dup.ok).toBe(true);
+    expect(dup.duplicates).toBe(2);
+  });
+});
+
+describe.each(['sqlite', 'postgres'] as const)('%s: indexed columns must agree with the record', (kind) => {
+  it('a subject edited in its column only is caught', async () => {
+    const { source } = await writeStore(kind, genuine, dir);
+    try {
+      const target = parseLines(genuine).find((r) => r['kind'] === 'event') as Rec;
+      if (kind === 'sqlite') {
+        const { openSqlite } = await import('../../src/audit/drivers.js');
+        const db = openSqlite(source['sqlite'] as string);
+        db.prepare('UPDATE audit_events SET subject = ? WHERE id = ?').run('mallory', target['id']);
+        db.close();
+      } else {
+        await withPg((pool) =>
+          pool.query(`UPDATE "${source['table']}" SET subject = $1 WHERE id = $2`, ['mallory', target['id']]),
+        );
+      }
+      const report = await verifyAudit(source as never, { publicKeys: [keys.publicPem] });
+      expect(report.firstBad).toMatchObject({ code: 'record.column_mismatch', id: target['id'] });
+    } finally {
+      await dropStore(source);
+    }
+  });
+});
