@@ -100,6 +100,11 @@ export interface AuditLog {
   /** Never blocks on I/O. Business events with a bad shape throw TypeError (a caller bug). */
   record(event: AuditInput): EnqueueResult;
   /**
+   * Whether a request may start: false under \`whenFull: block\` while the queue is full or the
+   * log is closed, so the gateway refuses it (503) rather than serve it unaudited. Cheap.
+   */
+  accepting(): boolean;
+  /**
    * Resolves once the event is committed to the WAL — fdatasync'ed in `durable`
    * mode, written in `fast` mode; under `drop`, once the gap marker standing for
    * it is. Rejects with BulwarkError `audit.unavailable` when refused (`block`, closed).
@@ -256,6 +261,10 @@ class DisabledAuditLog implements AuditLog {
   }
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
+  accepting(): boolean {
+    return true;
+  }
+
   stats(): AuditStats {
     return {
       enabled: false,
@@ -490,6 +499,11 @@ class AuditLogImpl implements AuditLog {
 
   record(event: AuditInput): EnqueueResult {
     return this.#enqueue(event, null);
+  }
+
+  accepting(): boolean {
+    if (this.#state !== 'open') return false;
+    return !this.#block || this.#queue.length - this.#head < this.#maxEvents;
   }
 
   recordDurable(event: AuditInput): Promise<DurableResult> {

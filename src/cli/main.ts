@@ -12,6 +12,7 @@ const load = {
   logger: () => import('../telemetry/logger.js'),
   explain: () => import('./explain.js'),
   tokens: () => import('./dev-tokens.js'),
+  audit: () => import('../audit/index.js'),
 };
 
 /** Exit codes, documented in `bulwark --help` and the README. */
@@ -27,6 +28,7 @@ Commands:
   serve         run the gateway
   validate      check a configuration file
   explain       show how a config decides one request (exit 0 allow, 1 deny)
+  audit verify  check an audit log's hash chains and signed checkpoints (exit 0 intact, 1 tampered)
   keys generate create a signing key pair (private JWK + public JWKS) for development
   token mint    sign a development token with such a key
 
@@ -122,6 +124,8 @@ export async function main(argv: string[]): Promise<number> {
         return await validateCommand(rest);
       case 'explain':
         return await explainCommand(rest);
+      case 'audit':
+        return await (await load.audit()).auditCli(rest);
       case 'keys':
         return await keysCommand(rest);
       case 'token':

@@ -4,6 +4,7 @@
  * document) → schema (ajv, defaults filled) → semantic checks → extra checks.
  */
 import { resolveAuthnPaths } from '../authn/checks.js';
+import { resolveAuditPaths } from '../audit/schema.js';
 import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -742,6 +743,7 @@ export function parseConfig(source: string, file: string, options: ParseOptions 
   const config = data as BulwarkConfig;
   resolveTlsPaths(config, dirname(resolvePath(file)));
   resolveAuthnPaths(config.authn, dirname(resolvePath(file)));
+  if (config.audit !== undefined) config.audit = resolveAuditPaths(config.audit, dirname(resolvePath(file)));
   const report = (path: (string | number)[], code: string, message: string, severity: IssueSeverity = 'error') =>
     sink.addPath(doc, path, 'value', code, message, severity);
   for (const check of [...BUILTIN_CHECKS, ...(options.checks ?? [])]) {

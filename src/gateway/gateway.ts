@@ -8,6 +8,7 @@ import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
 import { releaseLimits } from '../limits/index.js';
+import type { AuditLog } from '../audit/index.js';
 import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
@@ -25,6 +26,8 @@ import {
 
 export interface GatewayOptions {
   logger: Logger;
+  /** Every request's decision goes here once it is over; none when absent. */
+  audit?: AuditLog | null;
   /** The process's telemetry; a default one (metrics on, traces off) when absent. */
   telemetry?: Telemetry;
 }
@@ -45,6 +48,7 @@ export class Gateway {
   private readonly listeners = new Map<string, BoundListener>();
   private readonly logger: Logger;
   readonly telemetry: Telemetry;
+  readonly audit: AuditLog | null;
   /** `grpc.health.v1.Health` for the gateway itself. */
   readonly grpcHealth = new GrpcHealthService();
   private draining = false;
@@ -54,6 +58,7 @@ export class Gateway {
   constructor(options: GatewayOptions) {
     this.logger = options.logger;
     this.telemetry = options.telemetry ?? createTelemetry({}, { logger: options.logger, role: 'single' });
+    this.audit = options.audit ?? null;
   }
 
   get current(): Runtime | null {
@@ -160,13 +165,20 @@ export class Gateway {
     // One listener for the end of the exchange, whatever path it took: finished, failed or abandoned.
     res.once('close', () => {
       release();
-      this.telemetry.finishRequest(ctx, span, res.headersSent ? res.statusCode : 499, outcome.bytes, outcome);
+      const status = res.headersSent ? res.statusCode : 499;
+      this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
+      if (this.audit !== null) this.recordAudit(req, ctx, status, outcome);
     });
     if (grpc && this.grpcHealth.handles(ctx.rawTarget)) {
       this.grpcHealth.serve((req as Http2ServerRequest).stream, req.headers);
       return;
     }
     const settings = runtime.listeners.get(listener.key)!;
+    // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
+    if (this.audit !== null && !this.audit.accepting()) {
+      this.deny(req, res, ctx, new BulwarkError('audit.unavailable'), isH2, grpc, outcome);
+      return;
+    }
     const admitted = admit(req, ctx, settings, runtime);
     if (admitted instanceof BulwarkError) {
       this.deny(req, res, ctx, admitted, isH2, grpc, outcome);
@@ -269,6 +281,23 @@ export class Gateway {
         },
       },
     );
+  }
+
+  private recordAudit(req: AnyRequest, ctx: RequestContext, status: number, outcome: Outcome): void {
+    const audit = this.audit!;
+    const length = req.headers['content-length'];
+    const result = audit.record(
+      audit.fromContext(ctx, {
+        status,
+        latencyMs: Number(process.hrtime.bigint() - ctx.startedAt) / 1e6,
+        upstream: outcome.upstream,
+        bytesIn: length === undefined ? -1 : Number(length),
+        bytesOut: outcome.bytes,
+        clientIp: ctx.clientAddress,
+        ...(outcome.code === null ? {} : { error: { code: outcome.code } }),
+      }),
+    );
+    if (result.status === 'rejected') this.telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
   }
 
   /** A denial in the client's protocol: a gRPC status for gRPC calls, an RFC 7807 problem otherwise. */

@@ -6,6 +6,7 @@ import { authnChecks, checkRouteAuth } from '../authn/index.js';
 import { authzChecks } from '../authz/index.js';
 import { telemetryChecks } from '../telemetry/index.js';
 import { limitsChecks, policyReferenceChecks } from '../limits/index.js';
+import { auditChecks } from '../audit/index.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
@@ -23,6 +24,7 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
   (config, report) => authzChecks(config, report),
   telemetryChecks,
   (config, report) => limitsChecks(config.rateLimits, report),
+  (config, report) => auditChecks(config, report),
   (config, report) =>
     config.routes.forEach((route, i) => {
       if (route.rateLimit !== undefined)

@@ -7,6 +7,7 @@ import { Gateway } from '../gateway/gateway.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
+import { createAuditLog, type AuditLog } from '../audit/index.js';
 import { createAdminServer, listenAdmin } from './admin.js';
 import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
 
@@ -54,11 +55,15 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
   const { logger } = options;
   let current = initial;
   const telemetry = createTelemetry(current.config, { logger, role: 'single' });
-  const gateway = new Gateway({ logger, telemetry });
+  let audit: AuditLog | null = null;
+  let gateway: Gateway;
   try {
+    audit = current.config.audit === undefined ? null : await createAuditLog(current.config.audit, { logger });
+    gateway = new Gateway({ logger, telemetry, audit });
     await gateway.start(current.config, current.hash);
   } catch (err) {
-    logger.error({ err }, 'failed to start listeners');
+    logger.error({ err }, 'failed to start');
+    await audit?.close();
     await telemetry.shutdown();
     return 1;
   }
@@ -107,6 +112,8 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
   admin.server.close();
   admin.server.closeAllConnections();
   const clean = await gateway.stop(deadline);
+  // After the gateway: every finished request has recorded its event; close seals the chain.
+  await audit?.close();
   await telemetry.shutdown();
   logger.info({ clean }, 'stopped');
   return 0;
@@ -231,6 +238,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
 export async function runWorker(logger: Logger): Promise<void> {
   let telemetry: Telemetry | null = null;
   let gateway: Gateway | null = null;
+  let audit: AuditLog | null = null;
   let started = false;
   let hash = '';
   const post = (message: ToPrimary) => {
@@ -240,6 +248,7 @@ export async function runWorker(logger: Logger): Promise<void> {
   for (const s of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(s, () => {});
   const stop = async (deadlineMs: number) => {
     if (gateway !== null) await gateway.stop(deadlineMs);
+    await audit?.close();
     await telemetry?.shutdown();
     process.exit(0);
   };
@@ -259,7 +268,9 @@ export async function runWorker(logger: Logger): Promise<void> {
       if (gateway === null) {
         // Created on the first config: its buckets and switches come from that config.
         telemetry = createTelemetry(loaded.config, { logger, role: 'worker' });
-        gateway = new Gateway({ logger, telemetry });
+        // One audit log (one chain, one WAL slot) per worker; its config is fixed until restart.
+        audit = loaded.config.audit === undefined ? null : await createAuditLog(loaded.config.audit, { logger });
+        gateway = new Gateway({ logger, telemetry, audit });
       }
       if (started) {
         await gateway.reload(loaded.config, loaded.hash);
