@@ -4,7 +4,7 @@ import type { Server } from 'node:http';
 import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
 import { Gateway } from '../gateway/gateway.js';
-import type { Logger } from '../telemetry/logger.js';
+import { flushLogger, type Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
 import { createAuditLog, type AuditLog } from '../audit/index.js';
@@ -250,6 +250,7 @@ export async function runWorker(logger: Logger): Promise<void> {
     if (gateway !== null) await gateway.stop(deadlineMs);
     await audit?.close();
     await telemetry?.shutdown();
+    await flushLogger(logger);
     process.exit(0);
   };
   process.on('disconnect', () => void stop(5_000));

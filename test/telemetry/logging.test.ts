@@ -66,7 +66,7 @@ describe('access log', () => {
 
   it('writes the default fields', () => {
     const { logger, lines } = captureLogger();
-    const access = new AccessLogger(logger, resolveTelemetryConfig({}).logs.accessLog);
+    const access = new AccessLogger(logger, resolveTelemetryConfig({ logs: { accessLog: { enabled: true } } }).logs.accessLog);
     const ctx = makeContext({ method: 'POST', path: '/orders/7', route: 'orders', requestId: 'r-7' });
     ctx.trace = { traceId: TRACE_ID, spanId: PARENT_ID, sampled: true };
     access.log(ctx, 201, 12.34567, 321);
@@ -95,7 +95,12 @@ describe('access log', () => {
     const access = new AccessLogger(
       logger,
       resolveTelemetryConfig({
-        logs: { accessLog: { fields: ['status', 'subject_hash', 'client_address', 'user_agent', 'upstream', 'decision'] } },
+        logs: {
+          accessLog: {
+            enabled: true,
+            fields: ['status', 'subject_hash', 'client_address', 'user_agent', 'upstream', 'decision'],
+          },
+        },
       }).logs.accessLog,
     );
     const ctx = makeContext({ identity, headers: { 'user-agent': 'curl/8.0' } });
@@ -135,7 +140,10 @@ describe('no secrets in any log', () => {
     const capture = captureLogger('trace');
     const telemetry = createTelemetry(
       {
-        telemetry: { traces: { exporter: 'otlp' }, logs: { level: 'trace', accessLog: { fields: [...ACCESS_LOG_FIELDS] } } },
+        telemetry: {
+          traces: { exporter: 'otlp' },
+          logs: { level: 'trace', accessLog: { enabled: true, fields: [...ACCESS_LOG_FIELDS] } },
+        },
         routes: [{ id: 'orders', match: { path: { prefix: '/orders' } } }],
       },
       { logger: capture.logger, role: 'single', spanExporter: new InMemorySpanExporter() },

@@ -71,7 +71,7 @@ profiling:
       sampler: { ratio: 1, parentBased: true },
     });
     expect(r.metrics).toMatchObject({ enabled: true, defaultMetrics: true, otlp: null });
-    expect(r.logs.accessLog).toEqual({ enabled: true, fields: DEFAULT_ACCESS_LOG_FIELDS });
+    expect(r.logs.accessLog).toEqual({ enabled: false, fields: DEFAULT_ACCESS_LOG_FIELDS });
     expect(r.profiling).toEqual({ enabled: true, allow: 'loopback', token: null, maxSeconds: 60 });
   });
 

@@ -53,7 +53,10 @@ const DECISIONS: Record<string, DecisionRecord[]> = {
 
 beforeAll(async () => {
   telemetry = createTelemetry(
-    { telemetry: { traces: { exporter: 'otlp', propagators: ['tracecontext'] } }, routes: ROUTES },
+    {
+      telemetry: { traces: { exporter: 'otlp', propagators: ['tracecontext'] }, logs: { accessLog: { enabled: true } } },
+      routes: ROUTES,
+    },
     { logger: capture.logger, role: 'single', spanExporter: exporter, simpleSpanProcessor: true },
   );
   upstream = createServer((req, res) => {
