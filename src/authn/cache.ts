@@ -107,6 +107,20 @@ export class VerifiedTokenCache {
     }
   }
 
+  /**
+   * Drops every entry whose identity `matches` (revocation: a revoked token must not
+   * outlive its revocation in the cache). O(size); runs on a revocation, never per request.
+   */
+  evict(matches: (identity: Identity) => boolean): number {
+    let evicted = 0;
+    for (const [key, entry] of this.entries) {
+      if (!matches(entry.identity)) continue;
+      this.entries.delete(key);
+      evicted++;
+    }
+    return evicted;
+  }
+
   clear(): void {
     this.entries.clear();
   }

@@ -9,6 +9,7 @@ export type { CompiledTokenSource, TokenExtraction, TokenProblem } from './token
 export { authnDenial, insufficientScope, mapVerifyError, KeyLookupError } from './failures.js';
 export type { AuthnFailureCode, MappedFailure } from './failures.js';
 export { VerifiedTokenCache, tokenDigest } from './cache.js';
+export type { RevocationCheck, RevocationVerdict } from './revocation-hook.js';
 export type { CachedToken, CacheStats } from './cache.js';
 export { JwkKeySet, JwksInvalidError, MAX_JWKS_KEYS } from './key-source.js';
 export type { AuthnEvent, KeyCandidate, KeySource, KeySourceKind, SourceHooks, VerificationKey } from './key-source.js';

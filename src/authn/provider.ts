@@ -27,6 +27,7 @@ import { FileJwksKeySource } from './jwks-file.js';
 import { RemoteJwksKeySource, type RemoteJwksOptions } from './jwks-remote.js';
 import type { AuthnEvent, KeyCandidate, KeySource, SourceHooks } from './key-source.js';
 import { PemKeySource, readPublicKeyInputs } from './pem.js';
+import type { RevocationCheck } from './revocation-hook.js';
 import { AUTHN_CACHE_DEFAULTS, HMAC_ALGORITHMS, JWKS_DEFAULTS, type AuthnConfig, type ProviderConfig } from './schema.js';
 import { SecretKeySource } from './secret.js';
 import { compileTokenSource, DEFAULT_TOKEN_SOURCE, MAX_TOKEN_LENGTH, type CompiledTokenSource } from './token.js';
@@ -294,6 +295,8 @@ export interface AuthnOptions {
   now?: () => number;
   /** Key load/rotation/failure notices, for logs and metrics. */
   onEvent?: (event: AuthnEvent) => void;
+  /** Consulted after verification and on every cache hit (src/revocation). Also settable later. */
+  revocation?: RevocationCheck;
 }
 
 export interface AuthnStats {
@@ -307,6 +310,8 @@ export interface CompiledAuthn {
   /** Every configured forward header (lower-case), across providers: always stripped from client requests. */
   readonly forwardedHeaders: ReadonlySet<string>;
   readonly now: () => number;
+  /** Revocation check run on every accepted token (null: none). Mutable so a long-lived list can attach. */
+  revocation: RevocationCheck | null;
   /** Settles when every source tried its first load; rejects if a local key source (file, PEM, secret) is unusable. */
   ready(): Promise<void>;
   stats(): AuthnStats;
@@ -395,6 +400,7 @@ export function compileAuthn(config: AuthnConfig, options: AuthnOptions = {}): C
     cache,
     forwardedHeaders: forwarded,
     now,
+    revocation: options.revocation ?? null,
     ready: async () => {
       const results = await Promise.allSettled(sources.map((s) => s.ready));
       const failed = results.flatMap((r, i) =>

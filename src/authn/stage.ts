@@ -15,7 +15,7 @@
  */
 import { decodeJwt } from 'jose';
 import type { DecisionRecord, RequestContext } from '../core/context.js';
-import type { BulwarkError } from '../core/errors.js';
+import { BulwarkError } from '../core/errors.js';
 import { CONTINUE, type Decision, type Stage } from '../core/stage.js';
 import { tokenDigest, type CachedToken } from './cache.js';
 import { authnDenial, type AuthnFailureCode } from './failures.js';
@@ -305,6 +305,12 @@ class AuthnStage implements Stage {
   }
 
   private allowAll(ctx: RequestContext, entries: readonly CachedToken[], fresh: readonly boolean[] | null): Decision {
+    if (this.authn.revocation !== null) {
+      for (const entry of entries) {
+        const refused = this.revoked(ctx, entry);
+        if (refused !== null) return refused;
+      }
+    }
     ctx.identity = entries[0]!.identity;
     for (let i = 0; i < entries.length; i++) {
       const entry = entries[i]!;
@@ -317,10 +323,25 @@ class AuthnStage implements Stage {
   // -------------------------------------------------------------------------
 
   private allow(ctx: RequestContext, entry: CachedToken, record: DecisionRecord): Decision {
+    if (this.authn.revocation !== null) {
+      const refused = this.revoked(ctx, entry);
+      if (refused !== null) return refused;
+    }
     ctx.identity = entry.identity;
     this.addHeaders(ctx, entry);
     ctx.decisions.push(record);
     return CONTINUE;
+  }
+
+  /** A verified (or cached) token that was revoked since: `jwt.revoked`, or 503 when failing closed. */
+  private revoked(ctx: RequestContext, entry: CachedToken): BulwarkError | null {
+    const verdict = this.authn.revocation!.check(entry.identity);
+    if (verdict === null) return null;
+    const kid = entry.identity.keyId;
+    if (verdict.code === 'jwt.revoked') return this.deny(ctx, 'jwt.revoked', entry.providerName, kid, verdict.reason);
+    const detail = { provider: entry.providerName, kid, reason: verdict.reason };
+    ctx.decisions.push({ stage: AUTHN_STAGE_ID, outcome: 'deny', code: verdict.code, detail });
+    return new BulwarkError(verdict.code, undefined, { context: detail });
   }
 
   private addHeaders(ctx: RequestContext, entry: CachedToken): void {

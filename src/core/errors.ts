@@ -80,7 +80,11 @@ export const ERROR_CODES = {
   'jwt.crit_unsupported': { status: 401, title: 'Invalid token' },
   'jwt.jwks_unavailable': { status: 401, title: 'Invalid token' },
   'jwt.insufficient_scope': { status: 403, title: 'Insufficient scope' },
+  'jwt.revoked': { status: 401, title: 'Invalid token' },
   // end authn
+  // revocation (src/revocation): `onStoreFailure: closed` and the shared store cannot vouch for the set.
+  'revocation.store_unavailable': { status: 503, title: 'Revocation store unavailable' },
+  // end revocation
   // authz — RBAC (src/authz). Which rule decided is on the decision record, never in the response.
   'rbac.denied': { status: 403, title: 'Forbidden by policy' },
   'rbac.no_matching_rule': { status: 403, title: 'Forbidden: no rule allows this request' },
