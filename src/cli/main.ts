@@ -13,6 +13,7 @@ const load = {
   explain: () => import('./explain.js'),
   tokens: () => import('./dev-tokens.js'),
   audit: () => import('../audit/index.js'),
+  revoke: () => import('../revocation/index.js'),
 };
 
 /** Exit codes, documented in `bulwark --help` and the README. */
@@ -29,6 +30,7 @@ Commands:
   validate      check a configuration file
   explain       show how a config decides one request (exit 0 allow, 1 deny)
   audit verify  check an audit log's hash chains and signed checkpoints (exit 0 intact, 1 tampered)
+  revoke        revoke tokens now, on every instance (--jti, --sub [--before T], --sid)
   keys generate create a signing key pair (private JWK + public JWKS) for development
   token mint    sign a development token with such a key
 
@@ -126,6 +128,8 @@ export async function main(argv: string[]): Promise<number> {
         return await explainCommand(rest);
       case 'audit':
         return await (await load.audit()).auditCli(rest);
+      case 'revoke':
+        return await (await load.revoke()).revokeCli(rest);
       case 'keys':
         return await keysCommand(rest);
       case 'token':

@@ -11,6 +11,7 @@ import { AuthzSchema, RouteAuthzSchema } from '../authz/schema.js';
 import { TelemetrySchema } from '../telemetry/schema.js';
 import { RateLimitsSchema } from '../limits/schema.js';
 import { AuditSchema } from '../audit/schema.js';
+import { RevocationSchema } from '../revocation/schema.js';
 import { Type, type Static, type TSchema, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
@@ -240,6 +241,7 @@ export const ConfigSchema = Closed(
     telemetry: Type.Optional(TelemetrySchema),
     rateLimits: Type.Optional(RateLimitsSchema),
     audit: Type.Optional(AuditSchema),
+    revocation: Type.Optional(RevocationSchema),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

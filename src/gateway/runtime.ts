@@ -12,6 +12,7 @@ import { Pipeline } from '../core/pipeline.js';
 import type { Stage } from '../core/stage.js';
 import { compilePathPolicy, type PathPolicy } from '../core/target.js';
 import { closeGrpcPool } from '../grpc/index.js';
+import { createRevocationList, type RevocationList } from '../revocation/index.js';
 import { compileLimits, createLimitStage, type CompiledLimits } from '../limits/index.js';
 import { availableParallelism } from 'node:os';
 import { echoOrigin } from './echo.js';
@@ -83,6 +84,8 @@ export class Runtime {
   readonly authn: CompiledAuthn | null;
   readonly authz: CompiledAuthz | null;
   readonly limits: CompiledLimits | null;
+  /** Revoked credentials, consulted by authn; one list per process, carried across reloads. */
+  readonly revocation: RevocationList | null;
   /** Identity headers the gateway owns: the client's copies are removed on every route, public ones too. */
   readonly ownedHeaders: ReadonlySet<string> | null;
   private active: number;
@@ -94,7 +97,12 @@ export class Runtime {
     hash: string,
     upstreams: Map<string, Upstream>,
     routes: CompiledRoute[],
-    security: { authn: CompiledAuthn | null; authz: CompiledAuthz | null; limits?: CompiledLimits | null } = {
+    security: {
+      authn: CompiledAuthn | null;
+      authz: CompiledAuthz | null;
+      limits?: CompiledLimits | null;
+      revocation?: RevocationList | null;
+    } = {
       authn: null,
       authz: null,
     },
@@ -105,6 +113,7 @@ export class Runtime {
     this.authn = security.authn;
     this.authz = security.authz;
     this.limits = security.limits ?? null;
+    this.revocation = security.revocation ?? null;
     const owned = security.authn === null ? null : forwardedHeaderNames(security.authn);
     this.ownedHeaders = owned !== null && owned.size > 0 ? owned : null;
     this.router = new Router(routes);
@@ -160,6 +169,20 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
       throw err;
     }
   }
+  // The revocation list outlives snapshots while its store is unchanged: a reload must never forget one.
+  let revocation: RevocationList | null = null;
+  if (config.revocation !== undefined) {
+    if (previous?.revocation != null && sameJson(previous.config.revocation?.store, config.revocation.store))
+      revocation = previous.revocation;
+    else {
+      revocation = createRevocationList(config.revocation);
+      await revocation.start();
+    }
+  }
+  if (authn !== null && revocation !== null) {
+    authn.revocation = revocation;
+    if (authn !== previous?.authn || revocation !== previous?.revocation) revocation.attachCache(authn.cache);
+  }
   const authz = config.authz === undefined ? null : compileAuthz(config.authz);
   const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
   // Unchanged stores (buckets, leases, Redis connections) carry over: a reload never refills a bucket.
@@ -204,7 +227,7 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
     if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
     return new CompiledRoute(route, upstream, stagesFor(route));
   });
-  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits });
+  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation });
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
@@ -213,6 +236,7 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
   const owned = [...previous.upstreams.values()].filter((u) => !shared.has(u));
   const authn = previous.authn !== null && previous.authn !== next?.authn ? previous.authn : null;
   const limits = previous.limits !== null && previous.limits !== next?.limits ? previous.limits : null;
+  if (previous.revocation !== null && previous.revocation !== next?.revocation) await previous.revocation.close();
   if (owned.length === 0 && authn === null && limits === null) return;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<boolean>((resolve) => {

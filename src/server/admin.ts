@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { handleAdminTelemetry, type AdminTelemetryOptions } from '../telemetry/index.js';
+import { handleRevocationAdmin, isRevocationAdminPath, type RevocationList } from '../revocation/index.js';
 
 export interface AdminState {
   ready(): boolean;
@@ -8,6 +9,8 @@ export interface AdminState {
   config(): { hash: string; file: string; loadedAt: string; config: unknown; workers: number };
   /** /metrics and /debug/pprof/*. */
   telemetry?: () => AdminTelemetryOptions;
+  /** POST/GET/DELETE /revocations, when revocation is configured. */
+  revocation?: () => { list: RevocationList; token: string | undefined } | null;
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -23,6 +26,13 @@ function json(res: ServerResponse, status: number, body: unknown): void {
 /** The admin listener: separate port, loopback by default, never on the data path. */
 export function createAdminServer(state: AdminState): Server {
   return createServer((req: IncomingMessage, res: ServerResponse) => {
+    if (isRevocationAdminPath(req.url)) {
+      const r = state.revocation?.();
+      if (r != null) {
+        void handleRevocationAdmin(req, res, r.list, r.token === undefined ? {} : { token: r.token });
+        return;
+      }
+    }
     const t = state.telemetry?.();
     if (t !== undefined && handleAdminTelemetry(req, res, t)) return;
     const path = (req.url ?? '/').split('?')[0];

@@ -7,6 +7,7 @@ import { authzChecks } from '../authz/index.js';
 import { telemetryChecks } from '../telemetry/index.js';
 import { limitsChecks, policyReferenceChecks } from '../limits/index.js';
 import { auditChecks } from '../audit/index.js';
+import { revocationChecks } from '../revocation/index.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
@@ -25,6 +26,7 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
   telemetryChecks,
   (config, report) => limitsChecks(config.rateLimits, report),
   (config, report) => auditChecks(config, report),
+  (config, report) => revocationChecks(config, report),
   (config, report) =>
     config.routes.forEach((route, i) => {
       if (route.rateLimit !== undefined)

@@ -8,6 +8,7 @@ import { flushLogger, type Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
 import { createAuditLog, type AuditLog } from '../audit/index.js';
+import type { RevocationList } from '../revocation/index.js';
 import { createAdminServer, listenAdmin } from './admin.js';
 import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
 
@@ -73,6 +74,10 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
     1,
     logger,
     telemetry,
+    () => {
+      const list = gateway.current?.revocation ?? null;
+      return list === null ? null : { list, token: current.config.revocation?.adminToken };
+    },
   );
 
   const reload = serialized(async (trigger: string) => {
@@ -302,11 +307,13 @@ async function startAdmin(
   workers: number,
   logger: Logger,
   telemetry: Telemetry,
+  revocation?: () => { list: RevocationList; token: string | undefined } | null,
 ): Promise<{ server: Server; port: number | null }> {
   const adminConfig = current().config.admin;
   const server = createAdminServer({
     ready: isReady,
     telemetry: () => telemetry.admin,
+    ...(revocation === undefined ? {} : { revocation }),
     config: () => {
       const loaded = current();
       return {
