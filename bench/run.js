@@ -8,7 +8,7 @@
 // bench/results/<timestamp>.json. See bench/README.md.
 import autocannon from 'autocannon';
 import { spawn, execFileSync } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync } from 'node:fs';
+import { existsSync, openSync, closeSync, readdirSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -293,7 +293,7 @@ function httpRequest({ port, path: reqPath = '/', method = 'GET', headers = {}, 
   });
 }
 
-function normalizeRequest(request) {
+function normalizeRequest(request, scenarioName) {
   const method = (request?.method ?? 'GET').toUpperCase();
   const headers = { ...(request?.headers ?? {}) };
   let body = request?.body;
@@ -302,7 +302,14 @@ function normalizeRequest(request) {
     if (!Object.keys(headers).some((h) => h.toLowerCase() === 'content-type')) headers['content-type'] = 'application/json';
   }
   if (Buffer.isBuffer(body)) body = body.toString('utf8');
-  return { method, path: request?.path ?? '/', headers, ...(body !== undefined ? { body } : {}) };
+  const out = { method, path: request?.path ?? '/', headers, ...(body !== undefined ? { body } : {}) };
+  if (typeof request?.perRequestHeaders === 'function') {
+    // Headers that change on every request (e.g. a new token each time): `dynamic`
+    // keeps such a request apart from a static one in requestKey (JSON drops the function).
+    out.dynamic = scenarioName;
+    out.perRequestHeaders = request.perRequestHeaders;
+  }
+  return out;
 }
 
 const requestKey = (request) => JSON.stringify(request);
@@ -310,11 +317,27 @@ const describeRequest = (request) => `${request.method} ${request.path}`;
 
 let currentLoad = null;
 
-/** One autocannon run; resolves with the result plus exact latency percentiles of the 2xx responses. */
-function autocannonRun(url, request, seconds, settings) {
+/**
+ * One autocannon run; resolves with the result plus exact latency percentiles of the 2xx responses.
+ * `target` ({ kind, name }) tells a request with per-request headers who is being measured.
+ */
+function autocannonRun(url, request, seconds, settings, target) {
   if (stopping) return Promise.reject(new BenchError('interrupted'));
   return new Promise((resolve, reject) => {
     const latencies = [];
+    let requests;
+    if (request.perRequestHeaders) {
+      // autocannon rebuilds the request from setupRequest each time (a copy of the defaults).
+      const next = request.perRequestHeaders(target);
+      requests = [
+        {
+          setupRequest: (req) => {
+            Object.assign(req.headers, next());
+            return req;
+          },
+        },
+      ];
+    }
     const instance = autocannon(
       {
         url,
@@ -324,6 +347,7 @@ function autocannonRun(url, request, seconds, settings) {
         method: request.method,
         headers: request.headers,
         ...(request.body !== undefined ? { body: request.body } : {}),
+        ...(requests ? { requests } : {}),
       },
       (error, result) => {
         currentLoad = null;
@@ -351,24 +375,31 @@ function percentile(sorted, p) {
 }
 
 /** Warm-up (not recorded), then one measured run. */
-async function measureAutocannon(url, request, settings) {
-  await warmUp(url, request, settings);
-  return measureOnce(url, request, settings);
+async function measureAutocannon(url, request, settings, target) {
+  await warmUp(url, request, settings, target);
+  return measureOnce(url, request, settings, target);
 }
 
-async function warmUp(url, request, settings) {
-  if (settings.warmup > 0) await autocannonRun(url, request, settings.warmup, settings);
+async function warmUp(url, request, settings, target) {
+  if (settings.warmup > 0) await autocannonRun(url, request, settings.warmup, settings, target);
 }
 
-async function measureOnce(url, request, settings) {
-  const { result, latencies } = await autocannonRun(url, request, settings.duration, settings);
+async function measureOnce(url, request, settings, target) {
+  const cpuBefore = groupCpuSeconds(target?.pgid);
+  const { result, latencies } = await autocannonRun(url, request, settings.duration, settings, target);
+  const cpuAfter = groupCpuSeconds(target?.pgid);
   const sorted = Float64Array.from(latencies).sort();
   const round = (x) => (x === null ? null : Math.round(x * 1000) / 1000);
+  const cpuUsPerReq =
+    cpuBefore === null || cpuAfter === null || result.requests.total === 0
+      ? null
+      : Math.round(((cpuAfter - cpuBefore) * 1e6) / result.requests.total);
   return {
     tool: 'autocannon',
     reqPerSec: result.requests.average,
     reqPerSecStddev: result.requests.stddev,
     totalRequests: result.requests.total,
+    cpuUsPerReq,
     latencyMs: {
       mean: round(sorted.length ? sorted.reduce((a, b) => a + b, 0) / sorted.length : null),
       p50: round(percentile(sorted, 50)),
@@ -393,6 +424,45 @@ async function measureOnce(url, request, settings) {
       mismatches: result.mismatches,
     },
   };
+}
+
+// CPU time of the measured process group (a gateway with its workers, a competitor,
+// the baseline): user + system, from /proc (Linux; null elsewhere). Divided by the
+// responses of a run, it is a per-request cost that machine noise moves far less
+// than req/s: other load makes requests wait, it barely makes them cost more.
+let clockTicks;
+function groupCpuSeconds(pgid) {
+  if (!pgid || process.platform !== 'linux') return null;
+  if (clockTicks === undefined) {
+    try {
+      clockTicks = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+    } catch {
+      clockTicks = 100;
+    }
+  }
+  let ticks = 0;
+  let found = false;
+  let entries;
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return null;
+  }
+  for (const name of entries) {
+    if (name.charCodeAt(0) < 48 || name.charCodeAt(0) > 57) continue;
+    let stat;
+    try {
+      stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime …
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(fields[2]) !== pgid) continue;
+    found = true;
+    ticks += Number(fields[11]) + Number(fields[12]);
+  }
+  return found ? ticks / clockTicks : null;
 }
 
 function luaString(s) {
@@ -464,7 +534,11 @@ const DEFAULT_VARIANTS = [{ id: '1', label: '1 worker', workers: 1 }];
 
 async function loadScenarios(filter) {
   const dir = path.join(BENCH_DIR, 'scenarios');
-  const files = (await readdir(dir)).filter((f) => f.endsWith('.js')).sort();
+  // By name without the extension (so `auth` comes before `auth-unique`).
+  const stem = (f) => f.slice(0, -3);
+  const files = (await readdir(dir))
+    .filter((f) => f.endsWith('.js'))
+    .sort((a, b) => (stem(a) < stem(b) ? -1 : stem(a) > stem(b) ? 1 : 0));
   const scenarios = [];
   for (const file of files) {
     const mod = await import(pathToFileURL(path.join(dir, file)).href);
@@ -473,31 +547,60 @@ async function loadScenarios(filter) {
       throw new BenchError(`bench/scenarios/${file}: default export needs at least { name, gatewayConfig(ctx) }`);
     }
     const variants = (s.variants?.length ? s.variants : DEFAULT_VARIANTS).map((v, i) => ({
+      ...v, // anything else is the scenario's own (its gatewayConfig reads ctx.variant)
       id: String(v.id ?? i + 1),
       label: v.label ?? `workers: ${v.workers ?? 1}`,
       workers: v.workers ?? 1,
       wrk: v.wrk ?? (v.workers ?? 1) === 1,
+      ...(v.compareTo === undefined ? {} : { compareTo: [v.compareTo].flat() }),
     }));
-    scenarios.push({ ...s, file, variants, compareTo: s.compareTo ?? 'baseline' });
+    const competitors = (s.competitors ?? []).map((c, i) => {
+      if (!c || typeof c.name !== 'string' || !(typeof c.cmd === 'function' || Array.isArray(c.cmd))) {
+        throw new BenchError(`bench/scenarios/${file}: competitors[${i}] needs { name, cmd: [argv] | (ctx) => [argv] }`);
+      }
+      const kind = c.kind ?? 'http';
+      if (kind !== 'http' && kind !== 'loop')
+        throw new BenchError(`bench/scenarios/${file}: competitors[${i}].kind must be 'http' or 'loop'`);
+      return { ...c, kind, label: c.label ?? c.name };
+    });
+    const compareTo = [s.compareTo ?? 'baseline'].flat();
+    if (compareTo.length === 0) throw new BenchError(`bench/scenarios/${file}: compareTo is an empty list`);
+    scenarios.push({ ...s, file, variants, competitors, compareTo });
   }
   // passthrough first: it is the reference the others are read against.
   scenarios.sort((a, b) => (a.name === 'passthrough' ? -1 : b.name === 'passthrough' ? 1 : 0));
-  const names = new Set();
+  const names = new Set(['baseline', 'upstream']);
   for (const s of scenarios) {
-    if (names.has(s.name)) throw new BenchError(`two scenarios are named ${s.name}`);
+    if (names.has(s.name)) throw new BenchError(`two scenarios (or a scenario and a reference) are named ${s.name}`);
     names.add(s.name);
+  }
+  for (const s of scenarios) {
+    const own = new Set();
+    for (const c of s.competitors) {
+      if (names.has(c.name) || own.has(c.name)) throw new BenchError(`${s.file}: competitor name ${c.name} is taken`);
+      own.add(c.name);
+    }
+    const unknown = [...s.compareTo, ...s.variants.flatMap((v) => v.compareTo ?? [])].filter((t) => !names.has(t) && !own.has(t));
+    if (unknown.length)
+      throw new BenchError(`${s.file}: compareTo ${unknown.join(', ')}: not a scenario, competitor, 'baseline' or 'upstream'`);
   }
   if (filter.length === 0) return scenarios;
 
+  // A scenario named alone runs whole; `name:variant` and `name:competitor` pick parts of it.
   const picked = [];
   for (const s of scenarios) {
     if (filter.includes(s.name)) picked.push(s);
     else {
       const variants = s.variants.filter((v) => filter.includes(`${s.name}:${v.id}`));
-      if (variants.length) picked.push({ ...s, variants });
+      const competitors = s.competitors.filter((c) => filter.includes(`${s.name}:${c.name}`));
+      if (variants.length || competitors.length) picked.push({ ...s, variants, competitors });
     }
   }
-  const known = scenarios.flatMap((s) => [s.name, ...s.variants.map((v) => `${s.name}:${v.id}`)]);
+  const known = scenarios.flatMap((s) => [
+    s.name,
+    ...s.variants.map((v) => `${s.name}:${v.id}`),
+    ...s.competitors.map((c) => `${s.name}:${c.name}`),
+  ]);
   const unknown = filter.filter((f) => !known.includes(f));
   if (unknown.length) throw new BenchError(`BENCH_SCENARIOS: unknown ${unknown.join(', ')}; known: ${known.join(', ')}`);
   return picked;
@@ -510,7 +613,7 @@ const fmtMs = (n) => (n === null || n === undefined ? '-' : n.toFixed(2));
 const fmtRatio = (n) => (n === null || n === undefined || !Number.isFinite(n) ? '-' : `${n.toFixed(2)}x`);
 
 function printTable(rows) {
-  const header = ['target', 'tool', 'req/s', 'p50 ms', 'p99 ms', 'err/non-2xx', 'vs baseline'];
+  const header = ['target', 'tool', 'req/s', 'p50 ms', 'p99 ms', 'err/non-2xx', 'vs baseline', 'cpu µs/req'];
   const body = rows.map((r) => [
     r.target,
     r.tool,
@@ -519,6 +622,7 @@ function printTable(rows) {
     fmtMs(r.latencyMs.p99),
     `${r.errors}/${r.non2xx}`,
     fmtRatio(r.vsBaseline) + (r.rounds ? '*' : ''),
+    fmtInt(r.cpuUsPerReq),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
   const line = (cells) => cells.map((c, i) => (i === 0 || i === 1 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
@@ -608,8 +712,10 @@ async function main() {
     }
   };
   const report = (row) => {
+    if (row.tool === 'loop') return console.log(`  loop: ${fmtInt(row.reqPerSec)} ops/s, ${row.cpuUsPerReq} µs/op`);
     const lat = `p50 ${fmtMs(row.latencyMs.p50)} ms, p99 ${fmtMs(row.latencyMs.p99)} ms`;
-    console.log(`  ${row.tool}: ${fmtInt(row.reqPerSec)} req/s, ${lat}, ${row.errors} errors, ${row.non2xx} non-2xx`);
+    const cpu = row.cpuUsPerReq === null || row.cpuUsPerReq === undefined ? '' : `, cpu ${fmtInt(row.cpuUsPerReq)} µs/req`;
+    console.log(`  ${row.tool}: ${fmtInt(row.reqPerSec)} req/s, ${lat}, ${row.errors} errors, ${row.non2xx} non-2xx${cpu}`);
     checkRow(row);
   };
 
@@ -620,27 +726,34 @@ async function main() {
   // Reference targets are measured once per distinct request shape.
   const references = new Map();
   const isDefaultRequest = (r) =>
-    r.method === 'GET' && r.path === '/' && Object.keys(r.headers).length === 0 && r.body === undefined;
-  const tagFor = (request) => (isDefaultRequest(request) ? '' : ` [${describeRequest(request)}]`);
+    r.method === 'GET' && r.path === '/' && Object.keys(r.headers).length === 0 && r.body === undefined && !r.dynamic;
+  const tagFor = (request) => {
+    if (isDefaultRequest(request)) return '';
+    const names = Object.keys(request.headers);
+    return ` [${describeRequest(request)}${names.length ? ` +${names.join(',')}` : ''}${request.dynamic ? ' (new per request)' : ''}]`;
+  };
+  // wrk sends one fixed request: not for requests whose headers change per request.
+  const wrkFor = (request) => Boolean(settings.wrk) && !request.perRequestHeaders;
+  const BASELINE_TARGET = { kind: 'baseline', name: 'baseline', pgid: baseline.pid };
 
   async function measureReferences(request) {
     const key = requestKey(request);
     if (references.has(key)) return references.get(key);
     const ref = {};
-    for (const [kind, target, port, useWrk] of [
-      ['upstream', `upstream (direct)${tagFor(request)}`, upstream.port, false],
-      ['baseline', `baseline proxy${tagFor(request)}`, baseline.port, true],
+    for (const [kind, target, port, useWrk, pgid] of [
+      ['upstream', `upstream (direct)${tagFor(request)}`, upstream.port, false, upstream.pid],
+      ['baseline', `baseline proxy${tagFor(request)}`, baseline.port, true, baseline.pid],
     ]) {
       console.log(`${target}: http://127.0.0.1:${port}${request.path}`);
       const probe = await httpRequest({ port, ...request });
       if (probe.status < 200 || probe.status > 299)
         warn(`${target}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
       const url = `http://127.0.0.1:${port}${request.path}`;
-      const ac = { target, kind, request: key, ...(await measureAutocannon(url, request, settings)) };
+      const ac = { target, kind, request: key, ...(await measureAutocannon(url, request, settings, { kind, name: kind, pgid })) };
       rows.push(ac);
       report(ac);
       ref[kind] = ac;
-      if (useWrk && settings.wrk) {
+      if (useWrk && wrkFor(request)) {
         const wrk = { target, kind, request: key, ...(await measureWrk(url, request, settings)) };
         rows.push(wrk);
         report(wrk);
@@ -651,41 +764,20 @@ async function main() {
     return ref;
   }
 
-  /**
-   * BENCH_ROUNDS > 1: alternate baseline and gateway runs so both see the same
-   * machine noise; report the median gateway run and the median paired ratio.
-   */
-  async function measureRounds(gatewayUrl, baselineUrl, request, label) {
-    await warmUp(gatewayUrl, request, settings);
-    const rounds = [];
-    for (let i = 0; i < settings.rounds; i++) {
-      // Alternate which goes first (ABBA...), so an order effect cancels out.
-      let b, g;
-      if (i % 2 === 0) {
-        b = await measureOnce(baselineUrl, request, settings);
-        g = await measureOnce(gatewayUrl, request, settings);
-      } else {
-        g = await measureOnce(gatewayUrl, request, settings);
-        b = await measureOnce(baselineUrl, request, settings);
-      }
-      console.log(
-        `  round ${i + 1}/${settings.rounds}: baseline ${fmtInt(b.reqPerSec)} req/s, gateway ${fmtInt(g.reqPerSec)} req/s, ${fmtRatio(g.reqPerSec / b.reqPerSec)}`,
-      );
-      if (b.errors > 0 || b.non2xx > 0) warn(`${label}: paired baseline run ${i + 1}: ${b.errors} errors, ${b.non2xx} non-2xx`);
-      rounds.push({ baseline: b, gateway: g, ratio: g.reqPerSec / b.reqPerSec });
-    }
-    const byRate = [...rounds].sort((x, y) => x.gateway.reqPerSec - y.gateway.reqPerSec);
-    const ratios = rounds.map((r) => r.ratio).sort((x, y) => x - y);
+  /** N rounds of one target → its table row: the median run, errors summed, the median paired ratio. */
+  function aggregateRounds(pairs) {
+    const byRate = [...pairs].sort((x, y) => x.gateway.reqPerSec - y.gateway.reqPerSec);
+    const ratios = pairs.map((r) => r.ratio).sort((x, y) => x - y);
     const mid = byRate[Math.floor((byRate.length - 1) / 2)].gateway;
     return {
       ...mid,
-      errors: rounds.reduce((n, r) => n + r.gateway.errors, 0),
-      timeouts: rounds.reduce((n, r) => n + r.gateway.timeouts, 0),
-      non2xx: rounds.reduce((n, r) => n + r.gateway.non2xx, 0),
+      errors: pairs.reduce((n, r) => n + r.gateway.errors, 0),
+      timeouts: pairs.reduce((n, r) => n + r.gateway.timeouts, 0),
+      non2xx: pairs.reduce((n, r) => n + r.gateway.non2xx, 0),
       statusCodes: undefined,
       vsBaseline: median(ratios),
       ratioRange: [ratios[0], ratios[ratios.length - 1]],
-      rounds: rounds.map((r) => ({
+      rounds: pairs.map((r) => ({
         baseline: r.baseline.reqPerSec,
         gateway: r.gateway.reqPerSec,
         ratio: r.ratio,
@@ -695,16 +787,183 @@ async function main() {
     };
   }
 
+  /**
+   * BENCH_ROUNDS > 1: every round measures the baseline and each target once, in an
+   * order rotated from round to round (ABBA… with one target), so they all see the
+   * same machine noise; each target run is divided by the baseline run of its round.
+   * Targets measured in the same rounds (`roundGroup`) are also compared with each
+   * other round by round, without going through the baseline.
+   */
+  let roundGroups = 0;
+  async function measureRounds(targets, baselineUrl, request) {
+    const pairs = targets.map(() => []);
+    const roundGroup = ++roundGroups;
+    for (let i = 0; i < settings.rounds; i++) {
+      const order = [-1, ...targets.keys()];
+      const shift = i % order.length;
+      const runs = new Map();
+      for (const j of [...order.slice(shift), ...order.slice(0, shift)]) {
+        runs.set(j, j < 0 ? await measureOnce(baselineUrl, request, settings, BASELINE_TARGET) : await targets[j].measure());
+      }
+      const b = runs.get(-1);
+      const parts = targets.map((t, j) => {
+        const g = runs.get(j);
+        return `${t.who} ${fmtInt(g.reqPerSec)} ${t.unit}, ${fmtRatio(g.reqPerSec / b.reqPerSec)}`;
+      });
+      console.log(`  round ${i + 1}/${settings.rounds}: baseline ${fmtInt(b.reqPerSec)} req/s, ${parts.join('; ')}`);
+      if (b.errors > 0 || b.non2xx > 0)
+        warn(`${targets[0].label}: paired baseline run ${i + 1}: ${b.errors} errors, ${b.non2xx} non-2xx`);
+      targets.forEach((_t, j) =>
+        pairs[j].push({ baseline: b, gateway: runs.get(j), ratio: runs.get(j).reqPerSec / b.reqPerSec }),
+      );
+    }
+    return pairs.map((p) => ({ ...aggregateRounds(p), roundGroup }));
+  }
+
+  /**
+   * Targets serving (or, for loops, running) the same request — a gateway variant and
+   * the scenario's competitors: probe, warm-up, autocannon (in shared rounds with
+   * BENCH_ROUNDS > 1), then wrk for each that asks for it.
+   */
+  async function measureTargets(targets, request, ref) {
+    for (const t of targets) {
+      if (!t.url) continue;
+      const probe = await httpRequest({ port: t.port, ...request });
+      if (probe.status < 200 || probe.status > 299)
+        warn(`${t.label}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
+    }
+    let runs;
+    if (settings.rounds === 1) {
+      runs = [];
+      for (const t of targets) {
+        if (t.url) await warmUp(t.url, request, settings, t.target);
+        const run = await t.measure();
+        runs.push({ ...run, vsBaseline: run.reqPerSec / ref.baseline.reqPerSec });
+      }
+    } else {
+      for (const t of targets) if (t.url) await warmUp(t.url, request, settings, t.target);
+      runs = await measureRounds(targets, `http://127.0.0.1:${baseline.port}${request.path}`, request);
+    }
+    const out = [];
+    for (const [j, t] of targets.entries()) {
+      if (targets.length > 1) console.log(`${t.label}:`);
+      const meta = { target: t.label, kind: t.kind, request: t.url ? requestKey(request) : null };
+      const row = { ...meta, ...runs[j] };
+      rows.push(row);
+      report(row);
+      const measured = { [row.tool === 'loop' ? 'loop' : 'autocannon']: row };
+      if (t.useWrk && wrkFor(request)) {
+        const wrk = { ...meta, ...(await measureWrk(t.url, request, settings)) };
+        wrk.vsBaseline = ref.baselineWrk ? wrk.reqPerSec / ref.baselineWrk.reqPerSec : null;
+        rows.push(wrk);
+        report(wrk);
+        measured.wrk = wrk;
+      }
+      out.push(measured);
+    }
+    return out;
+  }
+
+  /** One run of a `kind: 'loop'` competitor: it runs for BENCH_DURATION and prints {"opsPerSec":N,…} last. */
+  async function runLoop(competitor, argv) {
+    const [command, ...args] = argv;
+    const entry = startChild(competitor.name, command, [...args, '--duration', String(settings.duration)]);
+    let stdout = '';
+    entry.child.stdout.setEncoding('utf8');
+    entry.child.stdout.on('data', (chunk) => (stdout += chunk));
+    const exit = await entry.exited;
+    await stopChild(entry);
+    if (stopping) throw new BenchError('interrupted');
+    let parsed = null;
+    try {
+      parsed = JSON.parse(stdout.trim().split('\n').pop() ?? '');
+    } catch {
+      /* reported below */
+    }
+    if (exit.code !== 0 || !Number.isFinite(parsed?.opsPerSec)) {
+      throw new BenchError(`${competitor.label} failed (${describeExit(exit)}): ${entry.stderr || stdout || 'no output'}`);
+    }
+    return {
+      tool: 'loop',
+      reqPerSec: parsed.opsPerSec,
+      totalRequests: parsed.ops ?? null,
+      latencyMs: { p50: null, p90: null, p99: null },
+      errors: 0,
+      timeouts: 0,
+      non2xx: 0,
+      // One busy thread: its CPU per operation is its wall time per operation.
+      cpuUsPerReq: Math.round((1e6 / parsed.opsPerSec) * 10) / 10,
+      loop: parsed,
+    };
+  }
+
+  /** Starts an HTTP competitor (or prepares a loop one); returns its measurement target and result record. */
+  async function startCompetitor(scenario, competitor, ctx, request) {
+    const argv = (typeof competitor.cmd === 'function' ? await competitor.cmd(ctx) : competitor.cmd).map(String);
+    if (argv[0] === 'node') argv[0] = process.execPath;
+    const label = competitor.label;
+    const result = { scenario: scenario.name, competitor: competitor.name, kind: competitor.kind, label, argv };
+    const shown = argv.map((a) => (a === process.execPath ? 'node' : a.startsWith(ROOT + path.sep) ? path.relative(ROOT, a) : a));
+    const base = { label, kind: 'competitor', who: competitor.name, result };
+    if (competitor.kind === 'loop') {
+      console.log(`${label}: ${shown.join(' ')} --duration ${settings.duration}`);
+      return { ...base, unit: 'ops/s', measure: () => runLoop(competitor, argv) };
+    }
+    console.log(`${label}: ${shown.join(' ')}`);
+    const entry = startChild(label, argv[0], [...argv.slice(1), '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    try {
+      const { port } = await readPortLine(entry);
+      const url = `http://127.0.0.1:${port}${request.path}`;
+      console.log(`  ${url}`);
+      const target = { kind: 'competitor', name: competitor.name, pgid: entry.pid };
+      return {
+        ...base,
+        unit: 'req/s',
+        port,
+        url,
+        target,
+        entry,
+        useWrk: true,
+        measure: () => measureOnce(url, request, settings, target),
+      };
+    } catch (error) {
+      await stopChild(entry);
+      throw error;
+    }
+  }
+
+  const publicSettings = {
+    duration: settings.duration,
+    warmup: settings.warmup,
+    rounds: settings.rounds,
+    connections: settings.connections,
+    pipelining: settings.pipelining,
+  };
   const scenarioResults = [];
+  const competitorResults = [];
+  const scenarioCtx = new Map();
   for (const scenario of scenarios) {
-    const baseCtx = { upstreamPort: upstream.port, upstreamUrl, tmpDir, benchDir: BENCH_DIR, rootDir: ROOT };
+    const baseCtx = {
+      upstreamPort: upstream.port,
+      upstreamUrl,
+      tmpDir,
+      benchDir: BENCH_DIR,
+      rootDir: ROOT,
+      settings: publicSettings,
+    };
     const extra = typeof scenario.setup === 'function' ? ((await scenario.setup({ ...baseCtx })) ?? {}) : {};
     const request = normalizeRequest(
       typeof scenario.request === 'function' ? scenario.request({ ...baseCtx, ...extra }) : scenario.request,
+      scenario.name,
     );
+    scenarioCtx.set(scenario.name, { ...baseCtx, ...extra, request });
     const ref = await measureReferences(request);
 
-    for (const variant of scenario.variants) {
+    // A scenario with competitors measures all its gateway variants and its competitors in
+    // the same rounds (every process started first, idle while another is measured), so
+    // each comparison inside the scenario is run against run. Without competitors, one
+    // variant at a time.
+    const startVariant = async (variant) => {
       const label = `${scenario.name} (${variant.label})`;
       const ctx = {
         ...baseCtx,
@@ -723,50 +982,43 @@ async function main() {
 
       console.log(`${label}: http://127.0.0.1:${ctx.listenPort}${request.path} (config ${configPath})`);
       const gateway = await startGateway({ label, configPath, ctx, settings, logBase: path.join(tmpDir, slug) });
+      const compareTo = variant.compareTo ?? scenario.compareTo;
       const result = {
         scenario: scenario.name,
         variant: variant.id,
         label,
         workers: variant.workers,
-        compareTo: scenario.compareTo,
+        compareTo: compareTo.length === 1 ? compareTo[0] : compareTo,
         config: configText,
       };
-      try {
-        const probe = await httpRequest({ port: ctx.listenPort, ...request });
-        if (probe.status < 200 || probe.status > 299)
-          warn(`${label}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
-        const url = `http://127.0.0.1:${ctx.listenPort}${request.path}`;
-        const meta = { target: label, kind: 'gateway', request: requestKey(request) };
-        let ac;
-        if (settings.rounds === 1) {
-          ac = { ...meta, ...(await measureAutocannon(url, request, settings)) };
-          ac.vsBaseline = ac.reqPerSec / ref.baseline.reqPerSec;
-        } else {
-          ac = { ...meta, ...(await measureRounds(url, `http://127.0.0.1:${baseline.port}${request.path}`, request, label)) };
-        }
-        rows.push(ac);
-        report(ac);
-        result.autocannon = ac;
-        if (variant.wrk && settings.wrk) {
-          const wrk = {
-            target: label,
-            kind: 'gateway',
-            request: requestKey(request),
-            ...(await measureWrk(url, request, settings)),
-          };
-          wrk.vsBaseline = ref.baselineWrk ? wrk.reqPerSec / ref.baselineWrk.reqPerSec : null;
-          rows.push(wrk);
-          report(wrk);
-          result.wrk = wrk;
-        }
-        if (gateway.exit)
-          warn(`${label}: the gateway exited during the run (${describeExit(gateway.exit)})\n${gatewayLogs(gateway, 2_000)}`);
-      } finally {
-        const exit = await stopChild(gateway);
-        result.exit = exit;
-        if (!stopping && exit && exit.code !== 0 && exit.signal !== 'SIGTERM') {
-          warn(`${label}: exited with ${describeExit(exit)} after SIGTERM (expected code 0)`);
-        }
+      const url = `http://127.0.0.1:${ctx.listenPort}${request.path}`;
+      const target = { kind: 'gateway', name: label, variant: variant.id, pgid: gateway.pid };
+      return {
+        label,
+        kind: 'gateway',
+        who: 'gateway',
+        unit: 'req/s',
+        port: ctx.listenPort,
+        url,
+        target,
+        useWrk: variant.wrk,
+        measure: () => measureOnce(url, request, settings, target),
+        gateway,
+        result,
+      };
+    };
+    const stopVariant = async (t, measured) => {
+      const { gateway, result, label } = t;
+      if (measured) {
+        result.autocannon = measured.autocannon;
+        if (measured.wrk) result.wrk = measured.wrk;
+      }
+      if (gateway.exit && !stopping)
+        warn(`${label}: the gateway exited during the run (${describeExit(gateway.exit)})\n${gatewayLogs(gateway, 2_000)}`);
+      const exit = await stopChild(gateway);
+      result.exit = exit;
+      if (!stopping && exit && exit.code !== 0 && exit.signal !== 'SIGTERM') {
+        warn(`${label}: exited with ${describeExit(exit)} after SIGTERM (expected code 0)`);
       }
       result.references = {
         upstream: ref.upstream.reqPerSec,
@@ -774,7 +1026,37 @@ async function main() {
         baselineWrk: ref.baselineWrk?.reqPerSec ?? null,
       };
       scenarioResults.push(result);
-    }
+    };
+    const stopCompetitorTarget = async (t, measured) => {
+      if (t.entry) {
+        if (t.entry.exit && !stopping)
+          warn(`${t.label}: exited during the run (${describeExit(t.entry.exit)})\n${t.entry.stderr.slice(-2_000)}`);
+        t.result.exit = await stopChild(t.entry);
+      }
+      Object.assign(t.result, measured ?? {});
+      competitorResults.push(t.result);
+    };
+    const measureGroup = async (variants, competitors) => {
+      const targets = [];
+      let measured = null;
+      try {
+        for (const variant of variants) targets.push(await startVariant(variant));
+        for (const competitor of competitors) {
+          targets.push(await startCompetitor(scenario, competitor, { ...baseCtx, ...extra, request }, request));
+        }
+        const gateways = targets.filter((t) => t.kind === 'gateway');
+        if (gateways.length > 1) for (const t of gateways) t.who = `gateway (${t.label.slice(scenario.name.length + 2, -1)})`;
+        measured = await measureTargets(targets, request, ref);
+      } finally {
+        for (const [j, t] of targets.entries()) {
+          if (t.kind === 'gateway') await stopVariant(t, measured?.[j]);
+          else await stopCompetitorTarget(t, measured?.[j]);
+        }
+      }
+    };
+
+    if (scenario.competitors.length > 0) await measureGroup(scenario.variants, scenario.competitors);
+    else for (const variant of scenario.variants) await measureGroup([variant], []);
   }
 
   await stopChild(baseline);
@@ -788,32 +1070,68 @@ async function main() {
     row.vsBaseline = base ? row.reqPerSec / base.reqPerSec : null;
   }
 
-  // compareTo: 'baseline' | 'upstream' | the name of another scenario (same variant id, else its first).
-  // compareTo: 'baseline' | 'upstream' | the name of another scenario (same variant id, else its first).
-  // Ratios go through vsBaseline, which BENCH_ROUNDS > 1 computes from paired runs.
-  const summary = scenarioResults.map((r) => {
-    const pick = (tool) => {
-      const mine = r[tool];
-      if (!mine || mine.vsBaseline === null || mine.vsBaseline === undefined) return null;
-      if (r.compareTo === 'baseline') return mine.vsBaseline;
-      if (r.compareTo === 'upstream') {
-        const up = tool === 'autocannon' ? references.get(mine.request)?.upstream : null;
-        return up ? mine.vsBaseline / up.vsBaseline : null;
+  // compareTo (one target or a list): 'baseline' | 'upstream' | the name of another
+  // scenario (same variant id, else its first) | one of this scenario's competitors.
+  // Ratios go through vsBaseline, which BENCH_ROUNDS > 1 computes from paired runs;
+  // targets measured in the same rounds (a variant and its competitors) are compared
+  // run by run instead.
+  const summary = [];
+  for (const r of scenarioResults) {
+    const scenario = scenarios.find((s) => s.name === r.scenario);
+    const variant = scenario.variants.find((v) => v.id === r.variant);
+    for (const target of variant?.compareTo ?? scenario.compareTo) {
+      const competitor = competitorResults.find((c) => c.scenario === r.scenario && c.competitor === target);
+      const other = (tool) => {
+        if (competitor) return competitor.kind === 'loop' ? (tool === 'autocannon' ? competitor.loop : null) : competitor[tool];
+        const peers = scenarioResults.filter((p) => p.scenario === target);
+        return (peers.find((p) => p.variant === r.variant) ?? peers[0])?.[tool] ?? null;
+      };
+      const pick = (tool) => {
+        const mine = r[tool];
+        if (!mine || mine.vsBaseline === null || mine.vsBaseline === undefined) return null;
+        if (target === 'baseline') return mine.vsBaseline;
+        if (target === 'upstream') {
+          const up = tool === 'autocannon' ? references.get(mine.request)?.upstream : null;
+          return up ? mine.vsBaseline / up.vsBaseline : null;
+        }
+        const theirs = other(tool);
+        return theirs?.vsBaseline ? mine.vsBaseline / theirs.vsBaseline : null;
+      };
+      const entry = {
+        scenario: r.scenario,
+        variant: r.variant,
+        label: r.label,
+        compareTo: target,
+        ratio: pick('autocannon'),
+        wrkRatio: pick('wrk'),
+        ...(r.autocannon?.ratioRange ? { rounds: settings.rounds, pairedRatioRange: r.autocannon.ratioRange } : {}),
+      };
+      if (!['baseline', 'upstream'].includes(target)) {
+        const mine = r.autocannon;
+        const theirs = other('autocannon');
+        if (mine?.rounds && theirs?.rounds && mine.rounds.length === theirs.rounds.length) {
+          const sameRounds = mine.roundGroup !== undefined && mine.roundGroup === theirs.roundGroup;
+          // Measured in the same rounds: compare run i with run i directly (seconds apart, same
+          // machine state). Otherwise round i of each over its own paired baseline run.
+          const q = mine.rounds
+            .map((x, i) => (sameRounds ? x.gateway / theirs.rounds[i].gateway : x.ratio / theirs.rounds[i].ratio))
+            .sort((a, b) => a - b);
+          if (sameRounds) {
+            entry.sameRounds = true;
+            entry.ratio = median(q);
+          }
+          entry.perRoundRange = [q[0], q[q.length - 1]];
+        }
+        if (mine?.cpuUsPerReq && theirs?.cpuUsPerReq) entry.cpuUsPerReq = { mine: mine.cpuUsPerReq, theirs: theirs.cpuUsPerReq };
+        if (competitor?.kind === 'loop' && mine && theirs && !entry.sameRounds) {
+          entry.direct = { reqPerSec: mine.reqPerSec, opsPerSec: theirs.reqPerSec, ratio: mine.reqPerSec / theirs.reqPerSec };
+        }
       }
-      const peers = scenarioResults.filter((p) => p.scenario === r.compareTo);
-      const other = (peers.find((p) => p.variant === r.variant) ?? peers[0])?.[tool];
-      return other?.vsBaseline ? mine.vsBaseline / other.vsBaseline : null;
-    };
-    return {
-      scenario: r.scenario,
-      variant: r.variant,
-      label: r.label,
-      compareTo: r.compareTo,
-      ratio: pick('autocannon'),
-      wrkRatio: pick('wrk'),
-      ...(r.autocannon?.ratioRange ? { rounds: settings.rounds, pairedRatioRange: r.autocannon.ratioRange } : {}),
-    };
-  });
+      const goal = scenario.goals?.[target];
+      if (typeof goal === 'number') Object.assign(entry, { goal, goalMet: entry.ratio === null ? null : entry.ratio >= goal });
+      summary.push(entry);
+    }
+  }
 
   console.log('');
   printTable(rows);
@@ -821,12 +1139,31 @@ async function main() {
   for (const s of summary) {
     const ratio = s.ratio === null ? `n/a (${s.compareTo} not measured)` : `${s.ratio.toFixed(2)}x ${s.compareTo}`;
     const notes = [];
-    if (s.rounds)
+    const range = s.perRoundRange?.map((x) => x.toFixed(2)).join('-');
+    if (s.rounds && s.sameRounds) notes.push(`median of ${s.rounds} rounds, measured in the same rounds; per round ${range}x`);
+    else if (s.rounds && s.perRoundRange) notes.push(`median of ${s.rounds} paired rounds vs baseline each; per round ${range}x`);
+    else if (s.rounds)
       notes.push(
         `median of ${s.rounds} paired rounds vs baseline, range ${s.pairedRatioRange.map((x) => x.toFixed(2)).join('-')}x`,
       );
     if (s.wrkRatio !== null) notes.push(`wrk: ${s.wrkRatio.toFixed(2)}x`);
+    if (s.direct)
+      notes.push(
+        `direct: ${fmtInt(s.direct.reqPerSec)} req/s over ${fmtInt(s.direct.opsPerSec)} ops/s = ${s.direct.ratio.toFixed(2)}x`,
+      );
+    if (s.cpuUsPerReq) notes.push(`cpu ${fmtInt(s.cpuUsPerReq.mine)} vs ${fmtInt(s.cpuUsPerReq.theirs)} µs/req`);
+    if (s.goal !== undefined)
+      notes.push(`goal ≥ ${s.goal.toFixed(2)}x: ${s.goalMet === null ? 'not measured' : s.goalMet ? 'met' : 'NOT met'}`);
     console.log(`${s.label}: ${ratio}${notes.length ? ` (${notes.join('; ')})` : ''}`);
+  }
+  // Scenario notes: whatever a scenario wants said about its run (e.g. how many unique tokens it used).
+  const notes = [];
+  for (const scenario of scenarios) {
+    if (typeof scenario.notes !== 'function') continue;
+    for (const line of (await scenario.notes(scenarioCtx.get(scenario.name))) ?? []) {
+      notes.push({ scenario: scenario.name, note: line });
+      console.log(`${scenario.name}: ${line}`);
+    }
   }
   if (settings.rounds === 1 && summary.length) {
     console.log(
@@ -860,6 +1197,8 @@ async function main() {
     summary,
     rows,
     scenarios: scenarioResults,
+    competitors: competitorResults,
+    notes,
     warnings,
   };
   await writeFile(file, JSON.stringify(json, null, 2) + '\n');
