@@ -2,7 +2,17 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', 'coverage/**', 'schema/**', 'bench/results/**', 'examples/**/.keys/**', '.bulwark/**'] },
+  {
+    ignores: [
+      'dist/**',
+      'node_modules/**',
+      'coverage/**',
+      'schema/**',
+      'bench/results/**',
+      'examples/**/.keys/**',
+      '.bulwark/**',
+    ],
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {
