@@ -55,9 +55,10 @@ export async function mintOne(ctx, keyFile, subject = 'bench-user') {
 }
 
 /**
- * Telemetry off: no access log line and no metrics per request. For the variants that
+ * Telemetry off: no access log and no metrics per request. For the variants that
  * compare like for like with a competitor that logs and counts nothing; the default
- * variants keep Bulwark's defaults (access log and metrics on), as users run it.
+ * variants keep Bulwark's telemetry defaults (whatever they are: metrics on, access
+ * log off at the time of writing), as users run it.
  */
 export const NO_TELEMETRY = { logs: { accessLog: { enabled: false } }, metrics: { enabled: false } };
 

@@ -4,7 +4,7 @@
 //
 // Tokens are minted before anything is measured (a pool of BENCH_UNIQUE_TOKENS,
 // default sized for the run: see poolSize) and handed out in order by autocannon's
-// setupRequest, one per request, to the gateway only. The reference targets (upstream,
+// setupRequest, one per request, to each gateway (a cursor per gateway process). The reference targets (upstream,
 // baseline proxy) get the same kind of request built the same way (same cost for the
 // load generator), cycling over the first 1,000 tokens: they do not look at them.
 // Should the gateway use up the pool, it starts over; a token then comes back only
@@ -25,7 +25,7 @@ const MIN_POOL = 4 * CACHE_ENTRIES;
 /** Unique tokens/s the gateway could conceivably take on a small machine; sizes the default pool. */
 const PLANNED_RATE = 6_000;
 
-const state = { tokens: [], cursor: 0, handedOut: 0, wraps: 0, mintSeconds: 0 };
+const state = { tokens: [], mintSeconds: 0, gateways: new Map() };
 
 function poolSize(settings) {
   const fromEnv = Number(process.env.BENCH_UNIQUE_TOKENS);
@@ -68,12 +68,16 @@ export default {
     perRequestHeaders(target) {
       const tokens = state.tokens;
       if (target.kind === 'gateway') {
+        // One cursor per gateway process (each has its own cache): a gateway never sees a token twice
+        // while the pool lasts, whatever the other variants were sent.
+        let g = state.gateways.get(target.name);
+        if (!g) state.gateways.set(target.name, (g = { cursor: 0, handedOut: 0, wraps: 0 }));
         return () => {
-          const token = tokens[state.cursor];
-          state.handedOut++;
-          if (++state.cursor === tokens.length) {
-            state.cursor = 0;
-            state.wraps++;
+          const token = tokens[g.cursor];
+          g.handedOut++;
+          if (++g.cursor === tokens.length) {
+            g.cursor = 0;
+            g.wraps++;
           }
           return { authorization: `Bearer ${token}` };
         };
@@ -105,14 +109,17 @@ export default {
   compareTo: ['crypto-verify-loop', 'auth', 'passthrough'],
   goals: { 'crypto-verify-loop': 0.8 },
   notes() {
-    const pool = state.tokens.length.toLocaleString('en-US');
-    const used = state.handedOut.toLocaleString('en-US');
-    const minted = `pool of ${pool} RS256 tokens minted in ${state.mintSeconds.toFixed(1)} s`;
-    if (state.wraps === 0) return [`${minted}; ${used} handed to the gateway, none twice (every request a new token)`];
-    return [
-      `${minted}; ${used} handed to the gateway: the pool wrapped ${state.wraps} time(s), so tokens came back, each only after ` +
-        `${(state.tokens.length - 1).toLocaleString('en-US')} others (the verified-token cache holds ${CACHE_ENTRIES.toLocaleString('en-US')}): ` +
-        'still a cache miss every time. BENCH_UNIQUE_TOKENS sets the pool size.',
-    ];
+    const fmt = (n) => n.toLocaleString('en-US');
+    const lines = [`pool of ${fmt(state.tokens.length)} RS256 tokens minted in ${state.mintSeconds.toFixed(1)} s`];
+    for (const [name, g] of state.gateways) {
+      lines.push(
+        g.wraps === 0
+          ? `${name}: ${fmt(g.handedOut)} tokens handed out, none twice (every request a new token)`
+          : `${name}: ${fmt(g.handedOut)} tokens handed out: the pool wrapped ${g.wraps} time(s), so tokens came back, each only ` +
+              `after ${fmt(state.tokens.length - 1)} others (the verified-token cache holds ${fmt(CACHE_ENTRIES)}): still a cache ` +
+              'miss every time. BENCH_UNIQUE_TOKENS sets the pool size.',
+      );
+    }
+    return lines;
   },
 };

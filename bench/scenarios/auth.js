@@ -7,8 +7,8 @@
 // cache is on (it is by default), so after the first request a hit costs a
 // SHA-256 of the token and a Map lookup.
 //
-// Two gateway variants: Bulwark's defaults (access log and metrics on), and the same
-// with telemetry off, like for like with the competitors. Compared, in the same run, with
+// Two gateway variants: Bulwark's telemetry defaults (metrics on), and the same with
+// telemetry off (no metrics, no access log), like for like with the competitors. Compared, in the same run, with
 // - fastify + @fastify/jwt (RS256) + @fastify/http-proxy doing the same checks
 //   (bench/competitors/fastify-jwt-proxy.js) — as configured out of the box, and
 //   with fast-jwt's own verified-token cache switched on (`--cache`);
