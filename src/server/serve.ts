@@ -81,19 +81,8 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
   );
 
   const reload = serialized(async (trigger: string) => {
-    let next: LoadedConfig;
-    try {
-      next = await loadWithOverrides(options.configFile, overrides);
-    } catch (err) {
-      const failure = describeFailure(err);
-      logger.error(
-        { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
-        'reload refused, keeping the running configuration',
-      );
-      telemetry.metrics.configReload('failed');
-      return;
-    }
-    if (next.hash === current.hash) return;
+    const next = await loadForReload(options, overrides, trigger, telemetry);
+    if (next === null || next.hash === current.hash) return;
     try {
       await gateway.reload(next.config, next.hash);
       current = next;
@@ -189,19 +178,8 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   for (let i = 0; i < count; i++) fork();
 
   const reload = serialized(async (trigger: string) => {
-    let next: LoadedConfig;
-    try {
-      next = await loadWithOverrides(options.configFile, overrides);
-    } catch (err) {
-      const failure = describeFailure(err);
-      logger.error(
-        { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
-        'reload refused, keeping the running configuration',
-      );
-      telemetry.metrics.configReload('failed');
-      return;
-    }
-    if (next.hash === current.hash) return;
+    const next = await loadForReload(options, overrides, trigger, telemetry);
+    if (next === null || next.hash === current.hash) return;
     telemetry.metrics.configReload('ok');
     void telemetry.reload(next.config);
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
@@ -372,6 +350,26 @@ function shutdownSignal(): Promise<string> {
     process.once('SIGTERM', on('SIGTERM'));
     process.once('SIGINT', on('SIGINT'));
   });
+}
+
+/** Reads and validates the config for a reload; a refused one is logged and counted, and yields null. */
+async function loadForReload(
+  options: ServeOptions,
+  overrides: Overrides,
+  trigger: string,
+  telemetry: Telemetry,
+): Promise<LoadedConfig | null> {
+  try {
+    return await loadWithOverrides(options.configFile, overrides);
+  } catch (err) {
+    const failure = describeFailure(err);
+    options.logger.error(
+      { trigger, issues: failure.issues, error: failure.issues === undefined ? failure.message : undefined },
+      'reload refused, keeping the running configuration',
+    );
+    telemetry.metrics.configReload('failed');
+    return null;
+  }
 }
 
 /** Runs calls one at a time, so two reloads never interleave. */
