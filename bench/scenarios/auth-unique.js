@@ -111,7 +111,8 @@ export default {
   notes() {
     const fmt = (n) => n.toLocaleString('en-US');
     const lines = [`pool of ${fmt(state.tokens.length)} RS256 tokens minted in ${state.mintSeconds.toFixed(1)} s`];
-    for (const [name, g] of state.gateways) {
+    for (const [label, g] of state.gateways) {
+      const name = `gateway ${label.slice(label.indexOf('('))}`; // "gateway (1 worker)"
       lines.push(
         g.wraps === 0
           ? `${name}: ${fmt(g.handedOut)} tokens handed out, none twice (every request a new token)`
