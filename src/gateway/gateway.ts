@@ -142,7 +142,8 @@ export class Gateway {
     clearTimeout(timer);
     this.grpcHealth.close();
     for (const l of listeners) l.forceClose();
-    if (runtime !== null) await retireRuntime(runtime, null, 0);
+    // Whatever is still open now is abandoned (deadline passed) or idle: no need to wait for it again.
+    if (runtime !== null) await retireRuntime(runtime, null, 0, true);
     return clean;
   }
 
@@ -155,6 +156,7 @@ export class Gateway {
     const outcome = new Outcome();
     const grpc = isH2 && isGrpcRequest(req);
     let released = false;
+    let closed = false;
     const release = () => {
       if (!released) {
         released = true;
@@ -164,6 +166,7 @@ export class Gateway {
     };
     // One listener for the end of the exchange, whatever path it took: finished, failed or abandoned.
     res.once('close', () => {
+      closed = true;
       release();
       const status = res.headersSent ? res.statusCode : 499;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
@@ -189,7 +192,11 @@ export class Gateway {
     const decision = route.pipeline === null ? null : route.pipeline.run(ctx);
     const pass = grpc
       ? () => this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, release, outcome)
-      : () => this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
+      : () => {
+          // The client may have left while an async stage ran: nobody would read the answer, and an
+          // exchange paused on a gone client would pin its upstream pool until the idle timeout.
+          if (!closed) this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
+        };
     if (decision === null) {
       pass();
     } else if (decision instanceof BulwarkError) {

@@ -231,7 +231,7 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
-export async function retireRuntime(previous: Runtime, next: Runtime | null, graceMs: number): Promise<void> {
+export async function retireRuntime(previous: Runtime, next: Runtime | null, graceMs: number, force = false): Promise<void> {
   const shared = new Set(next === null ? [] : next.upstreams.values());
   const owned = [...previous.upstreams.values()].filter((u) => !shared.has(u));
   const authn = previous.authn !== null && previous.authn !== next?.authn ? previous.authn : null;
@@ -243,7 +243,7 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
     timer = setTimeout(() => resolve(true), graceMs);
     timer.unref();
   });
-  const late = await Promise.race([previous.drained().then(() => false), timedOut]);
+  const late = force || (await Promise.race([previous.drained().then(() => false), timedOut]));
   clearTimeout(timer);
   for (const upstream of owned) {
     await closeGrpcPool(upstream, late);
