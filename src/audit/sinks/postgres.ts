@@ -11,7 +11,7 @@
  */
 import { createPgPool, quoteTable, type PgClientLike, type PgPool } from '../drivers.js';
 import type { WalEntry } from '../wal.js';
-import { columnsOf, type AuditSink } from './sink.js';
+import { rowOf, type AuditSink } from './sink.js';
 
 export interface PostgresSinkOptions {
   url: string;
@@ -103,22 +103,7 @@ export class PostgresSink implements AuditSink {
     if (this.#pool === null || !this.#ready) await this.open();
     const columns: unknown[][] = Array.from({ length: 13 }, () => new Array<unknown>(batch.length));
     batch.forEach((entry, i) => {
-      const c = columnsOf(entry);
-      const values = [
-        c.id,
-        c.chain,
-        c.n,
-        c.ts,
-        c.kind,
-        c.subject,
-        c.tenant,
-        c.decision,
-        c.route,
-        c.action,
-        c.status,
-        c.request_id,
-        entry.line,
-      ];
+      const values = rowOf(entry);
       for (let k = 0; k < 13; k++) (columns[k] as unknown[])[i] = values[k];
     });
     await (this.#pool as PgPool).query(this.#insert, columns);

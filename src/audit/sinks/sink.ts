@@ -36,6 +36,26 @@ export function columnsOf(entry: WalEntry): IndexedColumns {
   return entry.columns ?? indexedColumns(recordOf(entry));
 }
 
+/** One SQL row: the indexed columns in INDEXED_COLUMNS order, then the record line. */
+export function rowOf(entry: WalEntry): unknown[] {
+  const c = columnsOf(entry);
+  return [
+    c.id,
+    c.chain,
+    c.n,
+    c.ts,
+    c.kind,
+    c.subject,
+    c.tenant,
+    c.decision,
+    c.route,
+    c.action,
+    c.status,
+    c.request_id,
+    entry.line,
+  ];
+}
+
 /** The indexed columns the SQL sinks store beside the record (verify checks they agree with it). */
 export interface IndexedColumns {
   id: string;

@@ -20,7 +20,7 @@ import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { SqliteDatabase } from '../drivers.js';
 import type { WalEntry } from '../wal.js';
-import { columnsOf, INDEXED_COLUMNS, type AuditSink } from './sink.js';
+import { INDEXED_COLUMNS, rowOf, type AuditSink } from './sink.js';
 
 export interface SqliteSinkOptions {
   path: string;
@@ -172,25 +172,7 @@ export class SqliteSink implements AuditSink {
   write(batch: readonly WalEntry[]): Promise<void> {
     const worker = this.#worker;
     if (worker === null) return this.open().then(() => this.write(batch));
-    const rows: unknown[][] = [];
-    for (const entry of batch) {
-      const c = columnsOf(entry);
-      rows.push([
-        c.id,
-        c.chain,
-        c.n,
-        c.ts,
-        c.kind,
-        c.subject,
-        c.tenant,
-        c.decision,
-        c.route,
-        c.action,
-        c.status,
-        c.request_id,
-        entry.line,
-      ]);
-    }
+    const rows = batch.map(rowOf);
     const id = this.#nextId++;
     return new Promise<void>((resolve, reject) => {
       if (this.#pending.size === 0) worker.ref();
