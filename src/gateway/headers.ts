@@ -5,7 +5,8 @@
  * neither forge them nor use `Connection` to strip them.
  */
 
-const HOP_BY_HOP = new Set([
+/** Headers that describe one connection (RFC 9110 §7.6.1 and friends); shared with the gRPC proxy. */
+export const CONNECTION_HEADERS: readonly string[] = [
   'connection',
   'keep-alive',
   'proxy-connection',
@@ -16,20 +17,23 @@ const HOP_BY_HOP = new Set([
   'transfer-encoding',
   'upgrade',
   'http2-settings',
-  // undici refuses it, and 100-continue is handled by the listener itself.
-  'expect',
-]);
+];
 
-/** Request headers the gateway writes itself; the client's copies never pass. */
-const GATEWAY_OWNED = new Set([
-  'host',
+/** Forwarding and correlation headers only the gateway writes; shared with the gRPC proxy. */
+export const FORWARDING_HEADERS: readonly string[] = [
   'x-forwarded-for',
   'x-forwarded-proto',
   'x-forwarded-host',
   'x-request-id',
   'forwarded',
   'x-real-ip',
-]);
+];
+
+// `expect`: undici refuses it, and 100-continue is handled by the listener itself.
+const HOP_BY_HOP = new Set([...CONNECTION_HEADERS, 'expect']);
+
+/** Request headers the gateway writes itself; the client's copies never pass. */
+const GATEWAY_OWNED = new Set(['host', ...FORWARDING_HEADERS]);
 
 /** Tokens in Connection that name nothing beyond the always-stripped set, so need no lookup. */
 function connectionTokens(value: string | string[] | undefined): Set<string> | null {

@@ -6,6 +6,7 @@
  * frames, upstream failure) turned into exactly one gRPC status for the client and
  * one `onDone` for the gateway.
  */
+import { CONNECTION_HEADERS, FORWARDING_HEADERS } from '../gateway/headers.js';
 import {
   constants as h2,
   type ClientHttp2Stream,
@@ -119,30 +120,10 @@ export function forwardGrpc(
 }
 
 /** Connection-level headers, and the ones Node or the gateway sets itself: never relayed either way. */
-const HOP_BY_HOP = new Set([
-  'connection',
-  'keep-alive',
-  'proxy-connection',
-  'proxy-authenticate',
-  'proxy-authorization',
-  'te',
-  'trailer',
-  'transfer-encoding',
-  'upgrade',
-  'http2-settings',
-  'host',
-  'content-length',
-]);
+const HOP_BY_HOP = new Set([...CONNECTION_HEADERS, 'host', 'content-length']);
 
 /** Request metadata the gateway writes itself; a client's copy would be a forgery. */
-const GATEWAY_OWNED = new Set([
-  'x-forwarded-for',
-  'x-forwarded-proto',
-  'x-forwarded-host',
-  'x-request-id',
-  'forwarded',
-  'x-real-ip',
-]);
+const GATEWAY_OWNED = new Set(FORWARDING_HEADERS);
 
 /** The `grpc-*` request keys a client may send; the rest are reserved to the protocol (grpc-timeout is re-written). */
 const CLIENT_GRPC_KEYS = new Set(['grpc-encoding', 'grpc-accept-encoding']);
