@@ -2,14 +2,16 @@
  * Rules that span fields of `authn`, run at load like every config check, so a
  * mistake fails with file:line and never at the first request: exactly one key
  * source per provider, HS algorithms only (and only) with a strong secret, key
- * files that exist and hold usable public keys, well-formed subject patterns,
- * forward headers that cannot clobber transport or credential headers.
+ * files that exist and hold usable public keys, a usable private key for `decrypt`,
+ * well-formed subject patterns, forward headers that cannot clobber transport or
+ * credential headers.
  */
 import { accessSync, constants as fsConstants, readFileSync } from 'node:fs';
 import { createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { didYouMean } from '../config/issues.js';
 import { subjectPatternProblem } from './claims.js';
+import { decryptKeyProblem, loadDecryptionKey } from './jwe.js';
 import { isInlinePem } from './pem.js';
 import { HMAC_ALGORITHMS, type AuthnConfig, type ProviderConfig, type RouteAuthConfig } from './schema.js';
 import { MIN_SECRET_BYTES } from './secret.js';
@@ -97,6 +99,9 @@ export function resolveAuthnPaths(authn: AuthnConfig | undefined, baseDir: strin
     for (const key of provider.publicKeys ?? []) {
       if (!isInlinePem(key.key) && !isAbsolute(key.key)) key.key = resolvePath(baseDir, key.key);
     }
+    if (provider.decrypt !== undefined && !isAbsolute(provider.decrypt.keyFile)) {
+      provider.decrypt.keyFile = resolvePath(baseDir, provider.decrypt.keyFile);
+    }
   }
 }
 
@@ -173,6 +178,11 @@ function checkProvider(name: string, provider: ProviderConfig, at: Path, report:
   }
   if (provider.jwksFile !== undefined) checkJwksFile(provider.jwksFile, [...at, 'jwksFile'], report);
   provider.publicKeys?.forEach((key, i) => checkPublicKey(key.key, asymmetric, [...at, 'publicKeys', i, 'key'], report));
+  if (provider.decrypt !== undefined) {
+    // The same reader compile uses: what passes here imports there.
+    const problem = decryptKeyProblem(provider.decrypt, loadDecryptionKey(provider.decrypt.keyFile));
+    if (problem !== null) report([...at, 'decrypt', 'keyFile'], 'config.authn_decrypt_key', problem);
+  }
 
   if (provider.subject !== undefined) {
     const problem = subjectPatternProblem(provider.subject);

@@ -37,6 +37,20 @@ export class KeyLookupError extends Error {
   }
 }
 
+/**
+ * The JWE envelope refused before any key unwrap (`zip`, `cty`, an alg the key cannot
+ * serve): thrown from jose's decrypt key callback, mapped to `jwt.decrypt_failed`.
+ */
+export class DecryptRefusal extends Error {
+  override readonly name = 'DecryptRefusal';
+  readonly reason: string;
+
+  constructor(reason: string) {
+    super(reason);
+    this.reason = reason;
+  }
+}
+
 export interface MappedFailure {
   code: AuthnFailureCode;
   /** jose's code or our sub-reason: for logs, never for the client. */
@@ -93,6 +107,18 @@ export function mapVerifyError(err: unknown, keyRequested: boolean): MappedFailu
     default:
       return { code: 'jwt.malformed', reason };
   }
+}
+
+/**
+ * Anything that stops a JWE from being unwrapped is `jwt.decrypt_failed` (wrong key,
+ * tampering, a disallowed alg/enc, `zip`, `crit`, a bad header…); the reason says which.
+ * jose answers a wrong key and a tampered token alike (ERR_JWE_DECRYPTION_FAILED), by design.
+ */
+export function mapDecryptError(err: unknown): MappedFailure {
+  if (err instanceof DecryptRefusal) return { code: 'jwt.decrypt_failed', reason: err.reason };
+  if (err instanceof joseErrors.JOSEError) return { code: 'jwt.decrypt_failed', reason: err.code };
+  // TypeError from jose: the key cannot serve this token's algorithm.
+  return { code: 'jwt.decrypt_failed', reason: err instanceof Error ? `key_unusable: ${err.message}` : 'key_unusable' };
 }
 
 /** A denial for the client: status from ERROR_CODES, the RFC 6750 challenge, no detail. */

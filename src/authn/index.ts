@@ -4,9 +4,20 @@ export type { AuthnOptions, AuthnStats, CompiledAuthn, ProviderVerifyResult } fr
 export { createAuthnStage, forwardedHeaderNames, AUTHN_STAGE_ID, AUTHN_ANONYMOUS } from './stage.js';
 export { authnChecks, checkRouteAuth, resolveAuthnPaths, RESERVED_FORWARD_HEADERS } from './checks.js';
 export type { AuthnReport } from './checks.js';
-export { countHeader, compileTokenSource, MAX_TOKEN_LENGTH } from './token.js';
+export { countHeader, compileTokenSource, MAX_TOKEN_LENGTH, withoutQueryParams } from './token.js';
 export type { CompiledTokenSource, TokenExtraction, TokenProblem } from './token.js';
-export { authnDenial, insufficientScope, mapVerifyError, KeyLookupError } from './failures.js';
+export { authnDenial, insufficientScope, mapVerifyError, mapDecryptError, KeyLookupError, DecryptRefusal } from './failures.js';
+export {
+  encryptToken,
+  compileDecrypter,
+  loadDecryptionKey,
+  decryptKeyProblem,
+  jweShapeProblem,
+  looksLikeJwe,
+  isNestedJwt,
+  TokenDecrypter,
+} from './jwe.js';
+export type { DecryptionKey, DecryptionKeyLoad, EncryptTokenOptions, UnwrapResult } from './jwe.js';
 export type { AuthnFailureCode, MappedFailure } from './failures.js';
 export { VerifiedTokenCache, tokenDigest } from './cache.js';
 export type { RevocationCheck, RevocationVerdict } from './revocation-hook.js';
@@ -30,6 +41,10 @@ export {
   PublicKeySchema,
   AuthnCacheSchema,
   AlgorithmSchema,
+  DecryptSchema,
+  DECRYPT_DEFAULTS,
+  JWE_KEY_ALGORITHMS,
+  JWE_CONTENT_ENCRYPTIONS,
   JWKS_DEFAULTS,
   AUTHN_CACHE_DEFAULTS,
   ASYMMETRIC_ALGORITHMS,
@@ -45,4 +60,7 @@ export type {
   PublicKeyConfig,
   AuthnCacheConfig,
   AlgorithmName,
+  DecryptConfig,
+  JweKeyAlgorithm,
+  JweContentEncryption,
 } from './schema.js';

@@ -24,6 +24,7 @@ import {
 import { DiscoveryKeySource } from './discovery.js';
 import { KeyLookupError, mapVerifyError, type AuthnFailureCode } from './failures.js';
 import { FileJwksKeySource } from './jwks-file.js';
+import { compileDecrypter, isNestedJwt, looksLikeJwe, type TokenDecrypter } from './jwe.js';
 import { RemoteJwksKeySource, type RemoteJwksOptions } from './jwks-remote.js';
 import type { AuthnEvent, KeyCandidate, KeySource, SourceHooks } from './key-source.js';
 import { PemKeySource, readPublicKeyInputs } from './pem.js';
@@ -70,12 +71,6 @@ function loggableKid(kid: unknown): string | undefined {
   return typeof kid === 'string' ? kid.slice(0, 128) : undefined;
 }
 
-function isNestedJwt(cty: unknown): boolean {
-  if (typeof cty !== 'string') return false;
-  const type = cty.toLowerCase();
-  return type === 'jwt' || type === 'application/jwt';
-}
-
 interface ForwardedClaim {
   readonly path: ClaimPath;
   readonly header: string;
@@ -90,6 +85,8 @@ export class CompiledProvider {
   readonly token: CompiledTokenSource;
   /** Lower-case upstream header names this provider sets (claims and payload). */
   readonly forwardHeaderNames: readonly string[];
+  /** `decrypt`, compiled (key imported); null: encrypted tokens are `jwt.malformed`. */
+  readonly decrypter: TokenDecrypter | null;
   private readonly options: JWTVerifyOptions;
   private readonly subject: RegExp | null;
   private readonly required: readonly RequiredClaim[];
@@ -110,12 +107,14 @@ export class CompiledProvider {
     source: KeySource;
     cacheTtlMs: number;
     now?: (() => number) | undefined;
+    decrypter?: TokenDecrypter | null;
   }) {
     const { config } = init;
     this.name = init.name;
     this.tag = `#${init.index}`;
     this.issuer = config.issuer;
     this.source = init.source;
+    this.decrypter = init.decrypter ?? null;
     this.token = compileTokenSource(config.token ?? DEFAULT_TOKEN_SOURCE);
     this.skewSec = config.clockSkewSec ?? 60;
     this.maxAgeSec = config.maxAgeSec;
@@ -146,8 +145,31 @@ export class CompiledProvider {
     this.now = init.now ?? Date.now;
   }
 
-  /** Full verification (the cache miss path). Never throws: every failure is a result with a code. */
+  /**
+   * Full verification (the cache miss path). Never throws: every failure is a result with a code.
+   * With `decrypt`, a compact JWE is unwrapped first and its inner JWS verified exactly as a
+   * plain one (the caller caches the result under the outer token).
+   */
   async verify(token: string): Promise<ProviderVerifyResult> {
+    const decrypter = this.decrypter;
+    if (decrypter !== null) {
+      if (looksLikeJwe(token)) {
+        const inner = await decrypter.unwrap(token);
+        if (!inner.ok) return { ok: false, code: inner.code, reason: inner.reason, kid: undefined };
+        return this.verifySigned(inner.jws);
+      }
+      if (decrypter.required) {
+        const shape = tokenShapeProblem(token);
+        return shape === null
+          ? { ok: false, code: 'jwt.encryption_required', reason: 'plain JWS (decrypt.required)', kid: undefined }
+          : { ok: false, code: 'jwt.malformed', reason: shape, kid: undefined };
+      }
+    }
+    return this.verifySigned(token);
+  }
+
+  /** Verification of a compact JWS: the token itself, or what a JWE wrapped. */
+  private async verifySigned(token: string): Promise<ProviderVerifyResult> {
     const shape = tokenShapeProblem(token);
     if (shape !== null) return { ok: false, code: 'jwt.malformed', reason: shape, kid: undefined };
 
@@ -355,7 +377,8 @@ function createKeySource(config: ProviderConfig, hooks: SourceHooks): KeySource 
 
 /**
  * Compiles `authn` once per config snapshot. Throws TypeError for config that checks
- * should have refused (bad subject pattern, no key source, unreadable PEM file).
+ * should have refused (bad subject pattern, no key source, unreadable PEM file, unusable
+ * decryption key).
  */
 export function compileAuthn(config: AuthnConfig, options: AuthnOptions = {}): CompiledAuthn {
   const onEvent = options.onEvent;
@@ -385,6 +408,7 @@ export function compileAuthn(config: AuthnConfig, options: AuthnOptions = {}): C
         source,
         cacheTtlMs: cacheConfig.ttlMs,
         now: options.now,
+        decrypter: providerConfig.decrypt === undefined ? null : compileDecrypter(providerConfig.decrypt, name),
       });
       providers.set(name, provider);
       for (const header of provider.forwardHeaderNames) forwarded.add(header);

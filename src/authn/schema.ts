@@ -38,6 +38,19 @@ export const ASYMMETRIC_ALGORITHMS = [
 ] as const;
 export const HMAC_ALGORITHMS = ['HS256', 'HS384', 'HS512'] as const;
 
+/**
+ * JWE key management a provider may allow for encrypted tokens (`decrypt`). Asymmetric
+ * only: the key is a private key file. No `RSA1_5` (padding oracle), no `PBES2-*`, no `dir`.
+ */
+export const JWE_KEY_ALGORITHMS = ['ECDH-ES', 'ECDH-ES+A128KW', 'ECDH-ES+A256KW', 'RSA-OAEP', 'RSA-OAEP-256'] as const;
+/** JWE content encryption a provider may allow. */
+export const JWE_CONTENT_ENCRYPTIONS = ['A256GCM', 'A128GCM', 'A256CBC-HS512', 'A128CBC-HS256'] as const;
+export const DECRYPT_DEFAULTS = {
+  algorithms: ['ECDH-ES+A256KW', 'RSA-OAEP-256'],
+  encryptions: ['A256GCM'],
+  required: false,
+} as const;
+
 const DurationMs = (description: string, def: number) =>
   Type.Integer({ minimum: 1, maximum: 86_400_000, default: def, description: `${description} (milliseconds).` });
 
@@ -139,6 +152,38 @@ export const ForwardSchema = Closed(
   },
 );
 
+export const DecryptSchema = Closed(
+  {
+    keyFile: Type.String({
+      minLength: 1,
+      description:
+        'Private key that unwraps encrypted tokens: a PEM private key (PKCS#8) or a private JWK (JSON) file, relative to the config file. Read once at load.',
+    }),
+    algorithms: Type.Array(Type.Union(JWE_KEY_ALGORITHMS.map((alg) => Type.Literal(alg))), {
+      minItems: 1,
+      uniqueItems: true,
+      default: [...DECRYPT_DEFAULTS.algorithms],
+      description:
+        'Allowed JWE key management `alg` values (`ECDH-ES*` need an EC or X25519 key, `RSA-OAEP*` an RSA key of at least 2048 bits).',
+    }),
+    encryptions: Type.Array(Type.Union(JWE_CONTENT_ENCRYPTIONS.map((enc) => Type.Literal(enc))), {
+      minItems: 1,
+      uniqueItems: true,
+      default: [...DECRYPT_DEFAULTS.encryptions],
+      description: 'Allowed JWE content encryption `enc` values.',
+    }),
+    required: Type.Boolean({
+      default: DECRYPT_DEFAULTS.required,
+      description:
+        'Refuse plain (unencrypted) signed tokens with `jwt.encryption_required`; by default both encrypted and plain tokens are accepted.',
+    }),
+  },
+  {
+    description:
+      'Encrypted tokens (compact JWE, `cty: JWT`) wrapping a signed JWT: unwrapped with this key, then the inner token is verified like any other. Compression (`zip`) and nesting beyond one level are refused; decryption failures are `jwt.decrypt_failed`.',
+  },
+);
+
 export const ProviderSchema = Closed(
   {
     issuer: Type.String({ minLength: 1, description: 'Expected `iss`, exactly. With `discovery`, also where discovery starts.' }),
@@ -218,6 +263,7 @@ export const ProviderSchema = Closed(
     rolesClaim: Type.Optional(ClaimPath('Claim path holding roles (string or array), e.g. `roles`, `realm_access.roles`.')),
     tenantClaim: Type.Optional(ClaimPath('Claim path holding the tenant id.')),
     forward: Type.Optional(ForwardSchema),
+    decrypt: Type.Optional(DecryptSchema),
   },
   { description: 'A JWT issuer Bulwark trusts: where its keys come from and what its tokens must say.' },
 );
@@ -276,6 +322,9 @@ export type JwksOptionsConfig = Static<typeof JwksOptionsSchema>;
 export type PublicKeyConfig = Static<typeof PublicKeySchema>;
 export type TokenSourceConfig = Static<typeof TokenSourceSchema>;
 export type ForwardConfig = Static<typeof ForwardSchema>;
+export type DecryptConfig = Static<typeof DecryptSchema>;
+export type JweKeyAlgorithm = (typeof JWE_KEY_ALGORITHMS)[number];
+export type JweContentEncryption = (typeof JWE_CONTENT_ENCRYPTIONS)[number];
 export type ProviderConfig = Static<typeof ProviderSchema>;
 export type AuthnCacheConfig = Static<typeof AuthnCacheSchema>;
 export type AuthnConfig = Static<typeof AuthnSchema>;

@@ -12,6 +12,13 @@
  * - `optional`: like `anyOf`, but no token at all is an anonymous pass; a token
  *   that fails is still a 401.
  * - `public`: no stage at all (`null`).
+ *
+ * Encrypted tokens (JWE) are verified by providers with `decrypt`; a JWE hides its `iss`,
+ * so where several providers share a token source, each of them that can decrypt tries it.
+ *
+ * A token read from the query string must not travel on: once the stage has extracted its
+ * tokens (synchronously, before any verification), it removes its providers' query token
+ * parameters from `ctx.query`, the query the gateway forwards upstream (and audit records).
  */
 import { decodeJwt } from 'jose';
 import type { DecisionRecord, RequestContext } from '../core/context.js';
@@ -21,7 +28,8 @@ import { tokenDigest, type CachedToken } from './cache.js';
 import { authnDenial, type AuthnFailureCode } from './failures.js';
 import type { CompiledAuthn, CompiledProvider } from './provider.js';
 import type { RouteAuthConfig } from './schema.js';
-import { MAX_TOKEN_LENGTH, type CompiledTokenSource } from './token.js';
+import { looksLikeJwe } from './jwe.js';
+import { MAX_TOKEN_LENGTH, withoutQueryParams, type CompiledTokenSource } from './token.js';
 
 export const AUTHN_STAGE_ID = 'authn';
 /** Decision code when an `optional` route is called without a token. */
@@ -37,6 +45,8 @@ interface TokenGroup {
   readonly providers: readonly CompiledProvider[];
   /** `iss` → providers with that issuer, in requirement order. */
   readonly byIssuer: ReadonlyMap<string, readonly CompiledProvider[]>;
+  /** Providers with `decrypt`, in requirement order: the candidates for an encrypted token. */
+  readonly decrypting: readonly CompiledProvider[];
 }
 
 interface Failure {
@@ -95,7 +105,7 @@ function groupBySource(providers: readonly CompiledProvider[]): TokenGroup[] {
       if (same) same.push(provider);
       else byIssuer.set(provider.issuer, [provider]);
     }
-    return { source: list[0]!.token, providers: list, byIssuer };
+    return { source: list[0]!.token, providers: list, byIssuer, decrypting: list.filter((p) => p.decrypter !== null) };
   });
 }
 
@@ -107,6 +117,8 @@ class AuthnStage implements Stage {
   /** allOf: index of each provider's group. */
   private readonly groupIndex: readonly number[];
   private readonly strip: ReadonlySet<string>;
+  /** Query parameters the providers read their tokens from (null: none). */
+  private readonly stripQuery: ReadonlySet<string> | null;
   private readonly authn: CompiledAuthn;
   private readonly providerLabel: string;
 
@@ -116,13 +128,18 @@ class AuthnStage implements Stage {
     this.groups = groupBySource(providers);
     this.groupIndex = providers.map((p) => this.groups.findIndex((g) => g.providers.includes(p)));
     this.strip = authn.forwardedHeaders;
+    const queryNames = this.groups.flatMap((g) => (g.source.query === undefined ? [] : [g.source.query]));
+    this.stripQuery = queryNames.length === 0 ? null : new Set(queryNames);
     this.authn = authn;
     this.providerLabel = providers.map((p) => p.name).join(',');
   }
 
   run(ctx: RequestContext): Decision | Promise<Decision> {
     this.stripForwarded(ctx);
-    return this.mode === 'all' ? this.runAll(ctx) : this.runAny(ctx);
+    const decision = this.mode === 'all' ? this.runAll(ctx) : this.runAny(ctx);
+    // Every token has been extracted by now (verification only uses the strings taken).
+    if (this.stripQuery !== null) ctx.query = withoutQueryParams(ctx.query, this.stripQuery);
+    return decision;
   }
 
   private stripForwarded(ctx: RequestContext): void {
@@ -205,7 +222,16 @@ class AuthnStage implements Stage {
 
   private async verifyInGroup(group: TokenGroup, token: string, digest: string): Promise<GroupResult> {
     let candidates = group.providers;
-    if (candidates.length > 1) {
+    if (candidates.length > 1 && looksLikeJwe(token)) {
+      // An encrypted token's `iss` is inside: every provider that can decrypt tries it (few, bounded).
+      if (group.decrypting.length === 0) {
+        return {
+          ok: false,
+          failure: { code: 'jwt.malformed', provider: this.providerLabel, kid: undefined, reason: 'undecodable' },
+        };
+      }
+      candidates = group.decrypting;
+    } else if (candidates.length > 1) {
       // Several providers read this token: its (unverified) `iss` says which one to ask.
       // Verification by that provider then checks `iss` for real.
       let iss: unknown;

@@ -23,6 +23,8 @@ export interface CompiledTokenSource {
   readonly key: string;
   /** The header this source reads, if any (for config checks and docs). */
   readonly header: string | undefined;
+  /** The query parameter this source reads, if any: removed from the query forwarded upstream. */
+  readonly query: string | undefined;
   extract(ctx: RequestContext): TokenExtraction;
 }
 
@@ -50,6 +52,7 @@ function headerSource(name: string, prefix: string | undefined): CompiledTokenSo
   return {
     key: `header:${name}:${schemeLower}`,
     header: name,
+    query: undefined,
     extract(ctx) {
       let value = ctx.headers[name];
       if (value === undefined) return null;
@@ -79,6 +82,7 @@ function cookieSource(name: string): CompiledTokenSource {
   return {
     key: `cookie:${name}`,
     header: undefined,
+    query: undefined,
     extract(ctx) {
       const raw = ctx.headers.cookie;
       if (raw === undefined || raw === '') return null;
@@ -104,6 +108,7 @@ function querySource(name: string): CompiledTokenSource {
   return {
     key: `query:${name}`,
     header: undefined,
+    query: name,
     extract(ctx) {
       const query = ctx.query;
       // Cheap pre-check; a percent-encoded name still goes through the real parser.
@@ -114,6 +119,38 @@ function querySource(name: string): CompiledTokenSource {
       return values[0] === '' ? EMPTY_QUERY : values[0]!;
     },
   };
+}
+
+/**
+ * `query` without every parameter whose name is in `names`, names compared as
+ * `querySource` reads them (URLSearchParams decoding: `access%5Ftoken` is `access_token`;
+ * one leading `?` of the whole string is ignored). Every other `&`-separated part stays
+ * byte for byte, in order. Returns `query` itself when nothing matched.
+ */
+export function withoutQueryParams(query: string, names: ReadonlySet<string>): string {
+  if (query === '' || names.size === 0) return query;
+  if (!query.includes('%')) {
+    let mentioned = false;
+    for (const name of names) mentioned ||= query.includes(name);
+    if (!mentioned) return query;
+  }
+  const parts = query.split('&');
+  const kept: string[] = [];
+  for (let i = 0; i < parts.length; i++) {
+    const part = parts[i]!;
+    if (!names.has(queryParamName(part, i === 0))) kept.push(part);
+  }
+  return kept.length === parts.length ? query : kept.join('&');
+}
+
+function queryParamName(part: string, first: boolean): string {
+  const eq = part.indexOf('=');
+  let name = eq === -1 ? part : part.slice(0, eq);
+  if (first && name.startsWith('?')) name = name.slice(1);
+  if (!name.includes('%') && !name.includes('+')) return name;
+  // The platform's own form decoding (`+`, percent escapes, UTF-8 with replacement); the
+  // leading `&` keeps it from dropping a `?` that is part of the name.
+  return new URLSearchParams(`&${name}`).keys().next().value ?? '';
 }
 
 /**

@@ -1,9 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request } from 'undici';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { exportPKCS8, generateKeyPair, type CryptoKey } from 'jose';
 import { generateKeys, mintToken, writeKeys } from '../../src/cli/dev-tokens.js';
+import { encryptToken } from '../../src/authn/jwe.js';
 import {
   rawRequest,
   startGateway,
@@ -155,5 +157,102 @@ routes:
     );
     expect(statusOf(raw)).toBe(400);
     expect(JSON.parse(bodyOf(raw)).code).toBe('request.duplicate_authorization');
+  });
+});
+
+/** Encrypted tokens and query-string tokens through the real gateway. */
+describe('gateway with encrypted tokens and query tokens', () => {
+  let upstream: TestUpstream;
+  let gw: TestGateway;
+  let keyFile: string;
+  let encryptTo: CryptoKey;
+  const signed = (subject: string) =>
+    mintToken({ keyFile, issuer: 'https://id.test', audience: ['orders-api'], subject } as Parameters<typeof mintToken>[0]);
+  const sealed = async (subject: string) =>
+    encryptToken(await signed(subject), encryptTo, { alg: 'ECDH-ES+A256KW', enc: 'A256GCM' });
+
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bulwark-jwe-'));
+    const written = writeKeys(dir, await generateKeys('ES256', 'k1'));
+    keyFile = written.privateKey;
+    const gatewayKey = await generateKeyPair('ECDH-ES+A256KW', { extractable: true });
+    encryptTo = gatewayKey.publicKey;
+    writeFileSync(join(dir, 'gateway-enc.pem'), await exportPKCS8(gatewayKey.privateKey));
+    upstream = await startUpstream();
+    const provider = `
+      issuer: https://id.test
+      audiences: [orders-api]
+      algorithms: [ES256]
+      jwksFile: '${written.jwks}'
+      forward: { claims: { sub: x-user-id } }`;
+    gw = await startGateway(`
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+authn:
+  providers:
+    enc:${provider}
+      decrypt: { keyFile: '${join(dir, 'gateway-enc.pem')}' }
+    qs:${provider}
+      token: { query: access_token }
+routes:
+  - { id: enc, match: { path: { prefix: /enc } }, upstream: app, auth: { provider: enc } }
+  - { id: qs, match: { path: { prefix: /qs } }, upstream: app, auth: { provider: qs } }
+`);
+  });
+  afterAll(async () => {
+    await gw?.close();
+    await upstream?.close();
+  });
+
+  const call = async (path: string, headers: Record<string, string> = {}) => {
+    const res = await request(gw.url + path, { headers });
+    const text = await res.body.text();
+    return { status: res.statusCode, headers: res.headers, body: JSON.parse(text) as Record<string, unknown> };
+  };
+
+  it('a JWE token is unwrapped and verified; the upstream gets the identity headers', async () => {
+    const res = await call('/enc/1', { authorization: `Bearer ${await sealed('alice')}`, 'x-user-id': 'mallory' });
+    expect(res.status).toBe(200);
+    expect((res.body['headers'] as Record<string, string>)['x-user-id']).toBe('alice');
+  });
+
+  it('a tampered JWE gets a 401 problem with an RFC 6750 challenge, and never reaches the upstream', async () => {
+    const parts = (await sealed('alice')).split('.');
+    const ciphertext = Buffer.from(parts[3]!, 'base64url');
+    ciphertext[0] = ciphertext[0]! ^ 0x01;
+    parts[3] = ciphertext.toString('base64url');
+    const before = upstream.requests.length;
+    const res = await call('/enc/1', { authorization: `Bearer ${parts.join('.')}` });
+    expect(res.status).toBe(401);
+    expect(res.headers['content-type']).toMatch(/^application\/problem\+json/);
+    expect(res.headers['www-authenticate']).toBe('Bearer realm="bulwark", error="invalid_token"');
+    expect(res.body['code']).toBe('jwt.invalid');
+    expect(upstream.requests.length).toBe(before);
+  });
+
+  it('a query token is removed from the forwarded target, other parameters kept in order', async () => {
+    const token = await signed('alice');
+    const res = await call(`/qs/x?a=1&access_token=${token}&b=2`);
+    expect(res.status).toBe(200);
+    expect(res.body['url']).toBe('/qs/x?a=1&b=2');
+    expect((res.body['headers'] as Record<string, string>)['x-user-id']).toBe('alice');
+  });
+
+  it('percent-encoded spellings of the parameter name are removed too', async () => {
+    const token = await signed('alice');
+    for (const name of ['access%5Ftoken', '%61ccess_token', '%61%63%63%65%73%73%5F%74%6F%6B%65%6E']) {
+      const res = await call(`/qs/x?a=%2F1&${name}=${token}&b=x+y`);
+      expect(res.status, name).toBe(200);
+      expect(res.body['url'], name).toBe('/qs/x?a=%2F1&b=x+y');
+    }
+    const only = await call(`/qs/x?access_token=${token}`);
+    expect(only.body['url']).toBe('/qs/x');
+  });
+
+  it('a route whose provider reads a header forwards the query untouched', async () => {
+    const res = await call('/enc/x?a=1&access_token=XYZ&b=2', { authorization: `Bearer ${await sealed('alice')}` });
+    expect(res.status).toBe(200);
+    expect(res.body['url']).toBe('/enc/x?a=1&access_token=XYZ&b=2');
   });
 });
