@@ -27,6 +27,8 @@ export type ClientErrorHandler = (
 ) => void;
 
 const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n');
+/** SETTINGS_MAX_CONCURRENT_STREAMS per HTTP/2 connection when no global cap is lower. */
+const H2_MAX_CONCURRENT_STREAMS = 1000;
 
 /**
  * One bound socket and the servers behind it. Socket-level settings (address,
@@ -43,7 +45,13 @@ export class BoundListener {
   private readonly http2: Http2Server | Http2SecureServer | null;
   private readonly sessions = new Set<Http2Session>();
   private readonly sockets = new Set<Socket>();
+  /** SETTINGS_MAX_CONCURRENT_STREAMS currently advertised. */
+  private h2MaxStreams = H2_MAX_CONCURRENT_STREAMS;
   draining = false;
+  /** Requests/streams of this listener holding a slot of the gateway's in-flight gate (the gateway counts). */
+  inFlight = 0;
+  /** Connections Node dropped because the listener was at `maxConnections`, since it started. */
+  dropped = 0;
 
   constructor(config: ListenerConfig, onRequest: RequestHandler, onClientError: ClientErrorHandler) {
     this.key = listenerKey(config);
@@ -65,7 +73,7 @@ export class BoundListener {
     };
     const h2Settings = {
       maxHeaderListSize: limits.maxHeaderBytes,
-      maxConcurrentStreams: 1000,
+      maxConcurrentStreams: H2_MAX_CONCURRENT_STREAMS,
     };
 
     if (protocol === 'https') {
@@ -127,6 +135,42 @@ export class BoundListener {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));
     });
+    // Emitted instead of 'connection' for a connection over `maxConnections` (Node has already closed it).
+    this.server.on('drop', () => this.dropped++);
+  }
+
+  /** Client connections open on this listener now. */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /**
+   * Applies the global caps (this worker's share); called before `listen()` and on every
+   * reload, since listeners outlive config snapshots.
+   *
+   * - `maxConnections` becomes the socket server's `maxConnections`: past it Node accepts and
+   *   at once closes each new connection (emitting 'drop'). It counts this listener's
+   *   connections, TLS and h2c ones included (the h2c sniffer and the TLS server are the
+   *   socket servers). Lowering it closes nothing already open.
+   * - `maxStreams` caps SETTINGS_MAX_CONCURRENT_STREAMS (min of it and 1000): one HTTP/2
+   *   connection then never has more streams open than the whole worker may serve, so its
+   *   client queues them instead of being refused. Sent to open sessions too; new sessions
+   *   get it in their initial SETTINGS.
+   */
+  applyCaps(maxConnections: number | null, maxStreams: number | null): void {
+    this.server.maxConnections = maxConnections ?? Infinity;
+    const streams = Math.min(H2_MAX_CONCURRENT_STREAMS, maxStreams ?? Infinity);
+    if (this.http2 === null || streams === this.h2MaxStreams) return;
+    this.h2MaxStreams = streams;
+    this.http2.updateSettings({ maxConcurrentStreams: streams });
+    for (const session of this.sessions) {
+      if (session.closed || session.destroyed) continue;
+      try {
+        session.settings({ maxConcurrentStreams: streams });
+      } catch {
+        // Too many SETTINGS not yet acknowledged by a stalled peer: it keeps the previous value.
+      }
+    }
   }
 
   private sniff(socket: Socket): void {
