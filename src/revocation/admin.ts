@@ -2,7 +2,8 @@
  * The revocation admin API, mounted on the admin listener:
  *
  * - `POST /revocations` `{ jti? | sub? | sid?, before?, expiresAt? }` → 201 (stored and
- *   propagating) or 202 (Redis down: enforced here, queued for Redis).
+ *   propagating) or 202 (Redis down: enforced here, queued for Redis). In cluster mode this
+ *   runs in the primary, whose store answers once every worker acknowledged (cluster.ts).
  *   `before` / `expiresAt`: epoch seconds or an RFC 3339 date.
  * - `GET /revocations` → `{ revocations: [...], store: {...} }`.
  * - `DELETE /revocations/:id` (id as listed, URL-encoded) → 204, 404, or 503 when Redis is down.

@@ -1,7 +1,9 @@
 /** Token revocation: the public names, listed (no `export *`). */
-import { RevocationList, MemoryRevocationStore, type RevocationStore } from './list.js';
-import { RedisRevocationStore, type RedisRevocationStoreOptions } from './redis-store.js';
+import { RevocationList, type RevocationStore } from './list.js';
+import type { RedisRevocationStoreOptions } from './redis-store.js';
 import { REVOCATION_DEFAULTS, type RevocationConfig } from './schema.js';
+import { createRevocationStore } from './store.js';
+import { isClusterWorker, workerChannel, WorkerRelayStore, type RevocationChannel } from './cluster.js';
 
 export {
   RevocationList,
@@ -30,6 +32,17 @@ export type { RedisRevocationStoreOptions } from './redis-store.js';
 export { handleRevocationAdmin, isRevocationAdminPath, entryJson, parseTime, REVOCATIONS_PATH } from './admin.js';
 export type { RevocationAdminOptions } from './admin.js';
 export { revokeCli, REVOKE_USAGE } from './cli.js';
+export { createRevocationStore } from './store.js';
+export type { RevocationStoreEvent } from './store.js';
+export { RevocationPrimaryHost, WorkerRelayStore, isRevocationRelayMessage, isClusterWorker, workerChannel } from './cluster.js';
+export type {
+  RelayCluster,
+  RelayEvent,
+  RelayPeer,
+  RevocationChannel,
+  RevocationPrimaryHostOptions,
+  RevocationRelayMessage,
+} from './cluster.js';
 export type { RevokeIo } from './cli.js';
 export {
   RevocationSchema,
@@ -43,21 +56,17 @@ export type { RevocationConfig, RevocationRedisConfig, RevocationStoreConfig, Re
 
 /**
  * The list for a validated `revocation` section (defaults filled). Long-lived: build it
- * once per process, `await list.start()`, and keep it across config reloads.
+ * once per process, `await list.start()`, and keep it across config reloads. In a
+ * `bulwark serve` cluster worker its store also takes what the primary relays (see
+ * cluster.ts); `channel: null` turns that off, a channel replaces the process's.
  */
 export function createRevocationList(
   config: RevocationConfig | undefined,
-  options: { now?: () => number; onEvent?: RedisRevocationStoreOptions['onEvent'] } = {},
+  options: { now?: () => number; onEvent?: RedisRevocationStoreOptions['onEvent']; channel?: RevocationChannel | null } = {},
 ): RevocationList {
-  const store: RevocationStore =
-    config === undefined || config.store === 'memory'
-      ? new MemoryRevocationStore()
-      : new RedisRevocationStore({
-          url: config.store.redis.url,
-          keyPrefix: config.store.redis.keyPrefix ?? REVOCATION_DEFAULTS.keyPrefix,
-          channel: config.store.redis.channel ?? REVOCATION_DEFAULTS.channel,
-          ...(options.onEvent === undefined ? {} : { onEvent: options.onEvent }),
-        });
+  let store: RevocationStore = createRevocationStore(config, { onEvent: options.onEvent });
+  const channel = options.channel !== undefined ? options.channel : isClusterWorker() ? workerChannel() : null;
+  if (channel !== null) store = new WorkerRelayStore(store, channel);
   return new RevocationList({
     store,
     onStoreFailure: config?.onStoreFailure ?? REVOCATION_DEFAULTS.onStoreFailure,

@@ -55,7 +55,8 @@ export type StoreWrite = 'stored' | 'queued';
 export interface RevocationSink {
   /** Adds (or merges into) an entry that came from elsewhere. */
   apply(entry: RevocationEntry): void;
-  drop(id: string): void;
+  /** False when there was no such entry. */
+  drop(id: string): boolean;
   /** Full resync: the set becomes exactly `entries`. */
   replace(entries: readonly RevocationEntry[]): void;
   entries(): RevocationEntry[];

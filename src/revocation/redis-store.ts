@@ -207,6 +207,15 @@ export class RedisRevocationStore implements RevocationStore {
     }
   }
 
+  /**
+   * Drops a queued write without touching Redis: the revocation was lifted elsewhere
+   * (the cluster primary relays a lift to its workers), and pushing it on reconnect
+   * would bring it back.
+   */
+  forget(id: string): boolean {
+    return this.pending.delete(id);
+  }
+
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;

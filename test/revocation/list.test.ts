@@ -157,20 +157,24 @@ describe('authn hook', () => {
     expect(closed.check(identity({ jti: 'y' }))).toBeNull();
   });
 
-  it('the check is a local lookup (well under 1 µs)', async () => {
+  // The cost per check (ns) is measured by bench/revocation.js, not asserted here.
+  it('lookups stay exact with 100k entries in the set', async () => {
     const list = new RevocationList();
-    for (let i = 0; i < 10_000; i++) await list.revoke({ jti: `j${i}` });
+    for (let i = 0; i < 100_000; i++) await list.revoke({ jti: `j${i}` });
     await list.revoke({ sub: 'alice', before: Date.now() / 1000 - 3600 });
     await list.revoke({ sid: 'other' });
-    const id = identity({ jti: 'not-revoked', sid: 's', iat: Date.now() / 1000 });
-    const n = 1_000_000;
-    let hits = 0;
-    const t0 = process.hrtime.bigint();
-    for (let i = 0; i < n; i++) if (list.check(id) !== null) hits++;
-    const nsPerCheck = Number(process.hrtime.bigint() - t0) / n;
-    expect(hits).toBe(0);
-    console.log(`revocation check: ${nsPerCheck.toFixed(0)} ns/check (10k entries, all four maps consulted)`);
-    expect(nsPerCheck).toBeLessThan(1000);
+    expect(list.size).toBe(100_002);
+    const now = Date.now() / 1000;
+    for (const i of [0, 1, 4_242, 50_000, 99_999]) {
+      expect(list.check(identity({ jti: `j${i}`, iat: now }))).toEqual({ code: 'jwt.revoked', reason: 'jti' });
+    }
+    expect(list.check(identity({ jti: 'j100000', iat: now }))).toBeNull();
+    expect(list.check(identity({ jti: 'not-revoked', sid: 's', iat: now }))).toBeNull();
+    expect(list.check(identity({ jti: 'not-revoked', sid: 'other', iat: now }))).toEqual({ code: 'jwt.revoked', reason: 'sid' });
+    expect(list.check(identity({ jti: 'not-revoked', iat: now - 7200 }))).toEqual({ code: 'jwt.revoked', reason: 'sub_before' });
+    expect(await list.unrevoke('jti:j4242')).toBe(true);
+    expect(list.check(identity({ jti: 'j4242', iat: now }))).toBeNull();
+    expect(list.size).toBe(100_001);
   });
 });
 
