@@ -36,3 +36,8 @@ export type {
   ServingStatusCode,
   TokenSource,
 } from './grpc/index.js';
+// Token issuer (src/issuer): client_credentials, sessions with rotating refresh tokens, rotating keys.
+export { Issuer, issuerHandler, hashSecret, generateSecret, KeyRing } from './issuer/index.js';
+export { createIssuer } from './issuer/create.js';
+export type { CreateIssuerOptions } from './issuer/create.js';
+export type { ClientAttributes, IssuerConfig, IssuerEvent, IssuerOptions, SessionInput, TokenSet } from './issuer/index.js';

@@ -7,6 +7,8 @@ import { admit, contextFor, problemResponse, type RequestLike } from '../engine/
 import { compileRuntime, ListenerSettings, retireRuntime, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
+import { writeIssuerResponse } from '../issuer/http.js';
+import type { Issuer } from '../issuer/issuer.js';
 
 export interface BulwarkOptions {
   /** A config file path, or the config itself (validated exactly like a file). */
@@ -42,10 +44,35 @@ export class Bulwark {
   private readonly settings: ListenerSettings;
   private readonly secure: boolean;
 
+  // Routes with `issuer: true` are answered by the issuer, not the application.
+  private readonly issuerRoutes: ReadonlySet<string>;
+
   private constructor(runtime: Runtime, settings: ListenerSettings, secure: boolean) {
     this.runtime = runtime;
     this.settings = settings;
     this.secure = secure;
+    this.issuerRoutes = new Set(runtime.config.routes.filter((r) => r.issuer === true).map((r) => r.id));
+  }
+
+  /** The token issuer of the config's `issuer` section (mint sessions with it), or null. */
+  get issuer(): Issuer | null {
+    return this.runtime.issuer?.issuer ?? null;
+  }
+
+  private issuerServes(ctx: RequestContext, req: IncomingMessage, res: ServerResponse): boolean {
+    const issuer = this.runtime.issuer;
+    if (issuer === null || ctx.route === null || !this.issuerRoutes.has(ctx.route.id)) return false;
+    void issuer
+      .serve({
+        method: ctx.method,
+        path: ctx.path,
+        headers: req.headers,
+        clientAddress: ctx.clientAddress,
+        body: req,
+        requestId: ctx.requestId,
+      })
+      .then((response) => writeIssuerResponse(res, response, ctx.method === 'HEAD'));
+    return true;
   }
 
   static async create(options: BulwarkOptions): Promise<Bulwark> {
@@ -94,6 +121,7 @@ export class Bulwark {
         res.once('close', () => releaseLimits(ctx));
         if (error !== null) return this.sendProblem(res, error, ctx);
         setLimitHeaders(res, ctx);
+        if (this.issuerServes(ctx, req, res)) return;
         handler(attach(req, ctx), res);
       });
     };
@@ -108,6 +136,7 @@ export class Bulwark {
         res.once('close', () => releaseLimits(ctx));
         if (error !== null) return this.sendProblem(res, error, ctx);
         setLimitHeaders(res, ctx);
+        if (this.issuerServes(ctx, req, res)) return;
         attach(req, ctx);
         next();
       }, next);

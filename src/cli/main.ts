@@ -14,6 +14,7 @@ const load = {
   tokens: () => import('./dev-tokens.js'),
   audit: () => import('../audit/index.js'),
   revoke: () => import('../revocation/index.js'),
+  issuer: () => import('../issuer/cli.js'),
 };
 
 /** Exit codes, documented in `bulwark --help` and the README. */
@@ -31,6 +32,7 @@ Commands:
   explain       show how a config decides one request (exit 0 allow, 1 deny)
   audit verify  check an audit log's hash chains and signed checkpoints (exit 0 intact, 1 tampered)
   revoke        revoke tokens now, on every instance (--jti, --sub [--before T], --sid)
+  issuer        the built-in token service: serve, hash-secret, client add|list|remove, keys list|rotate
   keys generate create a signing key pair (private JWK + public JWKS) for development
   token mint    sign a development token with such a key
 
@@ -130,6 +132,8 @@ export async function main(argv: string[]): Promise<number> {
         return await (await load.audit()).auditCli(rest);
       case 'revoke':
         return await (await load.revoke()).revokeCli(rest);
+      case 'issuer':
+        return await issuerCommand(rest);
       case 'keys':
         return await keysCommand(rest);
       case 'token':
@@ -166,6 +170,23 @@ async function serveCommand(args: string[]): Promise<number> {
   const configFile = values.config ?? process.env['BULWARK_CONFIG'] ?? 'bulwark.yaml';
   const [{ serve }, { createLogger }] = await Promise.all([load.serve(), load.logger()]);
   return serve({ configFile, port: listenPort, adminPort, logger: createLogger() });
+}
+
+async function issuerCommand(args: string[]): Promise<number> {
+  const { issuerCli } = await load.issuer();
+  return issuerCli(args, {
+    stdout: (text) => process.stdout.write(text),
+    stderr: (text) => process.stderr.write(text),
+    stdin: async () => {
+      const chunks: Buffer[] = [];
+      for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+      return Buffer.concat(chunks).toString('utf8');
+    },
+    serve: async ({ configFile, port: listenPort, adminPort }) => {
+      const [{ serve }, { createLogger }] = await Promise.all([load.serve(), load.logger()]);
+      return serve({ configFile, port: listenPort, adminPort, issuerOnly: true, logger: createLogger() });
+    },
+  });
 }
 
 async function validateCommand(args: string[]): Promise<number> {

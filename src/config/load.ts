@@ -5,6 +5,7 @@
  */
 import { resolveAuthnPaths } from '../authn/checks.js';
 import { resolveAuditPaths } from '../audit/schema.js';
+import { resolveIssuerPaths } from '../issuer/schema.js';
 import { createHash } from 'node:crypto';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -744,6 +745,7 @@ export function parseConfig(source: string, file: string, options: ParseOptions 
   resolveTlsPaths(config, dirname(resolvePath(file)));
   resolveAuthnPaths(config.authn, dirname(resolvePath(file)));
   if (config.audit !== undefined) config.audit = resolveAuditPaths(config.audit, dirname(resolvePath(file)));
+  if (config.issuer !== undefined) config.issuer = resolveIssuerPaths(config.issuer, dirname(resolvePath(file)));
   const report = (path: (string | number)[], code: string, message: string, severity: IssueSeverity = 'error') =>
     sink.addPath(doc, path, 'value', code, message, severity);
   for (const check of [...BUILTIN_CHECKS, ...(options.checks ?? [])]) {

@@ -12,6 +12,7 @@ import { TelemetrySchema } from '../telemetry/schema.js';
 import { RateLimitsSchema } from '../limits/schema.js';
 import { AuditSchema } from '../audit/schema.js';
 import { RevocationSchema } from '../revocation/schema.js';
+import { IssuerSchema } from '../issuer/schema.js';
 import { Type, type Static, type TSchema, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
@@ -197,6 +198,11 @@ export const RouteSchema = Closed({
         'The upstream pool to forward to. Required by the gateway; library adapters hand the request to the application instead.',
     }),
   ),
+  issuer: Type.Optional(
+    Type.Literal(true, {
+      description: 'Served by the built-in token issuer (the `issuer` section) instead of an upstream.',
+    }),
+  ),
   auth: Type.Unsafe<Static<typeof RouteAuthSchema>>({
     ...RouteAuthSchema,
     description:
@@ -242,6 +248,7 @@ export const ConfigSchema = Closed(
     rateLimits: Type.Optional(RateLimitsSchema),
     audit: Type.Optional(AuditSchema),
     revocation: Type.Optional(RevocationSchema),
+    issuer: Type.Optional(IssuerSchema),
     routes: Type.Array(RouteSchema, { description: 'Matched in order; the first match wins.' }),
   },
   { $id: 'https://bulwark.dev/schema/bulwark.schema.json', title: 'Bulwark gateway configuration' },

@@ -81,6 +81,11 @@ export const ERROR_CODES = {
   'jwt.jwks_unavailable': { status: 401, title: 'Invalid token' },
   'jwt.insufficient_scope': { status: 403, title: 'Insufficient scope' },
   'jwt.revoked': { status: 401, title: 'Invalid token' },
+  // An encrypted token (JWE) that could not be unwrapped: wrong key, tampered, disallowed alg/enc,
+  // `zip`, missing `cty: JWT`. Problems of the inner signed token keep their own codes.
+  'jwt.decrypt_failed': { status: 401, title: 'Invalid token' },
+  // A plain signed token where the provider's `decrypt.required` demands an encrypted one.
+  'jwt.encryption_required': { status: 401, title: 'Invalid token' },
   // end authn
   // revocation (src/revocation): `onStoreFailure: closed` and the shared store cannot vouch for the set.
   'revocation.store_unavailable': { status: 503, title: 'Revocation store unavailable' },
@@ -103,6 +108,19 @@ export const ERROR_CODES = {
   // `whenFull: block`, or the log is closed); the request is refused rather than left unaudited.
   'audit.unavailable': { status: 503, title: 'Audit log unavailable' },
   // end audit
+  // issuer — the built-in token service (src/issuer). Each maps to an OAuth 2.0 `error`
+  // (RFC 6749 §5.2) sent beside the problem; the reason stays in logs and audit.
+  'issuer.invalid_request': { status: 400, title: 'Invalid token request' },
+  'issuer.invalid_client': { status: 401, title: 'Client authentication failed' },
+  'issuer.invalid_grant': { status: 400, title: 'Invalid grant' },
+  'issuer.unauthorized_client': { status: 400, title: 'Grant not allowed for this client' },
+  'issuer.unsupported_grant_type': { status: 400, title: 'Unsupported grant type' },
+  'issuer.invalid_scope': { status: 400, title: 'Scope not allowed' },
+  'issuer.invalid_target': { status: 400, title: 'Audience not allowed' },
+  'issuer.csrf': { status: 403, title: 'CSRF check failed' },
+  'issuer.store_unavailable': { status: 503, title: 'Token store unavailable' },
+  'issuer.no_signing_key': { status: 503, title: 'No signing key' },
+  // end issuer
   // grpc — the gRPC proxy and interceptors (src/grpc). Rendered as grpc-status (see
   // src/grpc/status.ts), or as a problem for the one code a non-gRPC client can get (415).
   'grpc.not_grpc': { status: 415, title: 'This route only serves gRPC' },

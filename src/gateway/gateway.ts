@@ -1,4 +1,4 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Http2ServerRequest } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { BulwarkConfig } from '../config/schema.js';
@@ -7,12 +7,13 @@ import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
-import { releaseLimits } from '../limits/index.js';
+import { InFlightGate, overloadedError, releaseLimits } from '../limits/index.js';
 import type { AuditLog } from '../audit/index.js';
 import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { upstreamRequestHeaders } from './headers.js';
+import { writeIssuerResponse } from '../issuer/http.js';
 import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
 import {
@@ -20,6 +21,7 @@ import {
   listenerKey,
   retireRuntime,
   type CompiledRoute,
+  type CompileOptions,
   type ListenerSettings,
   type Runtime,
 } from './runtime.js';
@@ -52,6 +54,25 @@ export class Gateway {
   /** `grpc.health.v1.Health` for the gateway itself. */
   readonly grpcHealth = new GrpcHealthService();
   private draining = false;
+  /**
+   * Requests (HTTP/1.1) and streams (HTTP/2, gRPC) in flight in this process, every listener
+   * and snapshot together; the cap (`rateLimits.global.maxConcurrentStreams`, this worker's
+   * share) comes from the current snapshot. The gate outlives snapshots, so requests still
+   * running on an old one keep counting after a reload.
+   */
+  private readonly streams = new InFlightGate();
+  /** The denial over the cap, built once per cap value (refusing must stay cheap under overload). */
+  private overloaded: BulwarkError | null = null;
+  // Issuer events are security events: a reused refresh token is a stolen one.
+  private readonly compileOptions: CompileOptions = {
+    issuer: {
+      onEvent: (event) => {
+        if (event.type === 'refresh_reuse') this.logger.warn(event, 'refresh token reused: session revoked');
+        else if (event.type === 'store_error') this.logger.error({ err: event.error }, 'issuer store failure');
+        else this.logger.debug(event, event.type);
+      },
+    },
+  };
   private readonly onRequest = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => this.handle(req, res, listener);
   private readonly onClientError = (error: NodeJS.ErrnoException, socket: Socket) => this.clientError(error, socket);
 
@@ -59,6 +80,22 @@ export class Gateway {
     this.logger = options.logger;
     this.telemetry = options.telemetry ?? createTelemetry({}, { logger: options.logger, role: 'single' });
     this.audit = options.audit ?? null;
+    // The `bulwark_active_connections` / `bulwark_active_streams` gauges, read at scrape time.
+    // Note: setMetricSources replaces the whole set; a source owned elsewhere must be added here.
+    this.telemetry.setMetricSources({
+      connections: () => [...this.listeners.values()].map((l) => [l.key, l.connections] as const),
+      streams: () => [...this.listeners.values()].map((l) => [l.key, l.inFlight] as const),
+    });
+  }
+
+  /** Requests and HTTP/2 streams in flight in this process (what `maxConcurrentStreams` caps). */
+  get inFlight(): number {
+    return this.streams.inFlight;
+  }
+
+  /** Requests refused with `ratelimit.overloaded` since start. */
+  get overloadRefusals(): number {
+    return this.streams.refused;
   }
 
   get current(): Runtime | null {
@@ -75,9 +112,10 @@ export class Gateway {
   }
 
   async start(config: BulwarkConfig, hash: string): Promise<void> {
-    this.runtime = await compileRuntime(config, hash, null);
+    this.runtime = await compileRuntime(config, hash, null, this.compileOptions);
     try {
-      await this.syncListeners(config);
+      await this.syncListeners(config, this.runtime);
+      this.applyGlobalCaps(this.runtime);
     } catch (err) {
       await this.stop(0);
       throw err;
@@ -91,20 +129,26 @@ export class Gateway {
    */
   async reload(config: BulwarkConfig, hash: string): Promise<void> {
     const previous = this.runtime;
-    const next = await compileRuntime(config, hash, previous);
-    await this.syncListeners(config);
+    const next = await compileRuntime(config, hash, previous, this.compileOptions);
+    await this.syncListeners(config, next);
     this.runtime = next;
+    // Listeners outlive snapshots: the running ones take the new caps here.
+    this.applyGlobalCaps(next);
     if (previous !== null) void retireRuntime(previous, next, config.shutdownTimeoutMs ?? 30_000);
   }
 
-  private async syncListeners(config: BulwarkConfig): Promise<void> {
+  private async syncListeners(config: BulwarkConfig, runtime: Runtime): Promise<void> {
     const wanted = new Set(config.listeners.map((l) => listenerKey(l)));
     const added: BoundListener[] = [];
+    const global = runtime.limits?.global;
     try {
       for (const listenerConfig of config.listeners) {
         const key = listenerKey(listenerConfig);
         if (this.listeners.has(key)) continue;
         const listener = new BoundListener(listenerConfig, this.onRequest, this.onClientError);
+        // Capped before the first connection can arrive.
+        listener.applyCaps(global?.maxConnections ?? null, global?.maxConcurrentStreams ?? null);
+        this.watchDrops(listener);
         await listener.listen();
         added.push(listener);
       }
@@ -121,6 +165,38 @@ export class Gateway {
       this.listeners.delete(key);
       void listener.beginDrain();
     }
+  }
+
+  /** The snapshot's global caps onto the process-wide gate and every running listener. */
+  private applyGlobalCaps(runtime: Runtime): void {
+    const maxConnections = runtime.limits?.global.maxConnections ?? null;
+    const maxStreams = runtime.limits?.global.maxConcurrentStreams ?? null;
+    if ((maxStreams ?? Infinity) !== this.streams.limit) {
+      this.streams.setLimit(maxStreams);
+      this.overloaded = maxStreams === null ? null : overloadedError(maxStreams);
+    }
+    for (const listener of this.listeners.values()) listener.applyCaps(maxConnections, maxStreams);
+  }
+
+  /** Connections dropped at `maxConnections` are otherwise invisible: one warning per listener per 10 s at most. */
+  private watchDrops(listener: BoundListener): void {
+    let loggedAt = -Infinity;
+    let logged = 0;
+    listener.server.on('drop', () => {
+      const now = performance.now();
+      if (now - loggedAt < 10_000) return;
+      loggedAt = now;
+      this.logger.warn(
+        {
+          listener: listener.key,
+          max_connections: listener.server.maxConnections,
+          dropped: listener.dropped - logged,
+          dropped_total: listener.dropped,
+        },
+        'connections refused: listener at maxConnections',
+      );
+      logged = listener.dropped;
+    });
   }
 
   /** Graceful stop: refuse new connections, let in-flight requests finish up to `deadlineMs`. */
@@ -157,9 +233,16 @@ export class Gateway {
     const grpc = isH2 && isGrpcRequest(req);
     let released = false;
     let closed = false;
+    let slot = false; // holds a slot of the in-flight gate
+    // Every end of the exchange comes through here (upstream done, client gone, stream reset,
+    // timeout, denial), possibly more than once: `released` makes each count drop exactly once.
     const release = () => {
       if (!released) {
         released = true;
+        if (slot) {
+          this.streams.release();
+          listener.inFlight--;
+        }
         releaseLimits(ctx);
         runtime.release();
       }
@@ -176,6 +259,15 @@ export class Gateway {
       this.grpcHealth.serve((req as Http2ServerRequest).stream, req.headers);
       return;
     }
+    // The global in-flight cap, before any routing or stage: one compare, nothing allocated.
+    // The gateway's own gRPC health service (above) is exempt: answered in-process, and a
+    // liveness probe failing because the instance is busy would get it restarted.
+    if (!this.streams.tryAcquire()) {
+      this.deny(req, res, ctx, this.overloaded ?? overloadedError(this.streams.limit), isH2, grpc, outcome);
+      return;
+    }
+    slot = true;
+    listener.inFlight++;
     const settings = runtime.listeners.get(listener.key)!;
     // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
     if (this.audit !== null && !this.audit.accepting()) {
@@ -190,13 +282,17 @@ export class Gateway {
     const route = admitted;
     ctx.stripHeaders = runtime.ownedHeaders;
     const decision = route.pipeline === null ? null : route.pipeline.run(ctx);
-    const pass = grpc
-      ? () => this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, release, outcome)
-      : () => {
-          // The client may have left while an async stage ran: nobody would read the answer, and an
-          // exchange paused on a gone client would pin its upstream pool until the idle timeout.
-          if (!closed) this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
-        };
+    const pass = route.issuer
+      ? () => {
+          if (!closed) this.serveIssuer(req, res, ctx, runtime, outcome);
+        }
+      : grpc
+        ? () => this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, release, outcome)
+        : () => {
+            // The client may have left while an async stage ran: nobody would read the answer, and an
+            // exchange paused on a gone client would pin its upstream pool until the idle timeout.
+            if (!closed) this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
+          };
     if (decision === null) {
       pass();
     } else if (decision instanceof BulwarkError) {
@@ -288,6 +384,34 @@ export class Gateway {
         },
       },
     );
+  }
+
+  /** Routes with `issuer: true`: the built-in token service answers in-process. */
+  private serveIssuer(req: AnyRequest, res: AnyResponse, ctx: RequestContext, runtime: Runtime, outcome: Outcome): void {
+    // Config checks guarantee an issuer section for such routes; a programmatic caller may not have one.
+    const issuer = runtime.issuer;
+    outcome.upstream = 'issuer';
+    if (issuer === null) {
+      this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), req.httpVersionMajor === 2, outcome);
+      return;
+    }
+    void issuer
+      .serve({
+        method: ctx.method,
+        path: ctx.path,
+        headers: req.headers,
+        clientAddress: ctx.clientAddress,
+        body: req,
+        requestId: ctx.requestId,
+      })
+      .then((response) => {
+        if (response.code !== null) outcome.code = response.code;
+        if (res.headersSent || res.destroyed) return;
+        const target = res as unknown as ServerResponse;
+        target.setHeader('x-request-id', ctx.requestId);
+        writeIssuerResponse(target, response, ctx.method === 'HEAD');
+        outcome.bytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(response.body);
+      });
   }
 
   private recordAudit(req: AnyRequest, ctx: RequestContext, status: number, outcome: Outcome): void {

@@ -33,7 +33,7 @@ export const listenerChecks: ConfigCheck = (config, report) => {
 export const gatewayChecks: ConfigCheck = (config, report) => {
   if (config.listeners.length === 0) report(['listeners'], 'config.required', 'the gateway needs at least one listener');
   config.routes.forEach((route, index) => {
-    if (route.upstream === undefined)
+    if (route.upstream === undefined && route.issuer !== true)
       report(['routes', index], 'config.required', `route "${route.id}" needs an \`upstream\` to forward to`);
   });
 };

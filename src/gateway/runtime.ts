@@ -14,6 +14,7 @@ import { compilePathPolicy, type PathPolicy } from '../core/target.js';
 import { closeGrpcPool } from '../grpc/index.js';
 import { createRevocationList, type RevocationList } from '../revocation/index.js';
 import { compileLimits, createLimitStage, type CompiledLimits } from '../limits/index.js';
+import { Issuer, IssuerHttp, type IssuerOptions } from '../issuer/index.js';
 import { availableParallelism } from 'node:os';
 import { echoOrigin } from './echo.js';
 import { Router } from './router.js';
@@ -39,9 +40,12 @@ export class CompiledRoute {
   readonly pipeline: Pipeline | null;
   readonly maxBodyBytes: number | null;
   readonly timeouts: Readonly<UpstreamTimeoutsConfig>;
+  /** Served by the built-in token issuer instead of an upstream. */
+  readonly issuer: boolean;
 
   constructor(config: RouteConfig, upstream: Upstream | null, stages: readonly Stage[]) {
     this.id = config.id;
+    this.issuer = config.issuer === true;
     this.match = config.match;
     this.upstream = upstream;
     this.pipeline = stages.length === 0 ? null : new Pipeline(stages);
@@ -86,6 +90,8 @@ export class Runtime {
   readonly limits: CompiledLimits | null;
   /** Revoked credentials, consulted by authn; one list per process, carried across reloads. */
   readonly revocation: RevocationList | null;
+  /** The token issuer (routes with `issuer: true`); carried across reloads while its config is unchanged. */
+  readonly issuer: IssuerHttp | null;
   /** Identity headers the gateway owns: the client's copies are removed on every route, public ones too. */
   readonly ownedHeaders: ReadonlySet<string> | null;
   private active: number;
@@ -102,6 +108,7 @@ export class Runtime {
       authz: CompiledAuthz | null;
       limits?: CompiledLimits | null;
       revocation?: RevocationList | null;
+      issuer?: IssuerHttp | null;
     } = {
       authn: null,
       authz: null,
@@ -114,6 +121,7 @@ export class Runtime {
     this.authz = security.authz;
     this.limits = security.limits ?? null;
     this.revocation = security.revocation ?? null;
+    this.issuer = security.issuer ?? null;
     const owned = security.authn === null ? null : forwardedHeaderNames(security.authn);
     this.ownedHeaders = owned !== null && owned.size > 0 ? owned : null;
     this.router = new Router(routes);
@@ -153,7 +161,17 @@ export class Runtime {
  * Compiles a validated config into a snapshot. Upstreams whose settings did not
  * change are carried over from `previous`, so a reload keeps warm connections.
  */
-export async function compileRuntime(config: BulwarkConfig, hash: string, previous: Runtime | null): Promise<Runtime> {
+export interface CompileOptions {
+  /** `false`: leave the issuer out (explain, dry runs: no key files or store touched). */
+  readonly issuer?: false | Pick<IssuerOptions, 'onEvent'>;
+}
+
+export async function compileRuntime(
+  config: BulwarkConfig,
+  hash: string,
+  previous: Runtime | null,
+  options: CompileOptions = {},
+): Promise<Runtime> {
   // Security state is carried over when its config did not change: JWKS caches stay warm, no refetch storm on reload.
   const authn =
     config.authn === undefined
@@ -182,6 +200,12 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
   if (authn !== null && revocation !== null) {
     authn.revocation = revocation;
     if (authn !== previous?.authn || revocation !== previous?.revocation) revocation.attachCache(authn.cache);
+  }
+  let issuer: IssuerHttp | null = null;
+  if (config.issuer !== undefined && options.issuer !== false) {
+    if (previous?.issuer != null && sameJson(previous.config.issuer, config.issuer)) issuer = previous.issuer;
+    else issuer = new IssuerHttp(await Issuer.create(config.issuer, { revocation, ...options.issuer }));
+    issuer.issuer.attachRevocation(revocation);
   }
   const authz = config.authz === undefined ? null : compileAuthz(config.authz);
   const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
@@ -227,7 +251,7 @@ export async function compileRuntime(config: BulwarkConfig, hash: string, previo
     if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
     return new CompiledRoute(route, upstream, stagesFor(route));
   });
-  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation });
+  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation, issuer });
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
@@ -237,6 +261,7 @@ export async function retireRuntime(previous: Runtime, next: Runtime | null, gra
   const authn = previous.authn !== null && previous.authn !== next?.authn ? previous.authn : null;
   const limits = previous.limits !== null && previous.limits !== next?.limits ? previous.limits : null;
   if (previous.revocation !== null && previous.revocation !== next?.revocation) await previous.revocation.close();
+  if (previous.issuer !== null && previous.issuer !== next?.issuer) await previous.issuer.issuer.close();
   if (owned.length === 0 && authn === null && limits === null) return;
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<boolean>((resolve) => {

@@ -8,11 +8,15 @@ import { telemetryChecks } from '../telemetry/index.js';
 import { limitsChecks, policyReferenceChecks } from '../limits/index.js';
 import { auditChecks } from '../audit/index.js';
 import { revocationChecks } from '../revocation/index.js';
+import { issuerChecks, issuerRoutes } from '../issuer/schema.js';
+import { ConfigError } from '../config/issues.js';
 import { gatewayChecks, listenerChecks, routeChecks } from '../gateway/route-checks.js';
 
 export interface Overrides {
   port?: number | undefined;
   adminPort?: number | undefined;
+  /** `bulwark issuer serve`: the routes become the issuer's endpoints, nothing else. */
+  issuerOnly?: boolean;
 }
 
 /** Checks for a config the library adapters run. */
@@ -27,6 +31,7 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
   (config, report) => limitsChecks(config.rateLimits, report),
   (config, report) => auditChecks(config, report),
   (config, report) => revocationChecks(config, report),
+  (config, report) => issuerChecks(config, report),
   (config, report) =>
     config.routes.forEach((route, i) => {
       if (route.rateLimit !== undefined)
@@ -45,6 +50,20 @@ export function applyOverrides(config: BulwarkConfig, overrides: Overrides): Bul
   }
   if (overrides.adminPort !== undefined)
     out = { ...out, admin: { address: '127.0.0.1', enabled: true, ...out.admin, port: overrides.adminPort } };
+  if (overrides.issuerOnly === true) {
+    if (out.issuer === undefined)
+      throw new ConfigError([
+        {
+          file: '<config>',
+          line: 0,
+          column: 0,
+          path: 'issuer',
+          code: 'config.required',
+          message: '`bulwark issuer serve` needs an `issuer` section',
+        },
+      ]);
+    out = { ...out, routes: issuerRoutes(out.issuer) };
+  }
   return out;
 }
 

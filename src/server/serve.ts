@@ -8,7 +8,7 @@ import { flushLogger, type Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
 import { createAuditLog, type AuditLog } from '../audit/index.js';
-import type { RevocationList } from '../revocation/index.js';
+import { RevocationPrimaryHost, type RelayEvent, type RevocationList } from '../revocation/index.js';
 import { createAdminServer, listenAdmin } from './admin.js';
 import { loadWithOverrides, parseWithOverrides, watchConfig, type Overrides } from './config-source.js';
 
@@ -37,7 +37,11 @@ function describeFailure(err: unknown): { message: string; issues?: unknown } {
 /** Entry point of `bulwark serve`: the primary (or only) process. Resolves when it has shut down. */
 export async function serve(options: ServeOptions): Promise<number> {
   const { logger } = options;
-  const overrides: Overrides = { port: options.port, adminPort: options.adminPort };
+  const overrides: Overrides = {
+    port: options.port,
+    adminPort: options.adminPort,
+    ...(options.issuerOnly === true ? { issuerOnly: true } : {}),
+  };
   let current: LoadedConfig;
   try {
     current = await loadWithOverrides(options.configFile, overrides);
@@ -78,7 +82,14 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
       const list = gateway.current?.revocation ?? null;
       return list === null ? null : { list, token: current.config.revocation?.adminToken };
     },
-  );
+  ).catch(() => null);
+  if (admin === null) {
+    // A port in use is an operator's mistake: a clean exit 1 with the reason logged, not a crash.
+    await gateway.stop(0);
+    await audit?.close();
+    await telemetry.shutdown();
+    return 1;
+  }
 
   const reload = serialized(async (trigger: string) => {
     const next = await loadForReload(options, overrides, trigger, telemetry);
@@ -128,6 +139,10 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
 
   // Memory rate-limit buckets live here, so N workers enforce the configured limit once, not N times.
   new LimitsPrimaryHost().attach(cluster);
+  // The admin listener is ours, so the revocation API writes to a list held here, relayed to every worker.
+  const revocations = new RevocationPrimaryHost({ onEvent: (event) => logRevocationEvent(logger, event) });
+  revocations.attach(cluster);
+  await revocations.configure(current.config.revocation);
   const fork = () => {
     const worker = cluster.fork({ BULWARK_WORKER: '1' });
     worker.on('message', (message: ToPrimary) => {
@@ -139,7 +154,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
           ready.add(worker);
           if (!announced && ready.size === count) {
             announced = true;
-            announce(logger, current.config, new Map(message.ports), admin.port, count);
+            announce(logger, current.config, new Map(message.ports), admin?.port ?? null, count);
           }
           break;
         case 'reloaded':
@@ -174,7 +189,16 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     count,
     logger,
     telemetry,
-  );
+    () => {
+      const list = revocations.list;
+      return list === null ? null : { list, token: current.config.revocation?.adminToken };
+    },
+  ).catch(() => null);
+  if (admin === null) {
+    await revocations.close();
+    await telemetry.shutdown();
+    return 1;
+  }
   for (let i = 0; i < count; i++) fork();
 
   const reload = serialized(async (trigger: string) => {
@@ -184,6 +208,8 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     void telemetry.reload(next.config);
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
     current = next;
+    // Before the workers see the config: a worker whose list changes store says hello to the new list.
+    await revocations.configure(next.config.revocation);
     for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) send(worker, configMessage());
     logger.info({ trigger, hash: next.hash }, 'configuration sent to workers');
   });
@@ -212,6 +238,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
         }),
     ),
   );
+  await revocations.close();
   await telemetry.shutdown();
   logger.info({}, 'stopped');
   return 0;
@@ -342,6 +369,12 @@ function announce(
     }
   }
   process.stderr.write(lines.join('\n') + '\n');
+}
+
+function logRevocationEvent(logger: Logger, event: RelayEvent): void {
+  if (event.type === 'relay_timeout') logger.warn({ detail: event.detail }, 'revocation change not acknowledged by every worker');
+  else if (event.event.type === 'synced') logger.info({ detail: event.event.detail }, 'revocation store synced');
+  else logger.warn({ event: event.event.type, detail: event.event.detail }, 'revocation store');
 }
 
 function shutdownSignal(): Promise<string> {

@@ -15,13 +15,14 @@ export interface RunningBulwark {
   stop(signal?: NodeJS.Signals): Promise<number | null>;
 }
 
-/** Spawns `bulwark serve` for real and waits for its `listening` log line. */
+/** Spawns `bulwark serve` (or another serving command, e.g. `['issuer', 'serve']`) for real and waits for its `listening` log line. */
 export async function spawnBulwark(
   configFile: string,
   args: string[] = [],
   env: NodeJS.ProcessEnv = {},
+  command: readonly string[] = ['serve'],
 ): Promise<RunningBulwark> {
-  const child = spawn(process.execPath, [BIN, 'serve', '--config', configFile, ...args], {
+  const child = spawn(process.execPath, [BIN, ...command, '--config', configFile, ...args], {
     cwd: ROOT,
     env: { ...process.env, BULWARK_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
