@@ -14,6 +14,7 @@ import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { writeIssuerResponse } from '../issuer/http.js';
+import type { IssuerEvent } from '../issuer/issuer.js';
 import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
 import {
@@ -70,6 +71,7 @@ export class Gateway {
         if (event.type === 'refresh_reuse') this.logger.warn(event, 'refresh token reused: session revoked');
         else if (event.type === 'store_error') this.logger.error({ err: event.error }, 'issuer store failure');
         else this.logger.debug(event, event.type);
+        if (this.audit !== null && event.type !== 'store_error') this.audit.record(issuerAuditEvent(event));
       },
     },
   };
@@ -546,4 +548,28 @@ function hasBody(req: AnyRequest, isH2: boolean): boolean {
   const length = req.headers['content-length'];
   if (length !== undefined) return length !== '0';
   return req.headers['transfer-encoding'] !== undefined;
+}
+
+/** Who got which token, and every refusal and ended session, into the tamper-evident log (never a token or secret). */
+function issuerAuditEvent(event: Exclude<IssuerEvent, { type: 'store_error' }>) {
+  switch (event.type) {
+    case 'token_issued':
+      return {
+        action: 'token.issued',
+        subject: event.sub,
+        outcome: 'success' as const,
+        details: { grant: event.grant, clientId: event.clientId, jti: event.jti, sid: event.sid ?? null },
+      };
+    case 'grant_refused':
+      return {
+        action: 'token.refused',
+        subject: event.clientId ?? null,
+        outcome: 'failure' as const,
+        details: { code: event.code, reason: event.reason, sid: event.sid ?? null },
+      };
+    case 'refresh_reuse':
+      return { action: 'session.reuse_detected', subject: event.sub, outcome: 'failure' as const, details: { sid: event.sid } };
+    case 'session_ended':
+      return { action: 'session.ended', subject: event.sub, outcome: 'success' as const, details: { sid: event.sid } };
+  }
 }
