@@ -78,16 +78,14 @@ for (const alg of ['ES256', 'EdDSA', 'RS256'])
   await run(`client_credentials:${alg}`, () => issuer.clientCredentials({ clientId: `svc-${alg}`, clientSecret: SECRET }));
 await run('session', () => issuer.mintSession({ subject: 'user-1', claims: { roles: ['reader'] } }));
 {
-  // Each worker keeps refreshing its own session: every call rotates the previous token.
+  // A pool of live sessions, one per concurrent call: each call takes a current refresh token and
+  // puts back its successor, so every call is a real rotation.
   const tokens = [];
   for (let i = 0; i < CONCURRENCY; i++) tokens.push((await issuer.mintSession({ subject: `user-${i}` })).refreshToken);
-  let next = 0;
   await run('refresh', async () => {
-    const slot = next++ % tokens.length;
-    const token = tokens[slot];
-    tokens[slot] = null;
-    if (token === null) return; // another call holds this session's current token
-    tokens[slot] = (await issuer.refresh(token)).refreshToken;
+    const token = tokens.pop();
+    if (token === undefined) throw new Error('refresh pool empty: more calls in flight than sessions');
+    tokens.push((await issuer.refresh(token)).refreshToken);
   });
 }
 {
