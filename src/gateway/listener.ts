@@ -92,6 +92,7 @@ export class BoundListener {
       );
       // With allowHTTP1 the secure server parses HTTP/1.1 itself; give it the same guards.
       Object.assign(server, { headersTimeout: http1Options.headersTimeout, requestTimeout: http1Options.requestTimeout });
+      // Socket inactivity for HTTP/1.1 over TLS; HTTP/2 sessions get closeWhenIdle instead (below).
       server.setTimeout(limits.idleTimeoutMs);
       this.server = server;
       this.http1 = null;
@@ -116,7 +117,6 @@ export class BoundListener {
       this.http1 = http1;
       if (protocol === 'h2c') {
         this.http2 = createH2Server({ settings: h2Settings, maxSessionInvalidFrames: 100 }, handler as never);
-        this.http2.setTimeout(limits.idleTimeoutMs);
         // One port for both: a connection opening with the HTTP/2 preface is h2c, anything else HTTP/1.1.
         this.server = createNetServer({ pauseOnConnect: true }, (socket) => this.sniff(socket));
       } else {
@@ -125,10 +125,12 @@ export class BoundListener {
       }
     }
     if (this.http2 !== null) {
+      const idleMs = limits.idleTimeoutMs;
       this.http2.on('session', (session: Http2Session) => {
         this.sessions.add(session);
         session.once('close', () => this.sessions.delete(session));
         if (this.draining) session.close();
+        closeWhenIdle(session, idleMs);
       });
     }
     this.server.on('connection', (socket: Socket) => {
@@ -243,4 +245,34 @@ export class BoundListener {
     for (const socket of this.sockets) socket.destroy();
     if (this.http1 !== null) this.http1.closeAllConnections();
   }
+}
+
+/**
+ * An HTTP/2 connection is idle when it has no open stream (Envoy's `idle_timeout`), not when no
+ * byte moved: a quiet gRPC stream (a watch, a long poll) or a slow upstream must not have its
+ * connection cut under it, as Node's session inactivity timeout would. Closed gracefully (GOAWAY).
+ */
+function closeWhenIdle(session: Http2Session, idleMs: number): void {
+  // The TLS server's socket timeout would still cut a quiet session: the streams decide here.
+  session.setTimeout(0);
+  let open = 0;
+  let timer: NodeJS.Timeout | null = null;
+  const arm = () => {
+    timer = setTimeout(() => {
+      if (open === 0 && !session.closed) session.close();
+    }, idleMs);
+    timer.unref();
+  };
+  session.on('stream', (stream) => {
+    open++;
+    if (timer !== null) clearTimeout(timer);
+    timer = null;
+    stream.once('close', () => {
+      if (--open === 0 && !session.closed) arm();
+    });
+  });
+  session.once('close', () => {
+    if (timer !== null) clearTimeout(timer);
+  });
+  arm();
 }

@@ -312,6 +312,52 @@ routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upst
   });
 });
 
+describe('HTTP/2 idle timeout', () => {
+  it.each(['h2c', 'https'])(
+    '%s: a quiet stream outlives idleTimeoutMs; a connection with no stream is closed after it',
+    { timeout: 20_000 },
+    async (protocol) => {
+      // The upstream answers at once, then says nothing for three idle periods, then finishes.
+      const upstream = await startUpstream((_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.write('a');
+        setTimeout(() => res.end('b'), 900);
+      });
+      const tls = protocol === 'https' ? selfSignedCert() : null;
+      const gw = await startGateway(`
+version: 1
+listeners:
+  - address: 127.0.0.1
+    port: 0
+    protocol: ${protocol}
+    limits: { idleTimeoutMs: 300 }
+${tls === null ? '' : `    tls: { cert: '${tls.cert}', key: '${tls.key}' }\n`}upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
+`);
+      try {
+        const session =
+          tls === null ? h2connect(gw.url) : h2connect(`https://localhost:${gw.port}`, { rejectUnauthorized: false });
+        const closed = new Promise<void>((resolve) => session.once('close', () => resolve()));
+        const body = await new Promise<string>((resolve, reject) => {
+          const stream = session.request({ ':path': '/watch', ':method': 'GET' });
+          let text = '';
+          stream.setEncoding('utf8');
+          stream.on('data', (c: string) => (text += c));
+          stream.on('end', () => resolve(text));
+          stream.on('error', reject);
+        });
+        expect(body).toBe('ab');
+        // Nothing open now: the gateway ends the connection (GOAWAY) once it has been idle.
+        await closed;
+        expect(session.closed || session.destroyed).toBe(true);
+      } finally {
+        await gw.close();
+        await upstream.close();
+      }
+    },
+  );
+});
+
 describe('slow request bodies', () => {
   it('cuts a client that stops sending its body with 408 and keeps serving', async () => {
     const upstream = await startUpstream();

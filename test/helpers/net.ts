@@ -59,7 +59,10 @@ export interface TestGateway {
 /** An in-process gateway from YAML, validated exactly as `bulwark serve` would. */
 export async function startGateway(yaml: string): Promise<TestGateway> {
   const loaded = parseConfig(yaml, 'test.yaml', { checks: CONFIG_CHECKS });
-  const gateway = new Gateway({ logger: createLogger({ level: process.env['BULWARK_TEST_LOG'] ?? 'silent' }) });
+  const level = process.env['BULWARK_TEST_LOG'] ?? 'silent';
+  // The config's `telemetry.logs.level` (default info) would otherwise override the test's level.
+  process.env['BULWARK_LOG_LEVEL'] = level;
+  const gateway = new Gateway({ logger: createLogger({ level }) });
   await gateway.start(loaded.config, loaded.hash);
   const port = [...gateway.ports().values()][0]!;
   return { gateway, port, url: `http://127.0.0.1:${port}`, close: async () => void (await gateway.stop(2000)) };
