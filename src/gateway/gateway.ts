@@ -87,6 +87,12 @@ export class Gateway {
     this.telemetry.setMetricSources({
       connections: () => [...this.listeners.values()].map((l) => [l.key, l.connections] as const),
       streams: () => [...this.listeners.values()].map((l) => [l.key, l.inFlight] as const),
+      audit: () => {
+        const stats = this.audit?.stats();
+        return stats === undefined || !stats.enabled
+          ? null
+          : { queueDepth: stats.queueDepth, written: stats.written, dropped: stats.dropped, walBytes: stats.walBytes };
+      },
     });
   }
 

@@ -40,6 +40,14 @@ routes:
         const bad = await request(`${base}/api/%2e%2e%2fetc`);
         expect(bad.statusCode).toBe(400);
         await bad.body.dump();
+        // The audit pipeline's counters reach /metrics (written = WAL records, start record included).
+        let written = 0;
+        while (written < 4) {
+          const metrics = await (await request(`http://127.0.0.1:${gw.adminPort}/metrics`)).body.text();
+          written = Number(/^bulwark_audit_events_written_total(?:\{[^}]*\})? (\d+)/m.exec(metrics)?.[1] ?? 0);
+          if (written < 4) await new Promise((r) => setTimeout(r, 50));
+        }
+        expect(written).toBeGreaterThanOrEqual(4);
       } finally {
         gw.child.kill('SIGTERM');
         expect(await gw.exited).toBe(0);
