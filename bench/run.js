@@ -318,6 +318,21 @@ const describeRequest = (request) => `${request.method} ${request.path}`;
 let currentLoad = null;
 
 /**
+ * Responses each target got from the load generators (probe, warm-ups, measured runs, wrk) and how many load runs
+ * it saw, by target name: what a scenario's checks compare with what the gateway says it did (`served` and
+ * `servedMax` in beforeStop/afterStop). A load generator stops with requests in flight (up to connections ×
+ * pipelining per run); the gateway may still serve those, so it handled between `served` and `servedMax` requests.
+ */
+const served = new Map();
+const countServed = (target, n, { run = true } = {}) => {
+  if (!target?.name || !Number.isFinite(n)) return;
+  const c = served.get(target.name) ?? { responses: 0, runs: 0 };
+  c.responses += n;
+  if (run) c.runs++;
+  served.set(target.name, c);
+};
+
+/**
  * One autocannon run; resolves with the result plus exact latency percentiles of the 2xx responses.
  * `target` ({ kind, name }) tells a request with per-request headers who is being measured.
  */
@@ -352,7 +367,10 @@ function autocannonRun(url, request, seconds, settings, target) {
       (error, result) => {
         currentLoad = null;
         if (error) reject(error);
-        else resolve({ result, latencies });
+        else {
+          countServed(target, result.requests.total);
+          resolve({ result, latencies });
+        }
       },
     );
     // autocannon's own histogram has 1 ms resolution; keep the exact times too.
@@ -563,9 +581,15 @@ async function loadScenarios(filter) {
         throw new BenchError(`bench/scenarios/${file}: competitors[${i}].kind must be 'http' or 'loop'`);
       return { ...c, kind, label: c.label ?? c.name };
     });
+    const services = (s.services ?? []).map((c, i) => {
+      if (!c || typeof c.name !== 'string' || !(typeof c.cmd === 'function' || Array.isArray(c.cmd))) {
+        throw new BenchError(`bench/scenarios/${file}: services[${i}] needs { name, cmd: [argv] | (ctx) => [argv] }`);
+      }
+      return c;
+    });
     const compareTo = [s.compareTo ?? 'baseline'].flat();
     if (compareTo.length === 0) throw new BenchError(`bench/scenarios/${file}: compareTo is an empty list`);
-    scenarios.push({ ...s, file, variants, competitors, compareTo });
+    scenarios.push({ ...s, file, variants, competitors, services, compareTo, sameRounds: s.sameRounds === true });
   }
   // passthrough first: it is the reference the others are read against.
   scenarios.sort((a, b) => (a.name === 'passthrough' ? -1 : b.name === 'passthrough' ? 1 : 0));
@@ -574,6 +598,8 @@ async function loadScenarios(filter) {
     if (names.has(s.name)) throw new BenchError(`two scenarios (or a scenario and a reference) are named ${s.name}`);
     names.add(s.name);
   }
+  // `name:variant` names one variant of a scenario (its own or another's) as a compareTo target.
+  for (const s of scenarios) for (const v of s.variants) names.add(`${s.name}:${v.id}`);
   for (const s of scenarios) {
     const own = new Set();
     for (const c of s.competitors) {
@@ -582,7 +608,9 @@ async function loadScenarios(filter) {
     }
     const unknown = [...s.compareTo, ...s.variants.flatMap((v) => v.compareTo ?? [])].filter((t) => !names.has(t) && !own.has(t));
     if (unknown.length)
-      throw new BenchError(`${s.file}: compareTo ${unknown.join(', ')}: not a scenario, competitor, 'baseline' or 'upstream'`);
+      throw new BenchError(
+        `${s.file}: compareTo ${unknown.join(', ')}: not a scenario, scenario:variant, competitor, 'baseline' or 'upstream'`,
+      );
   }
   if (filter.length === 0) return scenarios;
 
@@ -829,6 +857,7 @@ async function main() {
     for (const t of targets) {
       if (!t.url) continue;
       const probe = await httpRequest({ port: t.port, ...request });
+      countServed(t.target, 1, { run: false });
       if (probe.status < 200 || probe.status > 299)
         warn(`${t.label}: probe ${describeRequest(request)} answered ${probe.status}: ${probe.body.slice(0, 200)}`);
     }
@@ -854,6 +883,7 @@ async function main() {
       const measured = { [row.tool === 'loop' ? 'loop' : 'autocannon']: row };
       if (t.useWrk && wrkFor(request)) {
         const wrk = { ...meta, ...(await measureWrk(t.url, request, settings)) };
+        countServed(t.target, wrk.totalRequests);
         wrk.vsBaseline = ref.baselineWrk ? wrk.reqPerSec / ref.baselineWrk.reqPerSec : null;
         rows.push(wrk);
         report(wrk);
@@ -942,6 +972,7 @@ async function main() {
   const scenarioResults = [];
   const competitorResults = [];
   const scenarioCtx = new Map();
+  const serviceEntries = [];
   for (const scenario of scenarios) {
     const baseCtx = {
       upstreamPort: upstream.port,
@@ -950,7 +981,19 @@ async function main() {
       benchDir: BENCH_DIR,
       rootDir: ROOT,
       settings: publicSettings,
+      services: {},
     };
+    // The scenario's own helper processes (e.g. an OTLP sink), up before its setup and its gateways, until the end.
+    for (const service of scenario.services) {
+      const argv = (typeof service.cmd === 'function' ? await service.cmd({ ...baseCtx }) : service.cmd).map(String);
+      if (argv[0] === 'node') argv[0] = process.execPath;
+      const name = `${scenario.name}: ${service.name}`;
+      const entry = startChild(name, argv[0], [...argv.slice(1), '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      serviceEntries.push(entry);
+      const { port } = await readPortLine(entry);
+      baseCtx.services[service.name] = { port, url: `http://127.0.0.1:${port}` };
+      console.log(`${name}: http://127.0.0.1:${port}`);
+    }
     const extra = typeof scenario.setup === 'function' ? ((await scenario.setup({ ...baseCtx })) ?? {}) : {};
     const request = normalizeRequest(
       typeof scenario.request === 'function' ? scenario.request({ ...baseCtx, ...extra }) : scenario.request,
@@ -959,9 +1002,9 @@ async function main() {
     scenarioCtx.set(scenario.name, { ...baseCtx, ...extra, request });
     const ref = await measureReferences(request);
 
-    // A scenario with competitors measures all its gateway variants and its competitors in
-    // the same rounds (every process started first, idle while another is measured), so
-    // each comparison inside the scenario is run against run. Without competitors, one
+    // A scenario with competitors (or `sameRounds: true`) measures all its gateway variants and
+    // its competitors in the same rounds (every process started first, idle while another is
+    // measured), so each comparison inside the scenario is run against run. Otherwise, one
     // variant at a time.
     const startVariant = async (variant) => {
       const label = `${scenario.name} (${variant.label})`;
@@ -1005,7 +1048,29 @@ async function main() {
         measure: () => measureOnce(url, request, settings, target),
         gateway,
         result,
+        ctx,
       };
+    };
+    // beforeStop (gateway still up: e.g. scrape its /metrics) and afterStop (e.g. count what it wrote):
+    // lines for the notes; `run.warn` raises a WARNING.
+    const runHook = async (name, t, info) => {
+      if (typeof scenario[name] !== 'function' || stopping) return;
+      const count = served.get(t.target.name) ?? { responses: 0, runs: 0 };
+      const run = {
+        label: t.label,
+        served: count.responses,
+        servedMax: count.responses + count.runs * settings.connections * settings.pipelining,
+        warn: (msg) => warn(`${t.label}: ${msg}`),
+        ...info,
+      };
+      try {
+        for (const line of (await scenario[name](t.ctx, run)) ?? []) {
+          (t.result.checks ??= []).push(line);
+          console.log(`  ${t.label}: ${line}`);
+        }
+      } catch (error) {
+        warn(`${t.label}: ${name} failed: ${error?.message ?? error}`);
+      }
     };
     const stopVariant = async (t, measured) => {
       const { gateway, result, label } = t;
@@ -1015,11 +1080,13 @@ async function main() {
       }
       if (gateway.exit && !stopping)
         warn(`${label}: the gateway exited during the run (${describeExit(gateway.exit)})\n${gatewayLogs(gateway, 2_000)}`);
+      if (!gateway.exit) await runHook('beforeStop', t, {});
       const exit = await stopChild(gateway);
       result.exit = exit;
       if (!stopping && exit && exit.code !== 0 && exit.signal !== 'SIGTERM') {
         warn(`${label}: exited with ${describeExit(exit)} after SIGTERM (expected code 0)`);
       }
+      await runHook('afterStop', t, { exit });
       result.references = {
         upstream: ref.upstream.reqPerSec,
         baseline: ref.baseline.reqPerSec,
@@ -1055,7 +1122,7 @@ async function main() {
       }
     };
 
-    if (scenario.competitors.length > 0) await measureGroup(scenario.variants, scenario.competitors);
+    if (scenario.competitors.length > 0 || scenario.sameRounds) await measureGroup(scenario.variants, scenario.competitors);
     else for (const variant of scenario.variants) await measureGroup([variant], []);
   }
 
@@ -1071,9 +1138,10 @@ async function main() {
   }
 
   // compareTo (one target or a list): 'baseline' | 'upstream' | the name of another
-  // scenario (same variant id, else its first) | one of this scenario's competitors.
-  // Ratios go through vsBaseline, which BENCH_ROUNDS > 1 computes from paired runs;
-  // targets measured in the same rounds (a variant and its competitors) are compared
+  // scenario (same variant id, else its first) | 'scenario:variant' (that variant; of this
+  // scenario too) | one of this scenario's competitors. Ratios go through vsBaseline, which
+  // BENCH_ROUNDS > 1 computes from paired runs; targets measured in the same rounds (a
+  // variant and its competitors, or the variants of a `sameRounds` scenario) are compared
   // run by run instead.
   const summary = [];
   for (const r of scenarioResults) {
@@ -1083,6 +1151,12 @@ async function main() {
       const competitor = competitorResults.find((c) => c.scenario === r.scenario && c.competitor === target);
       const other = (tool) => {
         if (competitor) return competitor.kind === 'loop' ? (tool === 'autocannon' ? competitor.loop : null) : competitor[tool];
+        const colon = target.indexOf(':');
+        if (colon > 0) {
+          // 'scenario:variant': that very variant (of this scenario, or of another).
+          const [name, id] = [target.slice(0, colon), target.slice(colon + 1)];
+          return scenarioResults.find((p) => p.scenario === name && p.variant === id)?.[tool] ?? null;
+        }
         const peers = scenarioResults.filter((p) => p.scenario === target);
         return (peers.find((p) => p.variant === r.variant) ?? peers[0])?.[tool] ?? null;
       };
@@ -1127,7 +1201,7 @@ async function main() {
           entry.direct = { reqPerSec: mine.reqPerSec, opsPerSec: theirs.reqPerSec, ratio: mine.reqPerSec / theirs.reqPerSec };
         }
       }
-      const goal = scenario.goals?.[target];
+      const goal = (variant?.goals ?? scenario.goals)?.[target];
       if (typeof goal === 'number') Object.assign(entry, { goal, goalMet: entry.ratio === null ? null : entry.ratio >= goal });
       summary.push(entry);
     }
@@ -1165,6 +1239,14 @@ async function main() {
       console.log(`${scenario.name}: ${line}`);
     }
   }
+  // What each variant's beforeStop/afterStop checks found (already printed as they ran; repeated here, by the summary).
+  for (const r of scenarioResults) {
+    for (const line of r.checks ?? []) {
+      notes.push({ scenario: r.scenario, variant: r.variant, note: line });
+      console.log(`${r.label}: ${line}`);
+    }
+  }
+  for (const entry of serviceEntries) await stopChild(entry);
   if (settings.rounds === 1 && summary.length) {
     console.log(
       '(one run per target: on a shared or small machine the ratio can swing by tens of percent; BENCH_ROUNDS=5 pairs runs)',
@@ -1172,7 +1254,7 @@ async function main() {
   }
   if (warnings.length) {
     console.log('');
-    console.log(`${warnings.length} WARNING(S): some runs saw errors or non-2xx responses; see above.`);
+    console.log(`${warnings.length} WARNING(S): runs that saw errors or non-2xx responses, or failed checks; see above.`);
   }
 
   const resultsDir = path.join(BENCH_DIR, 'results');
