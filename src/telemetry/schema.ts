@@ -36,7 +36,7 @@
  *     maxSeconds: 60
  * ```
  */
-import { Type, type Static, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { Type, type Static, type TObject, type TProperties, type ObjectOptions, type TSchema } from '@sinclair/typebox';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
   return Type.Object(properties, { additionalProperties: false, ...options });
@@ -113,6 +113,16 @@ export const BatchSchema = Closed(
   { description: 'Batching of span exports (OTLP only).' },
 );
 
+/**
+ * Exporter-only fields carry no schema `default` (resolveTelemetryConfig fills them): a filled-in
+ * default would be indistinguishable from a written value, and `telemetryChecks` would warn that a
+ * console exporter ignores settings nobody wrote.
+ */
+function unfilled<T extends TSchema>(schema: T, def: unknown): T {
+  const { default: _ignored, ...rest } = schema as T & { default?: unknown };
+  return { ...rest, description: `${String(rest.description ?? '')} Default: \`${JSON.stringify(def)}\`.` } as T;
+}
+
 export const TracesSchema = Closed(
   {
     exporter: Type.Optional(
@@ -123,14 +133,14 @@ export const TracesSchema = Closed(
       }),
     ),
     endpoint: Type.Optional(
-      HttpUrl(
-        'OTLP/HTTP traces URL, path included (a collector listens on `/v1/traces`, port 4318).',
+      unfilled(
+        HttpUrl('OTLP/HTTP traces URL, path included (a collector listens on `/v1/traces`, port 4318).', ''),
         'http://127.0.0.1:4318/v1/traces',
       ),
     ),
-    headers: Type.Optional(ExportHeaders),
-    compression: Type.Optional(Compression),
-    timeoutMs: Type.Optional(TimeoutMs),
+    headers: Type.Optional(unfilled(ExportHeaders, {})),
+    compression: Type.Optional(unfilled(Compression, 'none')),
+    timeoutMs: Type.Optional(unfilled(TimeoutMs, 10_000)),
     sampler: Type.Optional(SamplerSchema),
     propagators: Type.Optional(
       Type.Array(Type.Union(PROPAGATORS.map((p) => Type.Literal(p))), {

@@ -136,6 +136,19 @@ describe('telemetryChecks', () => {
     ]);
   });
 
+  it('a console exporter is not warned about OTLP settings nobody wrote (after the loader filled defaults)', () => {
+    expect(issues({ telemetry: valid('traces: { exporter: console, sampler: { ratio: 1 } }') })).toEqual([]);
+    expect(issues({ telemetry: valid('traces: { exporter: console, timeoutMs: 5000 }') })).toEqual([
+      { path: 'telemetry.traces.timeoutMs', code: 'telemetry.unused', severity: 'warning' },
+    ]);
+    expect(resolveTelemetryConfig(valid('traces: { exporter: otlp }')).traces).toMatchObject({
+      endpoint: 'http://127.0.0.1:4318/v1/traces',
+      compression: 'none',
+      timeoutMs: 10_000,
+      headers: {},
+    });
+  });
+
   it('no section, no issues', () => {
     expect(issues({})).toEqual([]);
   });
