@@ -7,7 +7,7 @@ import { admit, contextFor, problemResponse, type RequestLike } from '../engine/
 import { compileRuntime, ListenerSettings, retireRuntime, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
-import { writeIssuerResponse } from '../issuer/http.js';
+import { respondToAdmitted } from '../issuer/http.js';
 import type { Issuer } from '../issuer/issuer.js';
 
 export interface BulwarkOptions {
@@ -62,16 +62,7 @@ export class Bulwark {
   private issuerServes(ctx: RequestContext, req: IncomingMessage, res: ServerResponse): boolean {
     const issuer = this.runtime.issuer;
     if (issuer === null || ctx.route === null || !this.issuerRoutes.has(ctx.route.id)) return false;
-    void issuer
-      .serve({
-        method: ctx.method,
-        path: ctx.path,
-        headers: req.headers,
-        clientAddress: ctx.clientAddress,
-        body: req,
-        requestId: ctx.requestId,
-      })
-      .then((response) => writeIssuerResponse(res, response, ctx.method === 'HEAD'));
+    void respondToAdmitted(issuer, ctx, req, res);
     return true;
   }
 

@@ -13,7 +13,7 @@ import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDen
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { upstreamRequestHeaders } from './headers.js';
-import { writeIssuerResponse } from '../issuer/http.js';
+import { respondToAdmitted } from '../issuer/http.js';
 import type { IssuerEvent } from '../issuer/issuer.js';
 import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
@@ -403,23 +403,10 @@ export class Gateway {
       this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), req.httpVersionMajor === 2, outcome);
       return;
     }
-    void issuer
-      .serve({
-        method: ctx.method,
-        path: ctx.path,
-        headers: req.headers,
-        clientAddress: ctx.clientAddress,
-        body: req,
-        requestId: ctx.requestId,
-      })
-      .then((response) => {
-        if (response.code !== null) outcome.code = response.code;
-        if (res.headersSent || res.destroyed) return;
-        const target = res as unknown as ServerResponse;
-        target.setHeader('x-request-id', ctx.requestId);
-        writeIssuerResponse(target, response, ctx.method === 'HEAD');
-        outcome.bytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(response.body);
-      });
+    void respondToAdmitted(issuer, ctx, req, res as unknown as ServerResponse).then((response) => {
+      if (response.code !== null) outcome.code = response.code;
+      outcome.bytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(response.body);
+    });
   }
 
   private recordAudit(req: AnyRequest, ctx: RequestContext, status: number, outcome: Outcome): void {

@@ -7,7 +7,7 @@ import { loadConfigFile, ConfigError, formatIssues } from '../config/load.js';
 import { LIBRARY_CHECKS } from '../server/config-source.js';
 import { createIssuerStore } from './issuer.js';
 import { KeyRing } from './keys.js';
-import { GRANTS, longestTokenTtlSec, type IssuerConfig } from './schema.js';
+import { GRANTS, keyRingOptions, type IssuerConfig } from './schema.js';
 import { generateSecret, hashSecret } from './secret.js';
 import type { ClientRecord } from './types.js';
 
@@ -126,13 +126,7 @@ export async function issuerCli(argv: string[], io: IssuerCliIo): Promise<number
   if (command === 'keys' && (sub === 'list' || sub === 'rotate')) {
     const config = await issuerConfig(configFile, io);
     if (config === null) return EXIT.failure;
-    const ring = await KeyRing.open({
-      dir: config.keys.dir,
-      algorithms: config.keys.algorithms,
-      rotateEveryMs: config.keys.rotateEverySec * 1000,
-      publishAheadMs: config.keys.publishAheadSec * 1000,
-      maxTokenLifetimeMs: longestTokenTtlSec(config) * 1000,
-    });
+    const ring = await KeyRing.open(keyRingOptions(config));
     try {
       if (sub === 'rotate') {
         const created = await ring.rotate();

@@ -5,6 +5,7 @@
  * mount the same code. Errors are RFC 7807 problems carrying the OAuth `error` too.
  */
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
+import type { RequestContext } from '../core/context.js';
 import { BulwarkError, type ErrorCode } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, toProblem } from '../core/problem.js';
 import type { ClientAttributes, Issuer, TokenSet } from './issuer.js';
@@ -327,6 +328,32 @@ export class IssuerHttp {
     else await this.issuer.revokeAccessToken(token);
     return { status: 200, headers: { ...NO_STORE }, body: '', code: null };
   }
+}
+
+/**
+ * Serves a request the gateway or a library adapter already admitted (canonical path, client
+ * address after trusted proxies) and writes the answer, request id included, unless the client
+ * left. Resolves to the response, for logs and audit.
+ */
+export async function respondToAdmitted(
+  http: IssuerHttp,
+  ctx: Pick<RequestContext, 'method' | 'path' | 'clientAddress' | 'requestId'>,
+  req: { readonly headers: IncomingHttpHeaders } & AsyncIterable<Buffer | string>,
+  res: ServerResponse,
+): Promise<IssuerHttpResponse> {
+  const response = await http.serve({
+    method: ctx.method,
+    path: ctx.path,
+    headers: req.headers,
+    clientAddress: ctx.clientAddress,
+    body: req,
+    requestId: ctx.requestId,
+  });
+  if (!res.headersSent && !res.destroyed) {
+    res.setHeader('x-request-id', ctx.requestId);
+    writeIssuerResponse(res, response, ctx.method === 'HEAD');
+  }
+  return response;
 }
 
 /** Writes a response to a node:http (or compatible HTTP/2) response. */

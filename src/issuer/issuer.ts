@@ -12,7 +12,7 @@ import { BulwarkError, type ErrorCode } from '../core/errors.js';
 import { encryptToken } from '../authn/jwe.js';
 import type { RevocationList } from '../revocation/index.js';
 import { KeyRing, KeyRingError } from './keys.js';
-import { ISSUER_DEFAULTS, longestTokenTtlSec, type IssuerConfig } from './schema.js';
+import { ISSUER_DEFAULTS, keyRingOptions, longestTokenTtlSec, type IssuerConfig } from './schema.js';
 import { hashSecret, SecretVerifier } from './secret.js';
 import { SqliteIssuerStore } from './store-sqlite.js';
 import { PostgresIssuerStore } from './store-postgres.js';
@@ -255,14 +255,7 @@ export class Issuer {
   /** Opens the key ring and the store; `config` has its paths resolved (the loader does it). */
   static async create(config: IssuerConfig, options: IssuerOptions = {}): Promise<Issuer> {
     const now = options.now ?? Date.now;
-    const keys = await KeyRing.open({
-      dir: config.keys.dir,
-      algorithms: config.keys.algorithms,
-      rotateEveryMs: config.keys.rotateEverySec * 1000,
-      publishAheadMs: config.keys.publishAheadSec * 1000,
-      maxTokenLifetimeMs: longestTokenTtlSec(config) * 1000,
-      now,
-    });
+    const keys = await KeyRing.open({ ...keyRingOptions(config), now });
     const store = options.store ?? createIssuerStore(config);
     try {
       await store.init();

@@ -342,6 +342,17 @@ function recipientKeyProblem(path: string): string | null {
   }
 }
 
+/** What the key ring needs of the section (the server and `bulwark issuer keys` open it alike). */
+export function keyRingOptions(issuer: IssuerConfig) {
+  return {
+    dir: issuer.keys.dir,
+    algorithms: issuer.keys.algorithms,
+    rotateEveryMs: issuer.keys.rotateEverySec * 1000,
+    publishAheadMs: issuer.keys.publishAheadSec * 1000,
+    maxTokenLifetimeMs: longestTokenTtlSec(issuer) * 1000,
+  };
+}
+
 /** Config check for `issuer` and the routes that serve it. */
 export function issuerChecks(
   config: { issuer?: IssuerConfig; routes: readonly { issuer?: boolean; upstream?: string }[] },

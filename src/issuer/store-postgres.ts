@@ -15,7 +15,7 @@
  * text, so they come back exactly as written.
  */
 import { createRequire } from 'node:module';
-import { classifyPresented, storeError, successorOf } from './store-sqlite.js';
+import { classifyPresented, refreshParams, storeError, successorOf } from './store-rules.js';
 import {
   IssuerStoreError,
   type ClientRecord,
@@ -116,24 +116,6 @@ function refreshOf(row: RefreshRow): RefreshRecord {
     usedAt: orNull(row.used_at),
     revokedAt: orNull(row.revoked_at),
   };
-}
-
-function refreshParams(r: RefreshRecord): unknown[] {
-  return [
-    r.id,
-    r.familyId,
-    r.subject,
-    r.clientId,
-    r.scope,
-    JSON.stringify(r.audience),
-    JSON.stringify(r.claims),
-    r.binding,
-    r.createdAt,
-    r.expiresAt,
-    r.familyExpiresAt,
-    r.usedAt,
-    r.revokedAt,
-  ];
 }
 
 function sqlFor(prefix: string) {

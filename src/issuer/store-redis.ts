@@ -24,7 +24,7 @@
  * retrying in the background.
  */
 import { Redis } from 'ioredis';
-import { storeError, successorOf } from './store-sqlite.js';
+import { storeError, successorOf } from './store-rules.js';
 import {
   IssuerStoreError,
   type ClientRecord,

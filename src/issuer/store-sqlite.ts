@@ -22,52 +22,7 @@ import {
   type RotateRequest,
   type RotateResult,
 } from './types.js';
-
-// ---------------------------------------------------------------------------
-// Rotation rules, shared by the three stores.
-
-/** What presenting `record` leads to, before any change: `rotate` when it is current. */
-export type PresentedStatus = 'revoked' | 'reused' | 'expired' | 'binding_mismatch' | 'rotate';
-
-/**
- * The classification order matters: a revoked family stays revoked whatever else is
- * true; a used token is reuse (and ends the family) even when it has since expired,
- * so a thief replaying an old token is noticed as long as the record exists; binding
- * comes last so a mismatch never consumes a token that is otherwise good.
- */
-export function classifyPresented(record: RefreshRecord, request: RotateRequest): PresentedStatus {
-  if (record.revokedAt !== null) return 'revoked';
-  if (record.usedAt !== null) return 'reused';
-  if (request.now >= record.expiresAt || request.now >= record.familyExpiresAt) return 'expired';
-  if (record.binding !== null && request.binding !== record.binding) return 'binding_mismatch';
-  return 'rotate';
-}
-
-/** The record that replaces `record` in its family. */
-export function successorOf(record: RefreshRecord, request: RotateRequest): RefreshRecord {
-  return {
-    id: request.nextId,
-    familyId: record.familyId,
-    subject: record.subject,
-    clientId: record.clientId,
-    scope: record.scope,
-    audience: record.audience,
-    claims: record.claims,
-    binding: record.binding,
-    createdAt: request.now,
-    expiresAt: Math.min(request.nextExpiresAt, record.familyExpiresAt),
-    familyExpiresAt: record.familyExpiresAt,
-    usedAt: null,
-    revokedAt: null,
-  };
-}
-
-/** Wraps any driver error: the issuer answers 503 for these and keeps running. */
-export function storeError(kind: string, error: unknown): IssuerStoreError {
-  if (error instanceof IssuerStoreError) return error;
-  const detail = error instanceof Error ? error.message : String(error);
-  return new IssuerStoreError(`issuer store (${kind}): ${detail}`, { cause: error });
-}
+import { classifyPresented, refreshParams, storeError, successorOf } from './store-rules.js';
 
 // ---------------------------------------------------------------------------
 // The small part of better-sqlite3 used here (no types are installed).
@@ -182,24 +137,6 @@ function refreshOf(row: RefreshRow): RefreshRecord {
     usedAt: row.used_at,
     revokedAt: row.revoked_at,
   };
-}
-
-function refreshParams(r: RefreshRecord): unknown[] {
-  return [
-    r.id,
-    r.familyId,
-    r.subject,
-    r.clientId,
-    r.scope,
-    JSON.stringify(r.audience),
-    JSON.stringify(r.claims),
-    r.binding,
-    r.createdAt,
-    r.expiresAt,
-    r.familyExpiresAt,
-    r.usedAt,
-    r.revokedAt,
-  ];
 }
 
 function prepare(db: Database) {
