@@ -89,6 +89,10 @@ const EMPTY: readonly string[] = Object.freeze([]);
 export function rolesFrom(value: unknown): readonly string[] {
   if (typeof value === 'string') return value === '' ? EMPTY : Object.freeze([value]);
   if (!Array.isArray(value)) return EMPTY;
+  // The usual claim, every member a role, from a frozen payload: the claim itself, no copy.
+  if (Object.isFrozen(value) && value.length > 0 && value.every((v) => typeof v === 'string' && v !== '')) {
+    return value as readonly string[];
+  }
   const roles = value.filter((v): v is string => typeof v === 'string' && v !== '');
   return roles.length === 0 ? EMPTY : Object.freeze(roles);
 }
@@ -182,14 +186,29 @@ export function headerValueOf(value: unknown): string | null {
   return parts.join(',');
 }
 
-/** Freezes a parsed JSON value in place, iteratively (a deep payload cannot overflow the stack). */
+/**
+ * Freezes a parsed JSON value in place, iteratively (a deep payload cannot overflow the stack).
+ * Runs on every verified payload: only objects go on the stack, and none is allocated for a
+ * payload without nested objects or arrays.
+ */
 export function deepFreeze<T>(value: T): T {
-  const stack: unknown[] = [value];
-  while (stack.length > 0) {
-    const node = stack.pop();
-    if (typeof node !== 'object' || node === null || Object.isFrozen(node)) continue;
-    Object.freeze(node);
-    for (const child of Object.values(node)) stack.push(child);
+  let stack: object[] | null = null;
+  let node: unknown = value;
+  for (;;) {
+    if (typeof node === 'object' && node !== null && !Object.isFrozen(node)) {
+      Object.freeze(node);
+      if (Array.isArray(node)) {
+        for (const child of node as unknown[]) if (typeof child === 'object' && child !== null) (stack ??= []).push(child);
+      } else {
+        const record = node as Record<string, unknown>;
+        for (const key in record) {
+          if (!Object.hasOwn(record, key)) continue;
+          const child = record[key];
+          if (typeof child === 'object' && child !== null) (stack ??= []).push(child);
+        }
+      }
+    }
+    if (stack === null || stack.length === 0) return value;
+    node = stack.pop();
   }
-  return value;
 }

@@ -9,7 +9,7 @@ import type { JWSHeaderParameters } from 'jose';
 import { KeyLookupError } from './failures.js';
 import { fetchJson } from './http-fetch.js';
 import { RemoteJwksKeySource, type RemoteJwksOptions } from './jwks-remote.js';
-import type { KeyCandidate, KeySource, SourceHooks, VerificationKey } from './key-source.js';
+import type { KeyCandidate, KeyResolution, KeySource, SourceHooks, VerificationKey } from './key-source.js';
 
 /** OIDC Discovery §4: remove any trailing `/`, then append the well-known path. */
 export function discoveryUrl(issuer: string): string {
@@ -72,13 +72,15 @@ export class DiscoveryKeySource implements KeySource {
     return this.remote?.url;
   }
 
-  async resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    let remote = this.remote;
-    if (remote === null) {
-      const pending = this.discovering ?? (this.cooldownOver() ? this.discover() : null);
-      remote = pending === null ? null : await pending;
-      if (remote === null) throw new KeyLookupError('jwt.jwks_unavailable', `OIDC discovery at ${this.url} failed`);
-    }
+  resolve(header: JWSHeaderParameters): KeyResolution {
+    const remote = this.remote;
+    return remote === null ? this.resolveUndiscovered(header) : remote.resolve(header);
+  }
+
+  private async resolveUndiscovered(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
+    const pending = this.discovering ?? (this.cooldownOver() ? this.discover() : null);
+    const remote = pending === null ? null : await pending;
+    if (remote === null) throw new KeyLookupError('jwt.jwks_unavailable', `OIDC discovery at ${this.url} failed`);
     return remote.resolve(header);
   }
 

@@ -23,7 +23,15 @@ export { VerifiedTokenCache, tokenDigest } from './cache.js';
 export type { RevocationCheck, RevocationVerdict } from './revocation-hook.js';
 export type { CachedToken, CacheStats } from './cache.js';
 export { JwkKeySet, JwksInvalidError, MAX_JWKS_KEYS } from './key-source.js';
-export type { AuthnEvent, KeyCandidate, KeySource, KeySourceKind, SourceHooks, VerificationKey } from './key-source.js';
+export type {
+  AuthnEvent,
+  KeyCandidate,
+  KeyResolution,
+  KeySource,
+  KeySourceKind,
+  SourceHooks,
+  VerificationKey,
+} from './key-source.js';
 export { RemoteJwksKeySource } from './jwks-remote.js';
 export type { RemoteJwksOptions } from './jwks-remote.js';
 export { FileJwksKeySource } from './jwks-file.js';

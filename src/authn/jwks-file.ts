@@ -11,11 +11,23 @@ import { hash } from 'node:crypto';
 import { dirname } from 'node:path';
 import type { JWSHeaderParameters } from 'jose';
 import { KeyLookupError } from './failures.js';
-import { JwkKeySet, JwksBackedSource, type KeyCandidate, type SourceHooks } from './key-source.js';
+import {
+  JwkKeySet,
+  JwksBackedSource,
+  thenCandidates,
+  type KeyCandidate,
+  type KeyResolution,
+  type SourceHooks,
+} from './key-source.js';
 
 /** A JWKS file is config, not traffic; this only guards against pointing at the wrong file. */
 const MAX_FILE_BYTES = 16 * 1024 * 1024;
 export const FILE_RELOAD_DEBOUNCE_MS = 100;
+
+function found(candidates: readonly KeyCandidate[]): readonly KeyCandidate[] {
+  if (candidates.length === 0) throw new KeyLookupError('jwt.unknown_kid', 'no matching key in the JWKS file');
+  return candidates;
+}
 
 export class FileJwksKeySource extends JwksBackedSource {
   readonly kind = 'jwks_file' as const;
@@ -46,14 +58,19 @@ export class FileJwksKeySource extends JwksBackedSource {
     }
   }
 
-  async resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    if (this.keys === null) await this.ready.catch(() => undefined);
+  resolve(header: JWSHeaderParameters): KeyResolution {
+    const keys = this.keys;
+    if (keys === null) return this.resolveWhenLoaded(header);
+    // No refetch here: a new key arrives by the file changing, which the watcher sees.
+    return thenCandidates(keys.select(header), found);
+  }
+
+  /** Before the first load settled: wait for it (a failed one leaves no keys). */
+  private async resolveWhenLoaded(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
+    await this.ready.catch(() => undefined);
     const keys = this.keys;
     if (keys === null) throw new KeyLookupError('jwt.jwks_unavailable', `no usable JWKS in ${this.path}`);
-    const found = await keys.select(header);
-    // No refetch here: a new key arrives by the file changing, which the watcher sees.
-    if (found.length === 0) throw new KeyLookupError('jwt.unknown_kid', 'no matching key in the JWKS file');
-    return found;
+    return found(await keys.select(header));
   }
 
   close(): void {

@@ -14,7 +14,15 @@ import { performance } from 'node:perf_hooks';
 import type { JWSHeaderParameters } from 'jose';
 import { KeyLookupError } from './failures.js';
 import { fetchJson, type FetchLimits } from './http-fetch.js';
-import { JwkKeySet, JwksBackedSource, type KeyCandidate, type KeySourceKind, type SourceHooks } from './key-source.js';
+import {
+  JwkKeySet,
+  JwksBackedSource,
+  thenCandidates,
+  type KeyCandidate,
+  type KeyResolution,
+  type KeySourceKind,
+  type SourceHooks,
+} from './key-source.js';
 
 export interface RemoteJwksOptions extends FetchLimits {
   readonly cacheTtlMs: number;
@@ -49,18 +57,25 @@ export class RemoteJwksKeySource extends JwksBackedSource {
     this.ready = this.refresh().then(() => undefined);
   }
 
-  async resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    if (this.keys === null) {
-      // Never loaded, or expired past maxStale: join the fetch in flight, or start one if the cooldown allows.
-      const pending = this.inflight ?? (this.cooldownOver() ? this.refresh() : null);
-      if (pending !== null) await pending;
-      if (this.keys === null) throw new KeyLookupError('jwt.jwks_unavailable', `no usable JWKS from ${this.url}`);
-    }
-    const keys: JwkKeySet = this.keys;
-    const found = await keys.select(header);
-    if (found.length > 0) return found;
+  resolve(header: JWSHeaderParameters): KeyResolution {
+    const keys = this.keys;
+    if (keys === null) return this.resolveUnloaded(header);
+    // The common case, a known key with the keys at hand, stays synchronous.
+    return thenCandidates(keys.select(header), (found) => (found.length > 0 ? found : this.refetchFor(header, keys)));
+  }
 
-    // Unknown kid (or no key for this alg): perhaps a key published since the last fetch.
+  /** Never loaded, or expired past maxStale: join the fetch in flight, or start one if the cooldown allows. */
+  private async resolveUnloaded(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
+    const pending = this.inflight ?? (this.cooldownOver() ? this.refresh() : null);
+    if (pending !== null) await pending;
+    const keys = this.keys as JwkKeySet | null;
+    if (keys === null) throw new KeyLookupError('jwt.jwks_unavailable', `no usable JWKS from ${this.url}`);
+    const found = await keys.select(header);
+    return found.length > 0 ? found : this.refetchFor(header, keys);
+  }
+
+  /** Unknown kid (or no key for this alg) in `keys`: perhaps a key published since the last fetch. */
+  private async refetchFor(header: JWSHeaderParameters, keys: JwkKeySet): Promise<readonly KeyCandidate[]> {
     let pending = this.inflight;
     if (pending === null) {
       if (!this.cooldownOver()) throw new KeyLookupError('jwt.unknown_kid', 'no matching key; refetch in cooldown');

@@ -23,6 +23,17 @@ export interface KeyCandidate {
   readonly kid: string | undefined;
 }
 
+/** Never empty: a source throws `KeyLookupError` rather than answer with no key. */
+export type KeyResolution = readonly KeyCandidate[] | Promise<readonly KeyCandidate[]>;
+
+/** `resolution`, then `next` on its candidates: at once when they are at hand, else when they arrive. */
+export function thenCandidates<T>(
+  resolution: KeyResolution,
+  next: (candidates: readonly KeyCandidate[]) => T | Promise<T>,
+): T | Promise<T> {
+  return resolution instanceof Promise ? resolution.then(next) : next(resolution);
+}
+
 /** Load, rotation and failure notices, for logs and metrics (wired by the caller). */
 export type AuthnEvent =
   | {
@@ -47,8 +58,12 @@ export interface KeySource {
   readonly kind: KeySourceKind;
   /** Bumped whenever the set of usable keys changes (rotation, reload, expiry). */
   readonly generation: number;
-  /** Keys that may verify a token with this header; throws `KeyLookupError` when there are none. */
-  resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]>;
+  /**
+   * Keys that may verify a token with this header; throws (or rejects with) `KeyLookupError`
+   * when there are none. Synchronous whenever the answer is at hand (keys loaded, this
+   * `alg`/`kid` seen before): the cache-miss path then costs no promise for the key.
+   */
+  resolve(header: JWSHeaderParameters): KeyResolution;
   /** jose-compatible `getKey`: the first candidate. */
   getKey(header: JWSHeaderParameters): Promise<VerificationKey>;
   /** Whether the key with this `ref` is still usable. */
@@ -113,6 +128,8 @@ export class JwkKeySet {
   readonly refs: ReadonlySet<string>;
   private readonly all: readonly JwkEntry[];
   private readonly byKid: ReadonlyMap<string, readonly JwkEntry[]>;
+  /** `alg` → `kid` (undefined: none) → candidates, for answers with at least one key (see `select`). */
+  private readonly memo = new Map<string, Map<string | undefined, readonly KeyCandidate[]>>();
 
   private constructor(entries: JwkEntry[], skipped: number) {
     this.all = entries;
@@ -173,20 +190,41 @@ export class JwkKeySet {
     }
   }
 
-  /** Candidates for a header: by `kid` when the token has one (a Map lookup), else every key. */
-  async select(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    const kid = header.kid;
+  /**
+   * Candidates for a header: by `kid` when the token has one (a Map lookup), else every key.
+   * Synchronous once this `alg` and `kid` have been answered before: answers with at least one
+   * key are kept per `alg` and `kid` (the set is immutable, a rotation builds a new one). Only
+   * non-empty answers are kept, and only a `kid` of this set and an `alg` jose could use with
+   * one of its keys give one, so the memo is bounded by the set (keys x algorithms), whatever
+   * the tokens claim.
+   */
+  select(header: JWSHeaderParameters): readonly KeyCandidate[] | Promise<readonly KeyCandidate[]> {
+    const { alg, kid } = header;
+    const known = typeof alg === 'string' ? this.memo.get(alg)?.get(kid) : undefined;
+    if (known !== undefined) return known;
     const entries = kid === undefined ? this.all : (this.byKid.get(kid) ?? NO_ENTRIES);
     if (entries.length === 0) return NO_CANDIDATES;
+    return this.selectAndRemember(header, entries);
+  }
+
+  private async selectAndRemember(header: JWSHeaderParameters, entries: readonly JwkEntry[]): Promise<readonly KeyCandidate[]> {
     const out: KeyCandidate[] = [];
     for (const entry of entries) {
       try {
-        out.push({ key: await entry.select(header), ref: entry.ref, kid: entry.kid });
+        out.push(Object.freeze({ key: await entry.select(header), ref: entry.ref, kid: entry.kid }));
       } catch {
         // Not usable for this `alg` (wrong kty/crv, the JWK's own `alg` differs…).
       }
     }
-    return out;
+    if (out.length === 0) return NO_CANDIDATES;
+    const candidates = Object.freeze(out);
+    const { alg, kid } = header;
+    if (typeof alg === 'string' && (kid === undefined || typeof kid === 'string')) {
+      let byKid = this.memo.get(alg);
+      if (byKid === undefined) this.memo.set(alg, (byKid = new Map()));
+      byKid.set(kid, candidates);
+    }
+    return candidates;
   }
 }
 
@@ -198,7 +236,7 @@ export abstract class JwksBackedSource implements KeySource {
   protected keys: JwkKeySet | null = null;
   private readonly listeners = new Set<() => void>();
 
-  abstract resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]>;
+  abstract resolve(header: JWSHeaderParameters): KeyResolution;
   abstract close(): void;
 
   async getKey(header: JWSHeaderParameters): Promise<VerificationKey> {

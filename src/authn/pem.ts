@@ -7,7 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { importSPKI, importX509, type CryptoKey, type JWSHeaderParameters } from 'jose';
 import { KeyLookupError } from './failures.js';
-import type { KeyCandidate, KeySource, SourceHooks, VerificationKey } from './key-source.js';
+import type { KeyCandidate, KeyResolution, KeySource, SourceHooks, VerificationKey } from './key-source.js';
 import type { PublicKeyConfig } from './schema.js';
 
 export interface PemKeyInput {
@@ -42,6 +42,8 @@ export class PemKeySource implements KeySource {
   private entries: readonly PemEntry[] = [];
   private byKid: ReadonlyMap<string, readonly PemEntry[]> = new Map();
   private withoutKid: readonly PemEntry[] = [];
+  /** `alg` → `kid` (undefined: none) → candidates (see `select`). */
+  private readonly memo = new Map<string, Map<string | undefined, readonly KeyCandidate[]>>();
   private loaded = false;
 
   constructor(inputs: readonly PemKeyInput[], algorithms: readonly string[], hooks: SourceHooks) {
@@ -50,21 +52,35 @@ export class PemKeySource implements KeySource {
     this.ready.catch(() => undefined);
   }
 
-  async resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    if (!this.loaded) await this.ready.catch(() => undefined);
+  resolve(header: JWSHeaderParameters): KeyResolution {
+    if (!this.loaded) return this.ready.catch(() => undefined).then(() => this.select(header));
+    return this.select(header);
+  }
+
+  /** The keys for this `alg` and `kid`, answered once per pair (both come from the configured keys). */
+  private select(header: JWSHeaderParameters): readonly KeyCandidate[] {
     const { alg, kid } = header;
+    const known = typeof alg === 'string' ? this.memo.get(alg)?.get(kid) : undefined;
+    if (known !== undefined) return known;
     // A token naming a kid uses the key with that kid; keys configured without one serve any token.
     const pool = kid === undefined ? this.entries : (this.byKid.get(kid) ?? this.withoutKid);
     const out: KeyCandidate[] = [];
     for (const entry of pool) {
       const key = alg === undefined ? undefined : entry.byAlg.get(alg);
-      if (key !== undefined) out.push({ key, ref: entry.ref, kid: entry.kid });
+      if (key !== undefined) out.push(Object.freeze({ key, ref: entry.ref, kid: entry.kid }));
     }
     if (out.length === 0) {
       if (this.entries.length === 0) throw new KeyLookupError('jwt.jwks_unavailable', 'no public key could be loaded');
       throw new KeyLookupError('jwt.unknown_kid', 'no configured public key matches');
     }
-    return out;
+    const candidates = Object.freeze(out);
+    // Kept only for a kid of the configured keys (or none), with an alg they serve: bounded by the config.
+    if (typeof alg === 'string' && (kid === undefined || (typeof kid === 'string' && this.byKid.has(kid)))) {
+      let byKid = this.memo.get(alg);
+      if (byKid === undefined) this.memo.set(alg, (byKid = new Map()));
+      byKid.set(kid, candidates);
+    }
+    return candidates;
   }
 
   async getKey(header: JWSHeaderParameters): Promise<VerificationKey> {

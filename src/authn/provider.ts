@@ -5,7 +5,7 @@
  * the verified-token cache; `close()` stops their watchers and timers.
  */
 import { errors as joseErrors, jwtVerify, type JWTHeaderParameters, type JWTPayload, type JWTVerifyOptions } from 'jose';
-import type { Identity } from '../core/context.js';
+import type { DecisionRecord, Identity } from '../core/context.js';
 import { VerifiedTokenCache, type CachedToken, type CacheStats } from './cache.js';
 import {
   checkRequiredClaims,
@@ -26,7 +26,7 @@ import { KeyLookupError, mapVerifyError, type AuthnFailureCode } from './failure
 import { FileJwksKeySource } from './jwks-file.js';
 import { compileDecrypter, isNestedJwt, looksLikeJwe, type TokenDecrypter } from './jwe.js';
 import { RemoteJwksKeySource, type RemoteJwksOptions } from './jwks-remote.js';
-import type { AuthnEvent, KeyCandidate, KeySource, SourceHooks } from './key-source.js';
+import type { AuthnEvent, KeyCandidate, KeySource, SourceHooks, VerificationKey } from './key-source.js';
 import { PemKeySource, readPublicKeyInputs } from './pem.js';
 import type { RevocationCheck } from './revocation-hook.js';
 import { AUTHN_CACHE_DEFAULTS, HMAC_ALGORITHMS, JWKS_DEFAULTS, type AuthnConfig, type ProviderConfig } from './schema.js';
@@ -55,9 +55,13 @@ const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 export function tokenShapeProblem(token: string): string | null {
   if (token.length > MAX_TOKEN_LENGTH) return `token longer than ${MAX_TOKEN_LENGTH} characters`;
   if (!COMPACT_JWS.test(token)) return 'not a compact JWS';
-  const signature = token.slice(token.lastIndexOf('.') + 1);
-  if (signature !== '' && Buffer.from(signature, 'base64url').toString('base64url') !== signature) {
-    return 'non-canonical base64url signature';
+  // Only the last 4-character group can be spelled two ways (its unused low bits, or a lone
+  // character that decodes to nothing); full groups before it always re-encode as they were.
+  // So the round trip through the platform's decoder is run on that group alone.
+  const length = token.length - token.lastIndexOf('.') - 1;
+  if (length !== 0) {
+    const last = token.slice(token.length - (length % 4 || 4));
+    if (Buffer.from(last, 'base64url').toString('base64url') !== last) return 'non-canonical base64url signature';
   }
   return null;
 }
@@ -69,6 +73,56 @@ function isSignatureFailure(err: unknown): boolean {
 /** Logs want the kid a bad token claimed, but never an unbounded attacker string. */
 function loggableKid(kid: unknown): string | undefined {
   return typeof kid === 'string' ? kid.slice(0, 128) : undefined;
+}
+
+const NO_KEYS: readonly KeyCandidate[] = Object.freeze([]);
+
+/**
+ * jose's key callback for one verification, and what it found: whether jose got as far as
+ * asking (error mapping), the kid the token claimed (logs) and the candidate keys (retries,
+ * and the key the cache entry depends on). Synchronous when the source has the keys at hand.
+ */
+class KeyLookup {
+  requested = false;
+  kid: string | undefined = undefined;
+  candidates: readonly KeyCandidate[] = NO_KEYS;
+  private readonly source: KeySource;
+
+  constructor(source: KeySource) {
+    this.source = source;
+  }
+
+  readonly getKey = (header: JWTHeaderParameters): VerificationKey | Promise<VerificationKey> => {
+    this.requested = true;
+    this.kid = loggableKid(header.kid);
+    if (header.kid !== undefined && typeof header.kid !== 'string') {
+      throw new KeyLookupError('jwt.malformed', '"kid" is not a string');
+    }
+    // Nested JWTs (RFC 7519 §5.2) are not supported: the inner token would go unchecked.
+    if (isNestedJwt(header.cty)) throw new KeyLookupError('jwt.malformed', 'nested JWT (cty: JWT)');
+    const resolution = this.source.resolve(header);
+    if (resolution instanceof Promise) return resolution.then((candidates) => this.found(candidates));
+    return this.found(resolution);
+  };
+
+  private found(candidates: readonly KeyCandidate[]): VerificationKey {
+    this.candidates = candidates;
+    return candidates[0]!.key;
+  }
+}
+
+interface AllowRecords {
+  readonly verified: DecisionRecord;
+  readonly cached: DecisionRecord;
+}
+
+/** Allow records are kept for at most this many kids per provider. */
+const MAX_REMEMBERED_KIDS = 64;
+
+function allowRecords(provider: string, kid: string | undefined): AllowRecords {
+  const record = (cached: boolean): DecisionRecord =>
+    Object.freeze({ stage: 'authn', outcome: 'allow', code: AUTHN_VALID, detail: Object.freeze({ provider, kid, cached }) });
+  return { verified: record(false), cached: record(true) };
 }
 
 interface ForwardedClaim {
@@ -99,6 +153,7 @@ export class CompiledProvider {
   private readonly cacheTtlMs: number;
   private readonly now: () => number;
   private readonly injectedClock: boolean;
+  private readonly records = new Map<string | undefined, AllowRecords>();
 
   constructor(init: {
     name: string;
@@ -150,20 +205,21 @@ export class CompiledProvider {
    * With `decrypt`, a compact JWE is unwrapped first and its inner JWS verified exactly as a
    * plain one (the caller caches the result under the outer token).
    */
-  async verify(token: string): Promise<ProviderVerifyResult> {
-    const decrypter = this.decrypter;
-    if (decrypter !== null) {
-      if (looksLikeJwe(token)) {
-        const inner = await decrypter.unwrap(token);
-        if (!inner.ok) return { ok: false, code: inner.code, reason: inner.reason, kid: undefined };
-        return this.verifySigned(inner.jws);
-      }
-      if (decrypter.required) {
-        const shape = tokenShapeProblem(token);
-        return shape === null
-          ? { ok: false, code: 'jwt.encryption_required', reason: 'plain JWS (decrypt.required)', kid: undefined }
-          : { ok: false, code: 'jwt.malformed', reason: shape, kid: undefined };
-      }
+  verify(token: string): Promise<ProviderVerifyResult> {
+    return this.decrypter === null ? this.verifySigned(token) : this.verifyDecrypting(token, this.decrypter);
+  }
+
+  private async verifyDecrypting(token: string, decrypter: TokenDecrypter): Promise<ProviderVerifyResult> {
+    if (looksLikeJwe(token)) {
+      const inner = await decrypter.unwrap(token);
+      if (!inner.ok) return { ok: false, code: inner.code, reason: inner.reason, kid: undefined };
+      return this.verifySigned(inner.jws);
+    }
+    if (decrypter.required) {
+      const shape = tokenShapeProblem(token);
+      return shape === null
+        ? { ok: false, code: 'jwt.encryption_required', reason: 'plain JWS (decrypt.required)', kid: undefined }
+        : { ok: false, code: 'jwt.malformed', reason: shape, kid: undefined };
     }
     return this.verifySigned(token);
   }
@@ -175,39 +231,23 @@ export class CompiledProvider {
 
     const nowMs = this.now();
     const options = this.injectedClock ? { ...this.options, currentDate: new Date(nowMs) } : this.options;
-    // Filled by the key callback, which jose calls only after `crit` and the algorithm allow-list passed.
-    const state: { keyRequested: boolean; kid: string | undefined; candidates: readonly KeyCandidate[] } = {
-      keyRequested: false,
-      kid: undefined,
-      candidates: [],
-    };
-    const source = this.source;
-    const getKey = async (header: JWTHeaderParameters) => {
-      state.keyRequested = true;
-      state.kid = loggableKid(header.kid);
-      if (header.kid !== undefined && typeof header.kid !== 'string') {
-        throw new KeyLookupError('jwt.malformed', '"kid" is not a string');
-      }
-      // Nested JWTs (RFC 7519 §5.2) are not supported: the inner token would go unchecked.
-      if (isNestedJwt(header.cty)) throw new KeyLookupError('jwt.malformed', 'nested JWT (cty: JWT)');
-      state.candidates = await source.resolve(header);
-      return state.candidates[0]!.key;
-    };
-
+    // One jose call per token: jose parses the header once and hands it to this key callback
+    // (only after `crit` and the algorithm allow-list passed), which records what it resolved.
+    const lookup = new KeyLookup(this.source);
     let payload: JWTPayload;
     let header: JWTHeaderParameters;
     let used: KeyCandidate;
     try {
-      const result = await jwtVerify(token, getKey, options);
+      const result = await jwtVerify(token, lookup.getKey, options);
       payload = result.payload;
       header = result.protectedHeader;
-      used = state.candidates[0]!;
+      used = lookup.candidates[0]!;
     } catch (err) {
-      const retried = isSignatureFailure(err) ? await this.tryOtherKeys(token, state.candidates, options) : null;
+      const retried = isSignatureFailure(err) ? await this.tryOtherKeys(token, lookup.candidates, options) : null;
       if (retried === null || 'failure' in retried) {
         const failure = retried !== null && 'failure' in retried ? retried.failure : err;
-        const mapped = mapVerifyError(failure, state.keyRequested);
-        return { ok: false, code: mapped.code, reason: mapped.reason, kid: state.kid };
+        const mapped = mapVerifyError(failure, lookup.requested);
+        return { ok: false, code: mapped.code, reason: mapped.reason, kid: lookup.kid };
       }
       ({ payload, header, used } = retried);
     }
@@ -235,6 +275,19 @@ export class CompiledProvider {
       }
     }
     return null;
+  }
+
+  /**
+   * The allow records of a token verified with key `kid` (frozen, so shared by every token of
+   * that key). Remembered for the first MAX_REMEMBERED_KIDS kids: a kid only gets here with a
+   * valid signature, but a key without a kid lets the token name any.
+   */
+  private recordsFor(kid: string | undefined): AllowRecords {
+    const known = this.records.get(kid);
+    if (known !== undefined) return known;
+    const records = allowRecords(this.name, kid);
+    if (this.records.size < MAX_REMEMBERED_KIDS) this.records.set(kid, records);
+    return records;
   }
 
   private accept(payload: JWTPayload, header: JWTHeaderParameters, used: KeyCandidate, nowMs: number): ProviderVerifyResult {
@@ -281,24 +334,14 @@ export class CompiledProvider {
       validFromMs = Math.max(validFromMs, (payload.iat - skew) * 1000);
     }
 
-    const detail = { provider: this.name, kid };
+    const records = this.recordsFor(kid);
     const entry: CachedToken = {
       providerName: this.name,
       identity,
       // Not frozen (frozen arrays take a slow path when copied on every hit); readonly by type.
       upstreamHeaders: headers,
-      verifiedRecord: Object.freeze({
-        stage: 'authn',
-        outcome: 'allow',
-        code: AUTHN_VALID,
-        detail: Object.freeze({ ...detail, cached: false }),
-      }),
-      cachedRecord: Object.freeze({
-        stage: 'authn',
-        outcome: 'allow',
-        code: AUTHN_VALID,
-        detail: Object.freeze({ ...detail, cached: true }),
-      }),
+      verifiedRecord: records.verified,
+      cachedRecord: records.cached,
       source: this.source,
       keyRef: used.ref,
       validFromMs,

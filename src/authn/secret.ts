@@ -6,7 +6,7 @@
 import { webcrypto } from 'node:crypto';
 import type { CryptoKey, JWSHeaderParameters } from 'jose';
 import { KeyLookupError } from './failures.js';
-import type { KeyCandidate, KeySource, SourceHooks, VerificationKey } from './key-source.js';
+import type { KeyCandidate, KeyResolution, KeySource, SourceHooks, VerificationKey } from './key-source.js';
 
 export const MIN_SECRET_BYTES = 32;
 const SECRET_REF = 'secret';
@@ -23,8 +23,12 @@ export class SecretKeySource implements KeySource {
     this.ready.catch(() => undefined);
   }
 
-  async resolve(header: JWSHeaderParameters): Promise<readonly KeyCandidate[]> {
-    if (!this.loaded) await this.ready.catch(() => undefined);
+  resolve(header: JWSHeaderParameters): KeyResolution {
+    if (!this.loaded) return this.ready.catch(() => undefined).then(() => this.select(header));
+    return this.select(header);
+  }
+
+  private select(header: JWSHeaderParameters): readonly KeyCandidate[] {
     const found = header.alg === undefined ? undefined : this.byAlg.get(header.alg);
     if (found === undefined) throw new KeyLookupError('jwt.unknown_kid', 'no secret for this algorithm');
     return found;

@@ -171,6 +171,8 @@ class AuthnStage implements Stage {
       const digest = tokenDigest(token);
       const hit = this.lookup(group, digest);
       if (hit !== undefined) return this.allow(ctx, hit, hit.cachedRecord);
+      const providers = group.providers;
+      if (providers.length === 1) return this.verifyWith(ctx, providers[0]!, token, digest);
       return this.verifyFound(ctx, [{ group, token, digest }], null);
     }
 
@@ -208,6 +210,14 @@ class AuthnStage implements Stage {
       if (hit !== undefined) return hit;
     }
     return undefined;
+  }
+
+  /** One provider, one token source (the common case): `verifyFound` without its loops. */
+  private async verifyWith(ctx: RequestContext, provider: CompiledProvider, token: string, digest: string): Promise<Decision> {
+    const result = await provider.verify(token);
+    if (!result.ok) return this.deny(ctx, result.code, provider.name, result.kid, result.reason);
+    this.authn.cache.set(digest + provider.tag, result.entry);
+    return this.allow(ctx, result.entry, result.entry.verifiedRecord);
   }
 
   private async verifyFound(ctx: RequestContext, found: readonly FoundToken[], earlier: Failure | null): Promise<Decision> {
