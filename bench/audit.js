@@ -11,9 +11,10 @@
 // time the process spent per event (all threads: the SQLite worker counts) —
 // on a shared machine the better guide to what one core sustains. Separately,
 // `enqueue` measures what `record()` costs the request path: each call timed
-// with hrtime, percentiles over all calls.
+// with hrtime, percentiles over all calls. The load average is printed before
+// and after: on a busy machine, read the CPU figures rather than the rates.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { generateKeyPairSync } from 'node:crypto';
@@ -115,6 +116,8 @@ async function throughput(scenario) {
       enqueueSeconds: Number((Number(enqueued - started) / 1e9).toFixed(2)),
       // CPU time of this process (all threads) per event: what a core can sustain, whatever else the machine runs.
       cpuMicrosPerEvent: Number(((used.user + used.system) / EVENTS).toFixed(1)),
+      userMicrosPerEvent: Number((used.user / EVENTS).toFixed(1)),
+      systemMicrosPerEvent: Number((used.system / EVENTS).toFixed(1)),
       checkpoints: stats.checkpoints,
     };
   } finally {
@@ -158,13 +161,18 @@ async function enqueueCost() {
   }
 }
 
+const load = () =>
+  loadavg()
+    .map((l) => l.toFixed(2))
+    .join(' ');
+console.log(`load average ${load()} (${EVENTS} events per scenario)`);
 const results = [];
 for (const scenario of SCENARIOS) {
   if (ONLY && !ONLY.includes(scenario.name)) continue;
   const result = await throughput(scenario);
   results.push(result);
   console.log(
-    `${result.scenario.padEnd(16)} ${String(result.eventsPerSecond).padStart(8)} events/s  ${String(result.cpuMicrosPerEvent).padStart(5)} µs CPU/event  (${result.events} events in ${result.seconds}s, ${result.checkpoints} checkpoints, ${result.refused} refused)`,
+    `${result.scenario.padEnd(16)} ${String(result.eventsPerSecond).padStart(8)} events/s  ${String(result.cpuMicrosPerEvent).padStart(5)} µs CPU/event (user ${result.userMicrosPerEvent} + sys ${result.systemMicrosPerEvent})  (${result.events} events in ${result.seconds}s, ${result.checkpoints} checkpoints, ${result.refused} refused)`,
   );
 }
 if (!ONLY || ONLY.includes('enqueue')) {
@@ -172,4 +180,5 @@ if (!ONLY || ONLY.includes('enqueue')) {
   results.push(cost);
   console.log(`enqueue          p50 ${cost.p50us} µs  p99 ${cost.p99us} µs  p99.9 ${cost.p999us} µs  max ${cost.maxus} µs`);
 }
+console.log(`load average ${load()}`);
 if (process.env.AUDIT_BENCH_JSON) console.log(JSON.stringify(results));

@@ -48,11 +48,30 @@ function serializeNumber(value: number): string {
   return String(value);
 }
 
+/**
+ * Sorts member names in place by UTF-16 code units (§3.2.3). Objects are
+ * small: an insertion sort there allocates nothing, where `Array.prototype.sort`
+ * allocates its work state (hundreds of bytes) per call.
+ */
+export function sortCodeUnits(keys: string[]): string[] {
+  if (keys.length > 16) return keys.sort(compareCodeUnits);
+  for (let i = 1; i < keys.length; i++) {
+    const key = keys[i] as string;
+    let j = i - 1;
+    while (j >= 0 && (keys[j] as string) > key) {
+      keys[j + 1] = keys[j] as string;
+      j--;
+    }
+    keys[j + 1] = key;
+  }
+  return keys;
+}
+
 /** Already-sorted keys are the common case for records built in key order: check before sorting. */
 function sortedKeys(object: object): string[] {
   const keys = Object.keys(object);
   for (let i = 1; i < keys.length; i++) {
-    if ((keys[i - 1] as string) > (keys[i] as string)) return keys.sort(compareCodeUnits);
+    if ((keys[i - 1] as string) > (keys[i] as string)) return sortCodeUnits(keys);
   }
   return keys;
 }

@@ -2,8 +2,9 @@
  * The hash chain. Every record carries `prev` (the previous record's hash) and
  * `hash` = SHA-256 (hex) over the RFC 8785 canonical JSON of the record without
  * `hash`. The stored line is that canonical JSON with `"hash"` appended as the
- * last member, so writing costs one serialization, and any store that keeps the
- * JSON (a file line, a TEXT column) keeps exactly what was hashed.
+ * last member, so writing costs one serialization (written straight into the
+ * WAL's bytes, `writeStoredLine`), and any store that keeps the JSON (a file
+ * line, a TEXT column) keeps exactly what was hashed.
  *
  * Checkpoints are records too: `count` (= n, the records before it) and `head`
  * (= prev, the hash of the last of them), signed with Ed25519 over the canonical
@@ -46,8 +47,31 @@ export function newChainId(now = new Date()): string {
 
 export interface ChainedRecord {
   readonly record: AuditRecord;
-  /** The stored JSON line (no trailing newline). */
-  readonly line: string;
+  /** RFC 8785 JSON of the record without `hash`: what `hash` covers. */
+  readonly canonical: string;
+  readonly hash: string;
+}
+
+/** The stored JSON line (no trailing newline): the canonical JSON with `"hash"` appended as its last member. */
+export function storedLine(chained: ChainedRecord): string {
+  // Canonical JSON always ends in `}` and, with members present, needs a comma before the new one.
+  return `${chained.canonical.slice(0, -1)},"hash":"${chained.hash}"}`;
+}
+
+/** Most bytes `writeStoredLine` may write for a record (UTF-8 is at most 3 bytes per UTF-16 unit). */
+export function storedLineMaxBytes(chained: ChainedRecord): number {
+  return chained.canonical.length * 3 + 80;
+}
+
+/**
+ * Writes the stored line and its newline into `buffer` at `offset` (room for
+ * `storedLineMaxBytes` is the caller's job); returns the newline's offset. The
+ * same bytes as `storedLine` encoded, without building that string.
+ */
+export function writeStoredLine(buffer: Buffer, offset: number, chained: ChainedRecord): number {
+  // The canonical form ends in `}` (one byte): overwrite it with the comma, then the hash member closes the object.
+  const end = offset + buffer.write(chained.canonical, offset, 'utf8') - 1;
+  return end + buffer.write(`,"hash":"${chained.hash}"}\n`, end, 'latin1') - 1;
 }
 
 /**
@@ -106,8 +130,6 @@ export class ChainWriter {
     body['v'] = 1;
     const canonical = canonicalReady ? JSON.stringify(body) : canonicalize(body);
     const hash = sha256Hex(canonical);
-    // Canonical JSON always ends in `}` and, with members present, needs a comma before the new one.
-    const line = `${canonical.slice(0, -1)},"hash":"${hash}"}`;
     body['hash'] = hash;
     this.#n++;
     this.#prev = hash;
@@ -117,7 +139,7 @@ export class ChainWriter {
     } else {
       this.#sinceCheckpoint++;
     }
-    return { record: body as unknown as AuditRecord, line };
+    return { record: body as unknown as AuditRecord, canonical, hash };
   }
 
   checkpoint(reason: CheckpointRecord['reason'], final: boolean): ChainedRecord {

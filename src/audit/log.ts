@@ -6,12 +6,14 @@
  *   record()      sync, no I/O: assigns id/ts/seq, queues, returns. Full queue:
  *                 `block` → rejected (the gateway answers 503 audit.unavailable),
  *                 `drop` → counted, a gap marker takes the events' place in the chain.
- *   drain         setImmediate batches: builds records, masks them, appends to the
- *                 chain (hash), adds checkpoints; stops while the WAL is at its quota.
- *   commit        one write (+ one fdatasync in durable mode) per group of records;
+ *   drain         setImmediate batches (≤ 2,048 records, ~2 ms a tick): builds records,
+ *                 masks them, appends to the chain (hash), serializes each once, straight
+ *                 into byte chunks; adds checkpoints; stops while the WAL is at its quota.
+ *   commit        one writev (+ one fdatasync in durable mode) per group of records;
  *                 `recordDurable` resolves when its record's group is committed.
- *   sinks         one loop per sink from its cursor: committed entries from memory,
- *                 or read back from the WAL when it fell behind (outage, restart).
+ *   sinks         one loop per sink from its cursor: committed entries from memory (the
+ *                 WAL's bytes: a file sink writes them as they are), or read back from
+ *                 the WAL when it fell behind (outage, restart).
  *                 A segment is deleted when every sink is past it.
  *
  * Restart: the previous process's WAL is replayed to every sink from its saved
@@ -26,7 +28,7 @@ import { join } from 'node:path';
 import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import type { Logger } from '../telemetry/logger.js';
-import { ChainWriter, newChainId, type ChainedRecord } from './chain.js';
+import { ChainWriter, newChainId, storedLineMaxBytes, writeStoredLine, type ChainedRecord } from './chain.js';
 import { AuditClock, formatTimestamp, UuidV7 } from './clock.js';
 import {
   assertBusinessEvent,
@@ -44,7 +46,7 @@ import { AUDIT_DEFAULTS, sinkIdentity, type AuditConfig } from './schema.js';
 import { createSink } from './sinks/factory.js';
 import { indexedColumns, type AuditSink } from './sinks/sink.js';
 import { claimSlot, type ClaimedSlot } from './slot.js';
-import { Wal, type WalEntry, type WalReader } from './wal.js';
+import { LineChunks, Wal, type ChunkEntry, type WalEntry, type WalReader } from './wal.js';
 
 export type EnqueueResult =
   | { readonly status: 'accepted'; readonly id: string; readonly seq: number }
@@ -191,6 +193,14 @@ class SinkRunner {
 const TAIL_MAX_BYTES = 32 * 1024 * 1024;
 /** Records built per drain tick: bounded so one tick never holds the event loop long. */
 const DRAIN_BATCH = 2048;
+/**
+ * …and bounded in time: the commit, the sinks (a file batch is several fs
+ * round trips, each waiting for a turn of the loop) and the gateway's requests
+ * run between ticks. A 2,048-record tick holds the loop for tens of ms; the
+ * sinks then fall behind the in-memory tail and read back from disk, which
+ * costs more than the loop turns saved.
+ */
+const DRAIN_SLICE_MS = 2;
 /** Serialized but uncommitted bytes before the drain waits for the WAL. */
 const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 const MAINTENANCE_MS = 250;
@@ -328,9 +338,11 @@ class AuditLogImpl implements AuditLog {
   #checkpointDue = false;
   #walFull = false;
 
-  // serialized, not yet committed
-  #pendingLines: string[] = [];
-  #pendingRecords: Record<string, unknown>[] = [];
+  // serialized (into #chunks), not yet committed
+  readonly #chunks = new LineChunks();
+  /** Some sink stores indexed columns (SQL): take them from each record as it is built. */
+  readonly #wantColumns: boolean;
+  #pendingEntries: ChunkEntry[] = [];
   #pendingWaiters: PendingWaiter[] = [];
   #pendingBytes = 0;
   /** Bytes of the commit in flight: neither pending nor in the WAL's size yet, but on their way. */
@@ -343,7 +355,7 @@ class AuditLogImpl implements AuditLog {
   #unsynced = false;
 
   // committed entries kept in memory for sinks: #tail[#tailHead…] are indexes #tailStart…
-  #tail: (WalEntry | undefined)[] = [];
+  #tail: (ChunkEntry | undefined)[] = [];
   #tailHead = 0;
   #tailStart = 0;
   #tailBytes = 0;
@@ -387,6 +399,7 @@ class AuditLogImpl implements AuditLog {
     this.chainId = newChainId();
     this.#chain = new ChainWriter({ id: this.chainId, key, clock: this.#clock, uuid: this.#uuid });
     this.#runners = sinks.map(({ sink, key: k }) => new SinkRunner(sink, k, 0));
+    this.#wantColumns = sinks.some(({ sink }) => sink.usesColumns === true);
     this.#cursorFile = join(slot.dir, 'cursors.json');
   }
 
@@ -428,7 +441,7 @@ class AuditLogImpl implements AuditLog {
         );
       }
     }
-    const startIndex = this.#wal.nextIndex + this.#pendingLines.length;
+    const startIndex = this.#wal.nextIndex + this.#pendingEntries.length;
     this.#pushPending(
       this.#chain.start({ host: hostname(), pid: process.pid, slot: this.#slot.slot, software: this.#software, after }),
     );
@@ -442,7 +455,7 @@ class AuditLogImpl implements AuditLog {
     }
     this.#tailStart = this.#wal.nextIndex;
     await this.#commit();
-    if (this.#pendingLines.length > 0) {
+    if (this.#pendingEntries.length > 0) {
       if (this.#commitRetryTimer !== null) clearTimeout(this.#commitRetryTimer);
       throw new Error(`audit WAL in ${this.#slot.dir} is not writable`);
     }
@@ -551,7 +564,7 @@ class AuditLogImpl implements AuditLog {
   }
 
   // -------------------------------------------------------------------------
-  // drain: queue → records → pending WAL lines
+  // drain: queue → records → pending WAL bytes
 
   #scheduleDrain(): void {
     if (this.#drainScheduled) return;
@@ -567,8 +580,15 @@ class AuditLogImpl implements AuditLog {
       this.#checkpointDue = false;
       if (this.#chain.sinceCheckpoint > 0) this.#appendCheckpoint('periodic', false);
     }
-    let budget = DRAIN_BATCH;
-    while (this.#head < this.#queue.length && budget-- > 0) {
+    const deadline = performance.now() + DRAIN_SLICE_MS;
+    let built = 0;
+    let yielded = false;
+    while (this.#head < this.#queue.length) {
+      if (built === DRAIN_BATCH || ((built & 31) === 31 && performance.now() >= deadline)) {
+        yielded = true;
+        break;
+      }
+      built++;
       if (!force && this.#pendingBytes >= MAX_PENDING_BYTES) break; // the commit reschedules us
       // Bytes serialized but not yet written count too (pending, and the commit in flight).
       if (!force && this.#wal.bytes + this.#inflightBytes + this.#pendingBytes >= this.#walMaxBytes) {
@@ -589,7 +609,7 @@ class AuditLogImpl implements AuditLog {
       this.#head = 0;
     }
     this.#scheduleCommit();
-    if (this.#head < this.#queue.length && budget < 0) this.#scheduleDrain();
+    if (yielded) this.#scheduleDrain();
     this.#checkIdle();
   }
 
@@ -731,17 +751,21 @@ class AuditLogImpl implements AuditLog {
     else this.#logger.debug(fields, 'audit checkpoint');
   }
 
+  /** Serializes the record into the pending bytes; the record object itself is not kept. */
   #pushPending(chained: ChainedRecord): void {
-    this.#pendingLines.push(chained.line);
-    this.#pendingRecords.push(chained.record as unknown as Record<string, unknown>);
-    this.#pendingBytes += chained.line.length + 1;
+    const buffer = this.#chunks.room(storedLineMaxBytes(chained));
+    const newline = writeStoredLine(buffer, this.#chunks.offset, chained);
+    const columns = this.#wantColumns ? indexedColumns(chained.record as unknown as Record<string, unknown>) : undefined;
+    const entry = this.#chunks.take(newline, columns);
+    this.#pendingEntries.push(entry);
+    this.#pendingBytes += entry.size;
   }
 
   // -------------------------------------------------------------------------
-  // commit: pending lines → WAL (one write, one fdatasync)
+  // commit: pending entries → WAL (one writev, one fdatasync)
 
   #scheduleCommit(): void {
-    if (this.#commitScheduled || this.#committing || this.#commitRetryTimer !== null || this.#pendingLines.length === 0) return;
+    if (this.#commitScheduled || this.#committing || this.#commitRetryTimer !== null || this.#pendingEntries.length === 0) return;
     this.#commitScheduled = true;
     // Group commit: in durable mode, wait out the window since the last commit began so more records share the fsync.
     const wait = this.#durable ? this.#lastCommitAt + this.#fsyncIntervalMs - Date.now() : 0;
@@ -751,26 +775,22 @@ class AuditLogImpl implements AuditLog {
 
   async #commit(): Promise<void> {
     this.#commitScheduled = false;
-    if (this.#committing || this.#pendingLines.length === 0) return;
+    if (this.#committing || this.#pendingEntries.length === 0) return;
     this.#committing = true;
     this.#lastCommitAt = Date.now();
-    const lines = this.#pendingLines;
-    const records = this.#pendingRecords;
+    const entries = this.#pendingEntries;
     const waiters = this.#pendingWaiters;
-    this.#pendingLines = [];
-    this.#pendingRecords = [];
+    this.#pendingEntries = [];
     this.#pendingWaiters = [];
     this.#inflightBytes = this.#pendingBytes;
     this.#pendingBytes = 0;
-    let first: number;
     try {
-      first = await this.#wal.write(lines, this.#durable);
+      await this.#wal.append(entries, this.#durable);
     } catch (error) {
-      this.#inflightBytes = 0;
       // Keep the records (in order, ahead of newer ones) and retry; tell waiters now rather than hang their requests.
-      this.#pendingLines = lines.concat(this.#pendingLines);
-      this.#pendingRecords = records.concat(this.#pendingRecords);
-      for (const line of this.#pendingLines) this.#pendingBytes += line.length + 1;
+      this.#pendingEntries = entries.concat(this.#pendingEntries);
+      this.#pendingBytes += this.#inflightBytes;
+      this.#inflightBytes = 0;
       const failure = unavailable('wal_error');
       for (const { waiter } of waiters) waiter.reject(failure);
       this.#stats.walErrors++;
@@ -788,23 +808,17 @@ class AuditLogImpl implements AuditLog {
     this.#inflightBytes = 0;
     this.#commitRetryMs = 0;
     if (!this.#durable) this.#unsynced = true;
-    for (let i = 0; i < lines.length; i++) {
-      const line = lines[i] as string;
-      // Keep the columns, not the record: tail entries live until every sink has them, and big
-      // object graphs surviving that long are what makes GC expensive.
-      this.#tail.push({
-        index: first + i,
-        line,
-        record: undefined,
-        columns: indexedColumns(records[i] as Record<string, unknown>),
-      });
-      this.#tailBytes += line.length;
+    // Tail entries live until every sink has them: they hold bytes and columns, never the record
+    // object graph (big graphs surviving that long are what makes GC expensive).
+    for (const entry of entries) {
+      this.#tail.push(entry);
+      this.#tailBytes += entry.size;
     }
-    this.#stats.written += lines.length;
+    this.#stats.written += entries.length;
     for (const { waiter, result } of waiters) waiter.resolve(result);
     this.#committing = false;
     for (const runner of this.#runners) runner.wake?.();
-    if (this.#pendingLines.length > 0) this.#scheduleCommit();
+    if (this.#pendingEntries.length > 0) this.#scheduleCommit();
     // The drain may have stopped for pending bytes or the quota: it re-checks both.
     if (this.#head < this.#queue.length) this.#scheduleDrain();
     this.#trimTail();
@@ -923,7 +937,7 @@ class AuditLogImpl implements AuditLog {
   #trimTail(): void {
     const min = this.#minCursor();
     while (this.#tailHead < this.#tail.length && (this.#tailStart < min || this.#tailBytes > TAIL_MAX_BYTES)) {
-      this.#tailBytes -= (this.#tail[this.#tailHead] as WalEntry).line.length;
+      this.#tailBytes -= (this.#tail[this.#tailHead] as ChunkEntry).size;
       this.#tail[this.#tailHead++] = undefined;
       this.#tailStart++;
     }
@@ -976,7 +990,7 @@ class AuditLogImpl implements AuditLog {
   // flush / close / stats
 
   #isIdle(): boolean {
-    return this.#head >= this.#queue.length && this.#pendingLines.length === 0 && !this.#committing;
+    return this.#head >= this.#queue.length && this.#pendingEntries.length === 0 && !this.#committing;
   }
 
   #checkIdle(): void {

@@ -4,8 +4,11 @@
  * get them. Entries are numbered from 0 for the life of the slot (across
  * restarts); a segment covers [its first index, the next segment's first index).
  *
- * - `write()` appends a batch with one write (and one fdatasync when asked):
- *   group commit is the caller batching lines between calls.
+ * - `append()` writes a batch of entries with one `writev` (and one fdatasync
+ *   when asked): group commit is the caller batching entries between calls.
+ *   Entries are serialized straight into byte chunks (`LineChunks`), so the
+ *   batch goes from those bytes to the file, and on to byte-writing sinks,
+ *   without a string per line held on the JS heap in between.
  * - A segment is deleted once every sink has taken all of it. A restart must
  *   still find the previous chain's last record (to seal it and link the new
  *   chain to it): when no segment would hold a record any more, that record is
@@ -26,6 +29,45 @@ export interface WalEntry {
   record: Record<string, unknown> | undefined;
   /** The SQL stores' indexed columns, taken when the record was built (saves parsing the line again). */
   columns?: IndexedColumns | undefined;
+  /**
+   * Where the line's UTF-8 bytes already are, when it was built in this process: `buffer[start, end)`,
+   * its newline at `end`. Sinks that write bytes copy these rather than encode `line` again.
+   */
+  readonly buffer?: Buffer | undefined;
+  readonly start?: number | undefined;
+  readonly end?: number | undefined;
+}
+
+/**
+ * An entry whose line is bytes: serialized into a chunk of `LineChunks` (its
+ * index set when the WAL takes it), or read back from a segment. The `line`
+ * string is only made if a sink asks for it (a file sink writes the bytes).
+ */
+export class ChunkEntry implements WalEntry {
+  index = -1;
+  record: Record<string, unknown> | undefined = undefined;
+  readonly columns: IndexedColumns | undefined;
+  readonly buffer: Buffer;
+  readonly start: number;
+  readonly end: number;
+  #line: string | undefined = undefined;
+
+  constructor(buffer: Buffer, start: number, end: number, columns: IndexedColumns | undefined) {
+    this.buffer = buffer;
+    this.start = start;
+    this.end = end;
+    this.columns = columns;
+  }
+
+  get line(): string {
+    this.#line ??= this.buffer.toString('utf8', this.start, this.end);
+    return this.#line;
+  }
+
+  /** Bytes on disk, newline included. */
+  get size(): number {
+    return this.end - this.start + 1;
+  }
 }
 
 interface Segment {
@@ -53,30 +95,113 @@ function parses(line: string): boolean {
   }
 }
 
-/**
- * Encodes lines (plus newlines) into one reused buffer. A fresh Buffer per
- * commit (megabytes at high rates) is external memory, whose growth makes V8
- * run full collections; a reused one costs nothing after warm-up. The result
- * is valid until the next call, so callers must finish writing it first.
- */
-export class LineEncoder {
-  #buffer = Buffer.allocUnsafe(1 << 20);
+/** Chunk size: many records per chunk, so a commit is a handful of `writev` vectors. */
+const CHUNK_BYTES = 1 << 20;
 
-  encode(lines: readonly string[], from = 0): Buffer {
-    let offset = 0;
-    for (let i = from; i < lines.length; i++) {
-      const line = lines[i] as string;
-      // Worst case 3 bytes per UTF-16 unit (a surrogate pair is 4 bytes for 2 units): never a partial write.
-      if (offset + line.length * 3 + 1 > this.#buffer.length) {
-        const grown = Buffer.allocUnsafe(Math.max(this.#buffer.length * 2, offset + line.length * 3 + 1));
-        this.#buffer.copy(grown, 0, 0, offset);
-        this.#buffer = grown;
-      }
-      offset += this.#buffer.write(line, offset, 'utf8');
-      this.#buffer[offset++] = 0x0a;
-    }
-    return this.#buffer.subarray(0, offset);
+/**
+ * Where records are serialized: append-only byte chunks. A chunk is never
+ * reused — entries handed to sinks keep theirs alive and stay valid however long
+ * a sink holds them; a chunk is freed by GC once no entry refers to it. Being
+ * off the JS heap, the bytes cost the collector nothing while they wait for
+ * the WAL and the sinks (a string per line did: long-lived young objects are
+ * what makes scavenges expensive).
+ */
+export class LineChunks {
+  readonly #size: number;
+  #buffer: Buffer;
+  #used = 0;
+
+  constructor(size = CHUNK_BYTES) {
+    this.#size = size;
+    this.#buffer = Buffer.allocUnsafeSlow(size);
   }
+
+  /** A buffer with at least `bytes` free from `offset`: the current chunk, or a fresh one. */
+  room(bytes: number): Buffer {
+    if (this.#used + bytes > this.#buffer.length) {
+      this.#buffer = Buffer.allocUnsafeSlow(Math.max(this.#size, bytes));
+      this.#used = 0;
+    }
+    return this.#buffer;
+  }
+
+  /** Where the next line starts in the buffer `room()` returned. */
+  get offset(): number {
+    return this.#used;
+  }
+
+  /** Takes the line written at `offset` up to its newline at `newline` (both in the buffer `room()` returned). */
+  take(newline: number, columns: IndexedColumns | undefined): ChunkEntry {
+    const entry = new ChunkEntry(this.#buffer, this.#used, newline, columns);
+    this.#used = newline + 1;
+    return entry;
+  }
+
+  /** A line given as text (no newline). */
+  line(text: string): ChunkEntry {
+    // Worst case 3 bytes per UTF-16 unit (a surrogate pair is 4 bytes for 2 units): never a partial write.
+    const buffer = this.room(text.length * 3 + 1);
+    const end = this.#used + buffer.write(text, this.#used, 'utf8');
+    buffer[end] = 0x0a;
+    return this.take(end, undefined);
+  }
+}
+
+/**
+ * The bytes of `entries[from…]`, newlines included, as few buffers as possible:
+ * adjacent lines of one chunk are one view; lines without bytes (read back from
+ * disk) are encoded.
+ */
+export function entryBytes(entries: readonly WalEntry[], from = 0): Buffer[] {
+  const out: Buffer[] = [];
+  let buffer: Buffer | undefined;
+  let start = 0;
+  let end = 0;
+  let text = '';
+  for (let i = from; i < entries.length; i++) {
+    const entry = entries[i] as WalEntry;
+    if (entry.buffer === undefined) {
+      if (buffer !== undefined) out.push(buffer.subarray(start, end));
+      buffer = undefined;
+      text += `${entry.line}\n`;
+      continue;
+    }
+    if (text !== '') {
+      out.push(Buffer.from(text, 'utf8'));
+      text = '';
+    }
+    if (entry.buffer === buffer && entry.start === end) {
+      end = (entry.end as number) + 1;
+      continue;
+    }
+    if (buffer !== undefined) out.push(buffer.subarray(start, end));
+    buffer = entry.buffer;
+    start = entry.start as number;
+    end = (entry.end as number) + 1;
+  }
+  if (buffer !== undefined) out.push(buffer.subarray(start, end));
+  if (text !== '') out.push(Buffer.from(text, 'utf8'));
+  return out;
+}
+
+/** Linux's IOV_MAX: more vectors per call fail with EINVAL. */
+const IOV_MAX = 1024;
+
+/** Writes every buffer (a `writev` may be short: it continues where the last one stopped); returns the bytes written. */
+export async function writeAll(handle: FileHandle, buffers: readonly Buffer[]): Promise<number> {
+  let list = buffers.filter((b) => b.length > 0);
+  let total = 0;
+  while (list.length > 0) {
+    const { bytesWritten } = await handle.writev(list.length > IOV_MAX ? list.slice(0, IOV_MAX) : list);
+    if (bytesWritten <= 0) throw new Error('write made no progress');
+    total += bytesWritten;
+    let skip = bytesWritten;
+    let i = 0;
+    while (i < list.length && skip >= (list[i] as Buffer).length) skip -= (list[i++] as Buffer).length;
+    list = list.slice(i);
+    if (skip > 0) list[0] = (list[0] as Buffer).subarray(skip);
+  }
+  return total;
 }
 
 export class Wal {
@@ -85,13 +210,14 @@ export class Wal {
   #segments: Segment[] = [];
   #handle: FileHandle | null = null;
   #next = 0;
-  /** The last record line known (written, or found on open): the previous chain's last word on restart. */
+  /** The last record line found on open (or in head.json): the previous chain's last word on restart. */
   #lastLine: string | null = null;
   #lastLineAtOpen: string | null = null;
   #lastSync = 0;
+  /** The last entry appended, whose line is decoded only if `head.json` needs it. */
+  #lastEntry: WalEntry | null = null;
   /** write, rotate, release, sync and close share one file handle: they run one at a time. */
   #queue: Promise<unknown> = Promise.resolve();
-  readonly #encoder = new LineEncoder();
 
   private constructor(dir: string, segmentBytes: number) {
     this.dir = dir;
@@ -210,35 +336,42 @@ export class Wal {
     await this.#startSegment(this.#next);
   }
 
-  /**
-   * Appends lines (each one record, no newline) as entries `nextIndex…`. On a
-   * failed write the segment is cut back to where it was, so a retry never
-   * leaves half a batch behind it; the error is rethrown.
-   */
+  /** Appends lines (each one record, no newline) as entries `nextIndex…`; see `append`. */
   write(lines: readonly string[], sync: boolean): Promise<number> {
+    const chunks = new LineChunks(64 * 1024);
+    return this.append(
+      lines.map((line) => chunks.line(line)),
+      sync,
+    );
+  }
+
+  /**
+   * Appends entries as `nextIndex…` (setting their `index`): one `writev` of
+   * their bytes, then one fdatasync when `sync`. On a failed write the segment
+   * is cut back to where it was, so a retry never leaves half a batch behind
+   * it; the error is rethrown and the entries keep `index` -1.
+   */
+  append(entries: readonly ChunkEntry[], sync: boolean): Promise<number> {
     return this.#exclusive(async () => {
-      if (lines.length === 0) return this.#next;
+      if (entries.length === 0) return this.#next;
       if ((this.#segments[this.#segments.length - 1] as Segment).bytes >= this.segmentBytes) await this.#rotate();
       const segment = this.#segments[this.#segments.length - 1] as Segment;
-      const data = this.#encoder.encode(lines);
       const handle = this.#handle as FileHandle;
       const before = segment.bytes;
+      let written: number;
       try {
-        let written = 0;
-        while (written < data.length) {
-          const { bytesWritten } = await handle.write(data, written, data.length - written);
-          written += bytesWritten;
-        }
+        written = await writeAll(handle, entryBytes(entries));
         if (sync) await handle.datasync();
       } catch (error) {
         await handle.truncate(before).catch(() => {});
         throw error;
       }
       if (sync) this.#lastSync = Date.now();
-      segment.bytes += data.length;
+      segment.bytes += written;
       const first = this.#next;
-      this.#next += lines.length;
-      this.#lastLine = lines[lines.length - 1] as string;
+      for (let i = 0; i < entries.length; i++) (entries[i] as ChunkEntry).index = first + i;
+      this.#next += entries.length;
+      this.#lastEntry = entries[entries.length - 1] as ChunkEntry;
       return first;
     });
   }
@@ -282,11 +415,12 @@ export class Wal {
   }
 
   async #saveHead(): Promise<void> {
-    if (this.#lastLine === null) return;
+    const line = this.#lastEntry?.line ?? this.#lastLine;
+    if (line === null) return;
     const path = join(this.dir, HEAD_FILE);
     const handle = await open(`${path}.tmp`, 'w');
     try {
-      await handle.writeFile(JSON.stringify({ line: this.#lastLine }));
+      await handle.writeFile(JSON.stringify({ line }));
       await handle.datasync();
     } finally {
       await handle.close();
@@ -391,13 +525,17 @@ export class WalReader {
       let got = 0;
       let size = READ_CHUNK;
       while (got < max) {
-        const buffer = Buffer.allocUnsafe(size);
+        // Its own memory (never the shared pool): the entries made from it keep it.
+        const buffer = Buffer.allocUnsafeSlow(size);
         const { bytesRead } = await handle.read(buffer, 0, size, this.#offset);
         if (bytesRead === 0) break;
         let start = 0;
         let nl = buffer.indexOf(0x0a, start);
         while (got < max && nl !== -1 && nl < bytesRead) {
-          out.push({ index: this.#index, line: buffer.toString('utf8', start, nl), record: undefined });
+          // The line stays bytes until a sink asks for the string (a file sink writes the bytes as they are).
+          const entry = new ChunkEntry(buffer, start, nl, undefined);
+          entry.index = this.#index;
+          out.push(entry);
           this.#index++;
           got++;
           start = nl + 1;

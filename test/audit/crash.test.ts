@@ -64,8 +64,8 @@ describe('kill -9 in durable mode', () => {
 
     const writer = run('write', config);
     const deadline = Date.now() + 20_000;
-    // Kill once well into the stream (several WAL segments and sink batches in).
-    while (writer.lines.length < 1500 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    // Kill once well into the stream (several WAL segments and sink batches in): 1,500 ids after the `ready` line.
+    while (writer.lines.length < 1501 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
     writer.child.kill('SIGKILL');
     expect(await writer.closed).toBeNull();
     const [ready, ...ids] = writer.lines;

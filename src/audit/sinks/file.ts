@@ -12,7 +12,7 @@
  */
 import { mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
-import { LineEncoder, type WalEntry } from '../wal.js';
+import { entryBytes, writeAll, type WalEntry } from '../wal.js';
 import { recordOf, type AuditSink } from './sink.js';
 
 export interface FileSinkOptions {
@@ -94,7 +94,6 @@ export class FileSink implements AuditSink {
   #openedAt = 0;
   /** Id of the last record already in the file when opened: the replay skips through it once. */
   #resumeAfter: string | null = null;
-  readonly #encoder = new LineEncoder();
 
   constructor(options: FileSinkOptions) {
     this.#options = options;
@@ -171,20 +170,19 @@ export class FileSink implements AuditSink {
     if (from >= batch.length) return;
     if (this.#handle === null) await this.#openLive();
     await this.#rotateIfDue();
-    const lines: string[] = new Array<string>(batch.length - from);
-    for (let i = from; i < batch.length; i++) lines[i - from] = (batch[i] as WalEntry).line;
-    const data = this.#encoder.encode(lines);
+    // The bytes the WAL wrote, as they are (a few views for a whole batch): one writev, no encoding.
+    const data = entryBytes(batch, from);
     const handle = this.#handle as FileHandle;
+    let written: number;
     try {
-      let written = 0;
-      while (written < data.length) written += (await handle.write(data, written, data.length - written)).bytesWritten;
+      written = await writeAll(handle, data);
       if (this.#options.sync) await handle.datasync();
     } catch (error) {
       // Keep lines whole: cut a partial append so the retry starts on a line boundary.
       await handle.truncate(this.#size).catch(() => {});
       throw error;
     }
-    this.#size += data.length;
+    this.#size += written;
   }
 
   async close(): Promise<void> {

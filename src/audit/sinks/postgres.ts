@@ -72,6 +72,7 @@ export class PostgresSink implements AuditSink {
   readonly name: string;
   readonly batchSize: number;
   readonly exactCursor = false;
+  readonly usesColumns = true;
   readonly #options: PostgresSinkOptions;
   readonly #insert: string;
   #pool: PgPool | null = null;

@@ -20,6 +20,11 @@ export interface AuditSink {
    * after every batch, so a replay re-sends at most the last batch.
    */
   readonly exactCursor: boolean;
+  /**
+   * `write` reads each entry's indexed columns (`columnsOf`: the SQL stores). The log then takes
+   * them as it builds each record; without it, `columnsOf` has to parse the line.
+   */
+  readonly usesColumns?: boolean;
   open(): Promise<void>;
   write(batch: readonly WalEntry[]): Promise<void>;
   close(): Promise<void>;

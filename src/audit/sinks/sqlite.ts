@@ -8,6 +8,11 @@
  * and awaits the acknowledgement. The worker's code is inline (`eval`) so it
  * runs the same from `src/` under the test runner and from `dist/`.
  *
+ * A batch is posted in slices of rows: the worker inserts one while this
+ * thread builds the next (for entries read back from the WAL that means
+ * parsing their lines, as slow as the inserts), and commits the batch's one
+ * transaction with the last slice.
+ *
  * Table (also read by verify and query):
  *   pos INTEGER PRIMARY KEY AUTOINCREMENT  -- storage order: what verify walks
  *   id TEXT UNIQUE, chain, n, ts, kind, subject, tenant, decision, route,
@@ -69,7 +74,12 @@ export function prepareSqlite(db: SqliteDatabase, table: string, sync: boolean):
   db.exec(sqliteSchema(table));
 }
 
-// The worker: plain CommonJS, no imports from this package (it is eval'd).
+/** Rows per message: small enough that the worker starts early, large enough that messages stay few. */
+const SLICE_ROWS = 256;
+
+// The worker: plain CommonJS, no imports from this package (it is eval'd). A batch arrives as `rows`
+// messages; the first opens its transaction, the `last` one commits it and acknowledges. A failed
+// batch is rolled back, and its remaining slices (already on their way) are ignored.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.modulePath);
@@ -80,15 +90,36 @@ try {
   db.pragma('synchronous = ' + (workerData.sync ? 'FULL' : 'NORMAL'));
   db.exec(workerData.ddl);
   const insert = db.prepare(workerData.insert);
-  const writeAll = db.transaction((rows) => { for (const row of rows) insert.run(row); });
+  const begin = db.prepare('BEGIN');
+  const commit = db.prepare('COMMIT');
+  const rollback = db.prepare('ROLLBACK');
+  let open = -1;
+  let failed = -1;
+  const fail = (id, error) => {
+    if (db.inTransaction) rollback.run();
+    open = -1;
+    failed = id;
+    parentPort.postMessage({ type: 'failed', id, message: String(error && error.message || error), code: error && error.code });
+  };
   parentPort.postMessage({ type: 'ready' });
   parentPort.on('message', (message) => {
-    if (message.type === 'close') { db.close(); parentPort.close(); return; }
+    if (message.type === 'close') { if (db.inTransaction) rollback.run(); db.close(); parentPort.close(); return; }
+    if (message.id === failed) return;
+    if (message.type === 'abort') { if (open === message.id && db.inTransaction) rollback.run(); open = -1; return; }
     try {
-      writeAll(message.rows);
-      parentPort.postMessage({ type: 'done', id: message.id });
+      if (open !== message.id) {
+        if (db.inTransaction) rollback.run();
+        begin.run();
+        open = message.id;
+      }
+      for (const row of message.rows) insert.run(row);
+      if (message.last) {
+        commit.run();
+        open = -1;
+        parentPort.postMessage({ type: 'done', id: message.id });
+      }
     } catch (error) {
-      parentPort.postMessage({ type: 'failed', id: message.id, message: String(error && error.message || error), code: error && error.code });
+      fail(message.id, error);
     }
   });
 } catch (error) {
@@ -106,6 +137,7 @@ export class SqliteSink implements AuditSink {
   readonly name: string;
   readonly batchSize: number;
   readonly exactCursor = false;
+  readonly usesColumns = true;
   readonly #options: SqliteSinkOptions;
   #worker: Worker | null = null;
   #nextId = 0;
@@ -172,12 +204,26 @@ export class SqliteSink implements AuditSink {
   write(batch: readonly WalEntry[]): Promise<void> {
     const worker = this.#worker;
     if (worker === null) return this.open().then(() => this.write(batch));
-    const rows = batch.map(rowOf);
     const id = this.#nextId++;
     return new Promise<void>((resolve, reject) => {
       if (this.#pending.size === 0) worker.ref();
       this.#pending.set(id, { resolve, reject });
-      worker.postMessage({ type: 'write', id, rows });
+      let from = 0;
+      try {
+        do {
+          const to = Math.min(from + SLICE_ROWS, batch.length);
+          const rows = new Array<unknown[]>(to - from);
+          for (let i = from; i < to; i++) rows[i - from] = rowOf(batch[i] as WalEntry);
+          worker.postMessage({ type: 'rows', id, rows, last: to === batch.length });
+          from = to;
+        } while (from < batch.length);
+      } catch (error) {
+        // A line that does not parse (read back from a damaged WAL): nothing of this batch is committed.
+        if (from > 0) worker.postMessage({ type: 'abort', id });
+        this.#pending.delete(id);
+        if (this.#pending.size === 0) worker.unref();
+        reject(error instanceof Error ? error : new Error(String(error)));
+      }
     });
   }
 
