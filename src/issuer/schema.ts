@@ -355,7 +355,7 @@ export function keyRingOptions(issuer: IssuerConfig) {
 
 /** Config check for `issuer` and the routes that serve it. */
 export function issuerChecks(
-  config: { issuer?: IssuerConfig; routes: readonly { issuer?: boolean; upstream?: string }[] },
+  config: { issuer?: IssuerConfig; workers?: number | 'auto'; routes: readonly { issuer?: boolean; upstream?: string }[] },
   report: IssuerReport,
 ): void {
   const issuer = config.issuer;
@@ -421,6 +421,12 @@ export function issuerChecks(
   }
   if (url !== null && url.protocol === 'http:' && !['localhost', '127.0.0.1', '[::1]'].includes(url.hostname))
     report(['issuer', 'issuer'], 'config.issuer_url', 'an issuer on plain HTTP outside localhost', 'warning');
+  if (issuer.store !== undefined && 'sqlite' in issuer.store && issuer.store.sqlite.path === ':memory:' && config.workers !== 1)
+    report(
+      ['issuer', 'store', 'sqlite', 'path'],
+      'config.issuer_store_memory',
+      'an in-memory SQLite store is per process: with several workers a refresh token only works on the worker that issued it',
+    );
   if (issuer.store !== undefined && !('sqlite' in issuer.store)) {
     const storeUrl = 'postgres' in issuer.store ? issuer.store.postgres.url : issuer.store.redis.url;
     if (!URL.canParse(storeUrl)) report(['issuer', 'store'], 'config.issuer_store_url', 'not a URL');

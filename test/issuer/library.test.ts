@@ -6,7 +6,8 @@ import { request } from 'undici';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { createBulwark } from '../../src/adapters/bulwark.js';
 import { createIssuer } from '../../src/issuer/create.js';
-import { ConfigError } from '../../src/config/load.js';
+import { ConfigError, parseConfig } from '../../src/config/load.js';
+import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { SECRET, secretHashes, tempDir } from './helpers.js';
 
 describe('issuer in library mode', () => {
@@ -89,5 +90,53 @@ describe('issuer in library mode', () => {
     }).catch((err: unknown) => err);
     expect((typo as ConfigError).issues.map((i) => i.code)).toContain('config.unknown_key');
     expect(hash).toMatch(/^\$scrypt\$/);
+  });
+});
+
+describe('issuer config checks', () => {
+  const base = (extra: string) => `version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+${extra}issuer:
+  issuer: https://auth.test
+  keys: { dir: /tmp/k, rotateEverySec: 600, publishAheadSec: 900 }
+  store: { sqlite: { path: ':memory:' } }
+  clients: [{ id: a, secretHash: 'not-a-hash', audiences: [x], encrypt: true }]
+routes:
+  - { id: r, match: { path: { prefix: /oauth } }, auth: { public: true }, issuer: true, upstream: u }
+upstreams: { u: { builtin: echo } }
+`;
+  it('names every mistake with its code and path', () => {
+    const err = (() => {
+      try {
+        parseConfig(base('workers: 2\n'), 'gw.yaml', { checks: CONFIG_CHECKS });
+      } catch (e) {
+        return e as ConfigError;
+      }
+      throw new Error('expected the config to be refused');
+    })();
+    const found = err.issues.map((i) => `${i.code} ${i.path}`);
+    expect(found).toEqual(
+      expect.arrayContaining([
+        'config.issuer_secret issuer.clients[0].secretHash',
+        'config.issuer_encryption issuer.clients[0].encrypt',
+        'config.issuer_rotation issuer.keys.publishAheadSec',
+        'config.issuer_store_memory issuer.store.sqlite.path',
+        'config.issuer_upstream routes[0].upstream',
+      ]),
+    );
+    expect(err.issues.every((i) => i.line > 0)).toBe(true);
+  });
+
+  it('a route serving the issuer needs an issuer section', () => {
+    const yaml = `version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+routes: [{ id: r, match: { path: { prefix: /oauth } }, auth: { public: true }, issuer: true }]
+`;
+    expect(() => parseConfig(yaml, 'gw.yaml', { checks: CONFIG_CHECKS })).toThrow(ConfigError);
+    try {
+      parseConfig(yaml, 'gw.yaml', { checks: CONFIG_CHECKS });
+    } catch (e) {
+      expect((e as ConfigError).issues.map((i) => i.code)).toContain('config.issuer_missing');
+    }
   });
 });
