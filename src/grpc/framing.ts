@@ -43,97 +43,115 @@ export interface FrameGuardOptions {
   direction: FrameDirection;
 }
 
+/** Where a GrpcFrameChecker sends the bytes that may pass. */
+export interface GrpcFrameSink {
+  /** Bytes that passed the checks, in order: whole chunks (the common case) or pieces of them. */
+  pass(bytes: Buffer): void;
+}
+
 /**
- * Validates message prefixes on a byte stream and passes bytes through unchanged.
+ * Validates message prefixes on a byte stream fed chunk by chunk, passing the bytes on
+ * unchanged; no stream machinery of its own, so the proxy relays through it at the cost
+ * of a few compares per message (GrpcFrameGuard wraps it as a Transform).
  *
- * A violation does not error the stream (that would discard bytes already pushed
- * and leave the reader mid-message): the guard reports it once through `onViolation`
- * and drops everything after it. Because a prefix is only emitted once it has been
- * checked, the bytes emitted always end on a message boundary at that point, so the
- * caller can end the stream cleanly and send status trailers.
+ * A violation is reported once through `onViolation`, after every byte before the bad
+ * prefix has been passed; nothing after it is. Because a prefix is only passed once it
+ * has been checked, the bytes passed always end on a message boundary at that point, so
+ * the caller can end the stream cleanly and send status trailers.
  */
-export class GrpcFrameGuard extends Transform {
+export class GrpcFrameChecker {
   private readonly maxMessageBytes: number;
   private readonly compressionAllowed: boolean;
   private readonly direction: FrameDirection;
-  private readonly onViolation: (error: BulwarkError) => void;
-  /** A prefix split across chunks collects here. */
-  private readonly prefix: Buffer;
+  private readonly onViolation: ((error: BulwarkError) => void) | null;
+  /** A prefix split across chunks collects here (allocated on first need: unary calls rarely split one). */
+  private prefix: Buffer | null;
   private prefixFill: number;
   /** Bytes of the current message still to pass. */
   private remaining: number;
-  private violated: boolean;
-  private abandoned: boolean;
+  private violation: BulwarkError | null;
+  private stopped: boolean;
   /** Messages whose prefix has passed (for statistics and tests). */
   messages: number;
 
-  constructor(options: FrameGuardOptions, onViolation: (error: BulwarkError) => void) {
-    super();
+  /** Without `onViolation`, a subclass overrides `violated()`. */
+  constructor(options: FrameGuardOptions, onViolation: ((error: BulwarkError) => void) | null) {
     this.maxMessageBytes = options.maxMessageBytes;
     this.compressionAllowed = options.encoding !== null;
     this.direction = options.direction;
     this.onViolation = onViolation;
-    this.prefix = Buffer.allocUnsafe(GRPC_PREFIX_BYTES);
+    this.prefix = null;
     this.prefixFill = 0;
     this.remaining = 0;
-    this.violated = false;
-    this.abandoned = false;
+    this.violation = null;
+    this.stopped = false;
     this.messages = 0;
   }
 
-  /** True when everything emitted so far ends on a message boundary. */
+  /** True when everything passed so far ends on a message boundary. */
   get atBoundary(): boolean {
     return this.remaining === 0;
   }
 
-  /** The sender is being cut off on purpose: flush what was emitted, do not report a truncated tail. */
-  abandon(): void {
-    this.abandoned = true;
+  /** False once a violation was found or the sender abandoned: nothing more passes. */
+  get open(): boolean {
+    return !this.stopped;
   }
 
-  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    if (this.violated || this.abandoned) return callback();
+  /** The sender is being cut off on purpose: pass nothing more, do not report a truncated tail. */
+  abandon(): void {
+    this.stopped = true;
+  }
+
+  /** Checks one chunk and passes what may pass to `sink`; false once the stream is stopped. */
+  feed(chunk: Buffer, sink: GrpcFrameSink): boolean {
+    if (this.stopped) return false;
     const n = chunk.length;
     let i = 0;
     let emitFrom = 0;
     while (i < n) {
-      if (this.remaining > 0) {
-        const take = Math.min(this.remaining, n - i);
-        this.remaining -= take;
+      const remaining = this.remaining;
+      if (remaining > 0) {
+        const take = remaining < n - i ? remaining : n - i;
+        this.remaining = remaining - take;
         i += take;
         continue;
       }
       if (this.prefixFill === 0 && n - i >= GRPC_PREFIX_BYTES) {
-        // Fast path: the whole prefix is in this chunk and is emitted as part of it.
+        // Fast path: the whole prefix is in this chunk and is passed as part of it.
         if (!this.accept(chunk[i]!, chunk.readUInt32BE(i + 1))) {
-          if (i > emitFrom) this.push(chunk.subarray(emitFrom, i));
-          return callback();
+          if (i > emitFrom) sink.pass(chunk.subarray(emitFrom, i));
+          return this.report();
         }
         i += GRPC_PREFIX_BYTES;
         continue;
       }
-      // A prefix split across chunks: emit what precedes it, hold its bytes until complete.
-      if (i > emitFrom) this.push(chunk.subarray(emitFrom, i));
+      // A prefix split across chunks: pass what precedes it, hold its bytes until complete.
+      if (i > emitFrom) sink.pass(chunk.subarray(emitFrom, i));
+      const prefix = (this.prefix ??= Buffer.allocUnsafe(GRPC_PREFIX_BYTES));
       const take = Math.min(GRPC_PREFIX_BYTES - this.prefixFill, n - i);
-      chunk.copy(this.prefix, this.prefixFill, i, i + take);
+      chunk.copy(prefix, this.prefixFill, i, i + take);
       this.prefixFill += take;
       i += take;
       emitFrom = i;
       if (this.prefixFill === GRPC_PREFIX_BYTES) {
         this.prefixFill = 0;
-        if (!this.accept(this.prefix[0]!, this.prefix.readUInt32BE(1))) return callback();
-        this.push(Buffer.from(this.prefix));
+        if (!this.accept(prefix[0]!, prefix.readUInt32BE(1))) return this.report();
+        sink.pass(Buffer.from(prefix));
       }
     }
-    if (n > emitFrom) this.push(emitFrom === 0 ? chunk : chunk.subarray(emitFrom));
-    callback();
+    if (n > emitFrom) sink.pass(emitFrom === 0 ? chunk : chunk.subarray(emitFrom));
+    return true;
   }
 
-  override _flush(callback: TransformCallback): void {
-    if (!this.violated && !this.abandoned && (this.remaining > 0 || this.prefixFill > 0)) {
+  /** The stream ended: false (and a violation reported) when it ended inside a message. */
+  finish(): boolean {
+    if (this.stopped) return false;
+    if (this.remaining > 0 || this.prefixFill > 0) {
       this.violate('truncated', 'stream ended inside a message');
+      return this.report();
     }
-    callback();
+    return true;
   }
 
   /** Checks one prefix; on success the message's bytes are expected next. */
@@ -148,25 +166,84 @@ export class GrpcFrameGuard extends Transform {
   }
 
   private violate(reason: string, detail: string, length?: number): false {
-    this.violated = true;
+    this.stopped = true;
     const context: Record<string, unknown> = { reason, direction: this.direction };
     if (length !== undefined) {
       context['length'] = length;
       context['limit'] = this.maxMessageBytes;
     }
-    let error: BulwarkError;
     if (this.direction === 'response') {
       // The client did nothing wrong; still, an oversized message is RESOURCE_EXHAUSTED to it, as
       // a gRPC client enforcing its own receive limit would say.
       if (reason === 'too_large') context['grpcStatus'] = GrpcStatus.RESOURCE_EXHAUSTED;
-      error = new BulwarkError('upstream.bad_response', undefined, { context });
+      this.violation = new BulwarkError('upstream.bad_response', undefined, { context });
     } else if (reason === 'too_large') {
-      error = new BulwarkError('grpc.message_too_large', undefined, { context });
+      this.violation = new BulwarkError('grpc.message_too_large', undefined, { context });
     } else {
-      error = new BulwarkError('grpc.malformed_frame', detail, { context });
+      this.violation = new BulwarkError('grpc.malformed_frame', detail, { context });
     }
-    this.onViolation(error);
     return false;
+  }
+
+  /** Reports the violation, once the bytes before it have been passed. */
+  private report(): false {
+    const violation = this.violation;
+    if (violation !== null) {
+      this.violation = null;
+      this.violated(violation);
+    }
+    return false;
+  }
+
+  /** The one violation of this stream (after it, nothing passes). */
+  protected violated(error: BulwarkError): void {
+    this.onViolation?.(error);
+  }
+}
+
+/**
+ * GrpcFrameChecker as a Transform: validates message prefixes on a byte stream and
+ * passes bytes through unchanged (tools and tests; the proxy feeds a checker directly).
+ *
+ * A violation does not error the stream (that would discard bytes already pushed
+ * and leave the reader mid-message): the guard reports it once through `onViolation`
+ * and drops everything after it, so the bytes emitted end on a message boundary.
+ */
+export class GrpcFrameGuard extends Transform implements GrpcFrameSink {
+  private readonly checker: GrpcFrameChecker;
+
+  constructor(options: FrameGuardOptions, onViolation: (error: BulwarkError) => void) {
+    super();
+    this.checker = new GrpcFrameChecker(options, onViolation);
+  }
+
+  /** Messages whose prefix has passed (for statistics and tests). */
+  get messages(): number {
+    return this.checker.messages;
+  }
+
+  /** True when everything emitted so far ends on a message boundary. */
+  get atBoundary(): boolean {
+    return this.checker.atBoundary;
+  }
+
+  /** The sender is being cut off on purpose: flush what was emitted, do not report a truncated tail. */
+  abandon(): void {
+    this.checker.abandon();
+  }
+
+  pass(bytes: Buffer): void {
+    this.push(bytes);
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
+    this.checker.feed(chunk, this);
+    callback();
+  }
+
+  override _flush(callback: TransformCallback): void {
+    this.checker.finish();
+    callback();
   }
 }
 

@@ -18,14 +18,15 @@ export { formatGrpcTimeout, parseGrpcTimeout, resolveGrpcTimeout } from './timeo
 export {
   DEFAULT_GRPC_ENCODINGS,
   GRPC_PREFIX_BYTES,
+  GrpcFrameChecker,
   GrpcFrameGuard,
   checkGrpcEncoding,
   effectiveEncoding,
   encodeGrpcFrame,
 } from './framing.js';
-export type { FrameDirection, FrameGuardOptions } from './framing.js';
+export type { FrameDirection, FrameGuardOptions, GrpcFrameSink } from './framing.js';
 export { GrpcUpstreamPool, closeGrpcPool, grpcPoolFor } from './pool.js';
-export type { GrpcStreamCallback, GrpcUpstreamPoolOptions, PendingGrpcStream } from './pool.js';
+export type { GrpcStreamCallback, GrpcStreamReceiver, GrpcUpstreamPoolOptions, PendingGrpcStream } from './pool.js';
 export {
   checkGrpcRequest,
   classifyUpstreamFailure,

@@ -59,7 +59,41 @@ const STREAM_ID_LIMIT = 2 ** 31 - 1 - 2 * 100_000;
 /** Until the peer's SETTINGS arrive, assume the spec's recommended minimum. */
 const INITIAL_PEER_STREAMS = 100;
 
-export type GrpcStreamCallback = (error: BulwarkError | null, stream: ClientHttp2Stream | null) => void;
+/** An object that takes the pool's answer (saves a callback closure per call). */
+export interface GrpcStreamReceiver {
+  onStream(error: BulwarkError | null, stream: ClientHttp2Stream | null): void;
+}
+
+/** The pool's answer: a stream on some upstream session, or why there is none. */
+export type GrpcStreamCallback = ((error: BulwarkError | null, stream: ClientHttp2Stream | null) => void) | GrpcStreamReceiver;
+
+function deliver(callback: GrpcStreamCallback, error: BulwarkError | null, stream: ClientHttp2Stream | null): void {
+  if (typeof callback === 'function') callback(error, stream);
+  else callback.onStream(error, stream);
+}
+
+/** `session.request` copies its options: two shared objects instead of one per call. */
+const REQUEST_END_STREAM = Object.freeze({ endStream: true });
+const REQUEST_OPEN = Object.freeze({ endStream: false });
+
+/** The slot a pooled stream counts against (see onPooledStreamClose). */
+const SLOT = Symbol('bulwark.grpcSlot');
+interface SlotStream {
+  [SLOT]?: SessionSlot;
+}
+
+/** One shared 'close' listener for every pooled stream: frees its slot's place. */
+function onPooledStreamClose(this: ClientHttp2Stream): void {
+  const slot = (this as SlotStream)[SLOT]!;
+  if (--slot.active === 0) {
+    if (!slot.usable) {
+      if (!slot.session.closed) slot.session.close();
+    } else {
+      slot.becameIdle();
+    }
+  }
+  slot.owner.streamClosed();
+}
 
 /** A call waiting for a stream; `cancel()` when the client goes away first. */
 export interface PendingGrpcStream {
@@ -68,17 +102,62 @@ export interface PendingGrpcStream {
 
 class SessionSlot {
   readonly session: ClientHttp2Session;
+  readonly owner: OriginSessions;
   active: number;
   maxStreams: number;
+  /** Streams opened on the session so far: client stream ids are 1, 3, 5…, so the next id is 2 × opened + 1. */
+  opened: number;
   /** False after GOAWAY, an error, or near stream-id exhaustion: no new streams. */
   usable: boolean;
 
-  constructor(session: ClientHttp2Session, maxStreams: number) {
+  /** When the last stream closed (performance.now()); meaningful while `active` is 0. */
+  private idleSince: number;
+  /** Checks for idleness; armed when the session goes idle, not touched by each call. */
+  private idleTimer: NodeJS.Timeout | null;
+
+  constructor(session: ClientHttp2Session, owner: OriginSessions, maxStreams: number) {
     this.session = session;
+    this.owner = owner;
     this.active = 0;
     this.maxStreams = maxStreams;
+    this.opened = 0;
     this.usable = true;
+    this.idleSince = 0;
+    this.idleTimer = null;
   }
+
+  /**
+   * No stream open any more. Idle means no open stream for `idleTimeoutMs` (a quiet
+   * long-lived call keeps its session); the timer is armed only when none is, so a busy
+   * session costs one clock read per time it empties, not a timer refresh per frame.
+   */
+  becameIdle(): void {
+    this.idleSince = performance.now();
+    if (this.idleTimer === null) this.armIdle(this.owner.options.idleTimeoutMs);
+  }
+
+  private armIdle(ms: number): void {
+    this.idleTimer = setTimeout(checkIdle, ms, this);
+    this.idleTimer.unref();
+  }
+
+  checkIdle(): void {
+    this.idleTimer = null;
+    if (this.active !== 0 || !this.usable) return;
+    const left = this.owner.options.idleTimeoutMs - (performance.now() - this.idleSince);
+    if (left > 0) return this.armIdle(Math.ceil(left));
+    this.owner.closeIdle(this);
+  }
+
+  /** The session is gone: nothing left to check. */
+  stopIdle(): void {
+    if (this.idleTimer !== null) clearTimeout(this.idleTimer);
+    this.idleTimer = null;
+  }
+}
+
+function checkIdle(slot: SessionSlot): void {
+  slot.checkIdle();
 }
 
 class Waiter implements PendingGrpcStream {
@@ -110,7 +189,8 @@ class Waiter implements PendingGrpcStream {
     this.settled = true;
     this.timer = null;
     this.origin.forget(this);
-    this.callback(
+    deliver(
+      this.callback,
       new BulwarkError('upstream.no_healthy_endpoint', undefined, { context: { reason: 'stream_queue_timeout' } }),
       null,
     );
@@ -150,7 +230,7 @@ class OriginSessions {
 
   open(headers: OutgoingHttpHeaders, endStream: boolean, callback: GrpcStreamCallback): PendingGrpcStream | null {
     if (this.closed) {
-      callback(new BulwarkError('gateway.shutting_down'), null);
+      deliver(callback, new BulwarkError('gateway.shutting_down'), null);
       return null;
     }
     const slot = this.available();
@@ -159,7 +239,8 @@ class OriginSessions {
       return null;
     }
     if (this.waiters.length >= this.options.maxQueued) {
-      callback(
+      deliver(
+        callback,
         new BulwarkError('upstream.no_healthy_endpoint', undefined, {
           context: { reason: 'stream_queue_full', grpcStatus: GrpcStatus.RESOURCE_EXHAUSTED },
         }),
@@ -190,27 +271,29 @@ class OriginSessions {
   private start(slot: SessionSlot, headers: OutgoingHttpHeaders, endStream: boolean, callback: GrpcStreamCallback): void {
     let stream: ClientHttp2Stream;
     try {
-      stream = slot.session.request(headers, { endStream });
+      stream = slot.session.request(headers, endStream ? REQUEST_END_STREAM : REQUEST_OPEN);
     } catch (err) {
       // Node refuses the headers (a value it cannot encode) or the session just died.
       const code = (err as { code?: string }).code;
       if (code === 'ERR_HTTP2_INVALID_SESSION' || code === 'ERR_HTTP2_GOAWAY_SESSION' || code === 'ERR_HTTP2_OUT_OF_STREAMS') {
         this.retire(slot);
-        callback(new BulwarkError('upstream.reset', undefined, { cause: err, context: { reason: code } }), null);
+        deliver(callback, new BulwarkError('upstream.reset', undefined, { cause: err, context: { reason: code } }), null);
       } else {
-        callback(new BulwarkError('request.malformed', undefined, { cause: err, context: { reason: code } }), null);
+        deliver(callback, new BulwarkError('request.malformed', undefined, { cause: err, context: { reason: code } }), null);
       }
       return;
     }
     slot.active++;
-    stream.once('close', () => {
-      slot.active--;
-      if (!slot.usable && slot.active === 0 && !slot.session.closed) slot.session.close();
-      this.serveWaiters();
-    });
-    const next = slot.session.state.nextStreamID;
-    if (next !== undefined && next > STREAM_ID_LIMIT) this.retire(slot);
-    callback(null, stream);
+    (stream as SlotStream)[SLOT] = slot;
+    stream.on('close', onPooledStreamClose);
+    // The session's own counter (`session.state`) builds a whole state object per read: count here.
+    if (2 * ++slot.opened + 1 > STREAM_ID_LIMIT) this.retire(slot);
+    deliver(callback, null, stream);
+  }
+
+  /** A pooled stream closed: its place may go to a waiting call. */
+  streamClosed(): void {
+    if (this.waiters.length > 0) this.serveWaiters();
   }
 
   private serveWaiters(): void {
@@ -233,7 +316,7 @@ class OriginSessions {
       settings: { enablePush: false, initialWindowSize: o.streamWindowBytes } satisfies Settings,
       peerMaxConcurrentStreams: INITIAL_PEER_STREAMS,
     });
-    const slot = new SessionSlot(session, Math.min(this.peerStreams, o.maxStreamsPerSession));
+    const slot = new SessionSlot(session, this, Math.min(this.peerStreams, o.maxStreamsPerSession));
     this.slots.push(slot);
     let connectTimer: NodeJS.Timeout | null = setTimeout(() => {
       connectTimer = null;
@@ -261,15 +344,18 @@ class OriginSessions {
     session.once('close', () => {
       if (connectTimer !== null) clearTimeout(connectTimer);
       connectTimer = null;
+      slot.stopIdle();
       this.retire(slot);
     });
-    session.setTimeout(o.idleTimeoutMs, () => {
-      if (slot.active === 0) {
-        this.retire(slot);
-        session.close();
-      }
-    });
+    // Idle from the start: a session nobody uses closes like one whose calls are over.
+    slot.becameIdle();
     return slot;
+  }
+
+  /** A session without a stream for `idleTimeoutMs`: closed. */
+  closeIdle(slot: SessionSlot): void {
+    this.retire(slot);
+    if (!slot.session.closed && !slot.session.destroyed) slot.session.close();
   }
 
   /** No new streams on this session; it closes once its last stream is done. */
@@ -289,7 +375,7 @@ class OriginSessions {
       if (waiter.settled) continue;
       waiter.settled = true;
       if (waiter.timer !== null) clearTimeout(waiter.timer);
-      waiter.callback(new BulwarkError('gateway.shutting_down'), null);
+      deliver(waiter.callback, new BulwarkError('gateway.shutting_down'), null);
     }
     const slots = this.slots.splice(0);
     return Promise.all(
@@ -341,7 +427,7 @@ export class GrpcUpstreamPool {
   open(headers: OutgoingHttpHeaders, endStream: boolean, callback: GrpcStreamCallback): PendingGrpcStream | null {
     const origins = this.origins;
     if (origins.length === 0) {
-      callback(new BulwarkError('upstream.no_healthy_endpoint'), null);
+      deliver(callback, new BulwarkError('upstream.no_healthy_endpoint'), null);
       return null;
     }
     const origin = origins[this.cursor]!;

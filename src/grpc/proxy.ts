@@ -10,6 +10,7 @@ import { CONNECTION_HEADERS, FORWARDING_HEADERS } from '../gateway/headers.js';
 import {
   constants as h2,
   type ClientHttp2Stream,
+  type Http2Stream,
   type Http2ServerRequest,
   type Http2ServerResponse,
   type Http2Session,
@@ -20,7 +21,14 @@ import {
 import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { countHeader } from '../engine/admission.js';
-import { checkGrpcEncoding, DEFAULT_GRPC_ENCODINGS, effectiveEncoding, GrpcFrameGuard } from './framing.js';
+import {
+  checkGrpcEncoding,
+  DEFAULT_GRPC_ENCODINGS,
+  effectiveEncoding,
+  GrpcFrameChecker,
+  type FrameGuardOptions,
+  type GrpcFrameSink,
+} from './framing.js';
 import type { GrpcUpstreamPool, PendingGrpcStream } from './pool.js';
 import {
   GRPC_CONTENT_TYPE,
@@ -32,7 +40,7 @@ import {
   sendGrpcError,
   statusTrailers,
 } from './status.js';
-import { formatGrpcTimeout, resolveGrpcTimeout } from './timeout.js';
+import { DeadlineQueue, formatGrpcTimeout, resolveGrpcTimeout, type DeadlineEntry } from './timeout.js';
 
 /** Case-insensitive `application/grpc`, optionally `+proto`, `+json`…; never `application/grpc-web`. */
 export function isGrpcContentType(value: string | string[] | undefined): boolean {
@@ -133,7 +141,125 @@ const FLUSH_GRACE_MS = 5_000;
 
 const NOOP = (): void => {};
 
-class GrpcProxyCall {
+/**
+ * The call a client or upstream stream belongs to. The stream event listeners below are
+ * shared functions that find their call here (`this` is the emitting stream), so a call
+ * allocates no closure per listener.
+ */
+const CALL = Symbol('bulwark.grpcCall');
+interface CallStream {
+  [CALL]?: GrpcProxyCall;
+}
+const callOf = (stream: unknown): GrpcProxyCall => (stream as CallStream)[CALL]!;
+
+function onClientClose(this: ServerHttp2Stream): void {
+  callOf(this).onClientClose();
+}
+function onClientData(this: ServerHttp2Stream, chunk: Buffer): void {
+  callOf(this).requestRelay?.relay(chunk);
+}
+function onClientEnd(this: ServerHttp2Stream): void {
+  callOf(this).onRequestEnd();
+}
+function onClientDrain(this: Http2Stream): void {
+  callOf(this).responseRelay?.unblock();
+}
+function onClientWantTrailers(this: ServerHttp2Stream): void {
+  callOf(this).sendTrailers();
+}
+function onUpstreamResponse(this: ClientHttp2Stream, headers: IncomingHttpHeaders, flags: number): void {
+  callOf(this).onResponse(headers, flags);
+}
+function onUpstreamTrailers(this: ClientHttp2Stream, trailers: IncomingHttpHeaders): void {
+  callOf(this).onUpstreamTrailers(trailers);
+}
+function onUpstreamError(this: ClientHttp2Stream, err: Error): void {
+  const call = callOf(this);
+  call.upstreamError ??= err;
+}
+function onUpstreamClose(this: ClientHttp2Stream): void {
+  callOf(this).onUpstreamClose();
+}
+function onUpstreamData(this: ClientHttp2Stream, chunk: Buffer): void {
+  callOf(this).responseRelay?.relay(chunk);
+}
+function onUpstreamEnd(this: ClientHttp2Stream): void {
+  callOf(this).onResponseEnd();
+}
+function onUpstreamDrain(this: Http2Stream): void {
+  callOf(this).requestRelay?.unblock();
+}
+
+/** Every call's deadline, behind one timer. */
+const deadlines = new DeadlineQueue();
+
+/**
+ * One direction of a call: the source's bytes, their message prefixes checked on the fly,
+ * written to the destination with backpressure (a full destination pauses the source until
+ * it drains). What `pipe()` through a checking Transform did, without a stream in between.
+ */
+class Relay extends GrpcFrameChecker implements GrpcFrameSink {
+  private readonly call: GrpcProxyCall;
+  readonly source: Http2Stream;
+  readonly dest: Http2Stream;
+  private readonly onDrain: (this: Http2Stream) => void;
+  /** The destination's buffer is full; the source is paused until it drains. */
+  private blocked: boolean;
+  private full: boolean;
+
+  constructor(
+    call: GrpcProxyCall,
+    source: Http2Stream,
+    dest: Http2Stream,
+    onDrain: (this: Http2Stream) => void,
+    options: FrameGuardOptions,
+  ) {
+    super(options, null);
+    this.call = call;
+    this.source = source;
+    this.dest = dest;
+    this.onDrain = onDrain;
+    this.blocked = false;
+    this.full = false;
+  }
+
+  relay(chunk: Buffer): void {
+    if (!this.feed(chunk, this) || !this.full) return;
+    this.full = false;
+    if (this.blocked || !this.open) return;
+    this.blocked = true;
+    this.source.pause();
+    this.dest.once('drain', this.onDrain);
+  }
+
+  pass(bytes: Buffer): void {
+    const dest = this.dest;
+    // A destination already gone: its call is being torn down, the bytes have nowhere to go.
+    if (dest.destroyed || dest.writableEnded) return;
+    if (!dest.write(bytes)) this.full = true;
+  }
+
+  protected override violated(error: BulwarkError): void {
+    this.call.fail(error);
+  }
+
+  unblock(): void {
+    if (!this.blocked) return;
+    this.blocked = false;
+    if (this.open) this.source.resume();
+  }
+
+  /** Stops relaying: nothing more is written, and the source is no longer read. */
+  stop(): void {
+    this.abandon();
+    this.source.pause();
+  }
+}
+
+const END_STREAM = Object.freeze({ endStream: true });
+const WAIT_FOR_TRAILERS = Object.freeze({ waitForTrailers: true });
+
+class GrpcProxyCall implements DeadlineEntry {
   private readonly req: Http2ServerRequest;
   private readonly client: ServerHttp2Stream;
   private readonly ctx: RequestContext;
@@ -141,10 +267,13 @@ class GrpcProxyCall {
   private upstream: ClientHttp2Stream | null;
   private upstreamSession: Http2Session | null;
   private pending: PendingGrpcStream | null;
-  private requestGuard: GrpcFrameGuard | null;
-  private responseGuard: GrpcFrameGuard | null;
+  requestRelay: Relay | null;
+  responseRelay: Relay | null;
+  /** The flush grace after the gateway decided a status mid-response. */
   private timer: NodeJS.Timeout | null;
-  private upstreamError: Error | null;
+  deadlineAt: number;
+  deadlineIndex: number;
+  upstreamError: Error | null;
   private upstreamTrailers: IncomingHttpHeaders | null;
   /** Status trailers the gateway decided on, sent instead of the upstream's. */
   private pendingTrailers: OutgoingHttpHeaders | null;
@@ -153,6 +282,7 @@ class GrpcProxyCall {
   private error: BulwarkError | undefined;
   private responseStarted: boolean;
   private upstreamCancelled: boolean;
+  private hasBody: boolean;
   private done: boolean;
 
   constructor(req: Http2ServerRequest, client: ServerHttp2Stream, ctx: RequestContext, options: ForwardGrpcOptions) {
@@ -163,9 +293,11 @@ class GrpcProxyCall {
     this.upstream = null;
     this.upstreamSession = null;
     this.pending = null;
-    this.requestGuard = null;
-    this.responseGuard = null;
+    this.requestRelay = null;
+    this.responseRelay = null;
     this.timer = null;
+    this.deadlineAt = 0;
+    this.deadlineIndex = -1;
     this.upstreamError = null;
     this.upstreamTrailers = null;
     this.pendingTrailers = null;
@@ -173,13 +305,15 @@ class GrpcProxyCall {
     this.error = undefined;
     this.responseStarted = false;
     this.upstreamCancelled = false;
+    this.hasBody = false;
     this.done = false;
   }
 
   start(): void {
     const client = this.client;
+    (client as CallStream)[CALL] = this;
     // First, so that onDone runs whatever happens next.
-    client.once('close', () => this.onClientClose());
+    client.on('close', onClientClose);
     // A client reset surfaces as 'close' (with rstCode); the error event itself carries nothing more.
     client.on('error', NOOP);
     if (client.destroyed || client.closed) return this.onClientClose();
@@ -197,7 +331,7 @@ class GrpcProxyCall {
       const elapsed = Number(process.hrtime.bigint() - this.ctx.startedAt) / 1e6;
       remaining = timeout - elapsed;
       if (remaining <= 0) return this.onDeadline();
-      this.timer = setTimeout(() => this.onDeadline(), Math.max(1, Math.ceil(remaining)));
+      deadlines.add(this, remaining);
     }
 
     let upstreamHeaders: OutgoingHttpHeaders;
@@ -206,8 +340,8 @@ class GrpcProxyCall {
     } catch (err) {
       return this.fail(new BulwarkError('request.malformed', undefined, { cause: err }));
     }
-    const hasBody = !client.endAfterHeaders;
-    const pending = this.options.pool.open(upstreamHeaders, !hasBody, (error, stream) => this.onUpstream(error, stream, hasBody));
+    this.hasBody = !client.endAfterHeaders;
+    const pending = this.options.pool.open(upstreamHeaders, !this.hasBody, this);
     // The callback may already have run (a session had room); only a real wait leaves a handle.
     if (this.upstream === null && this.status === -1) this.pending = pending;
   }
@@ -243,7 +377,8 @@ class GrpcProxyCall {
     return out;
   }
 
-  private onUpstream(error: BulwarkError | null, stream: ClientHttp2Stream | null, hasBody: boolean): void {
+  /** The pool's answer (GrpcStreamReceiver): a stream on some upstream session, or why there is none. */
+  onStream(error: BulwarkError | null, stream: ClientHttp2Stream | null): void {
     this.pending = null;
     if (error !== null) return this.fail(error);
     const upstream = stream!;
@@ -255,33 +390,38 @@ class GrpcProxyCall {
     }
     this.upstream = upstream;
     this.upstreamSession = upstream.session ?? null;
-    upstream.on('response', (headers, flags) => this.onResponse(headers, flags));
-    upstream.on('trailers', (trailers) => {
-      this.upstreamTrailers = trailers;
-      // The upstream has decided; a deadline expiring while the client reads the tail changes nothing.
-      this.clearTimer();
-    });
-    upstream.on('error', (err: Error) => {
-      this.upstreamError ??= err;
-    });
-    upstream.once('close', () => this.onUpstreamClose());
-    if (hasBody) {
-      const guard = new GrpcFrameGuard(
-        {
-          maxMessageBytes: this.options.maxMessageBytes,
-          encoding: effectiveEncoding(this.req.headers['grpc-encoding']),
-          direction: 'request',
-        },
-        (violation) => this.fail(violation),
-      );
-      this.requestGuard = guard;
-      // pipe() gives backpressure: a full upstream window pauses the client stream, whose
-      // unread bytes then hold back the client's window in turn.
-      this.client.pipe(guard).pipe(upstream);
+    (upstream as CallStream)[CALL] = this;
+    upstream.on('response', onUpstreamResponse);
+    upstream.on('trailers', onUpstreamTrailers);
+    upstream.on('error', onUpstreamError);
+    upstream.on('close', onUpstreamClose);
+    if (this.hasBody) {
+      this.requestRelay = new Relay(this, this.client, upstream, onUpstreamDrain, {
+        maxMessageBytes: this.options.maxMessageBytes,
+        encoding: effectiveEncoding(this.req.headers['grpc-encoding']),
+        direction: 'request',
+      });
+      // A full upstream window pauses the client stream, whose unread bytes then hold back
+      // the client's window in turn.
+      this.client.on('data', onClientData);
+      this.client.on('end', onClientEnd);
     }
   }
 
-  private onResponse(headers: IncomingHttpHeaders, flags: number): void {
+  onRequestEnd(): void {
+    const relay = this.requestRelay;
+    if (relay === null || !relay.finish()) return;
+    const upstream = this.upstream!;
+    if (!upstream.destroyed && !upstream.writableEnded) upstream.end();
+  }
+
+  onUpstreamTrailers(trailers: IncomingHttpHeaders): void {
+    this.upstreamTrailers = trailers;
+    // The upstream has decided; a deadline expiring while the client reads the tail changes nothing.
+    deadlines.remove(this);
+  }
+
+  onResponse(headers: IncomingHttpHeaders, flags: number): void {
     if (this.status !== -1) return;
     const client = this.client;
     if (client.destroyed || client.closed) return;
@@ -299,7 +439,7 @@ class GrpcProxyCall {
       // The upstream's own status (OK or not) is no gateway error: onDone gets the code alone.
       this.settle(code, undefined);
       try {
-        client.respond(out, { endStream: true });
+        client.respond(out, END_STREAM);
       } catch {
         sendGrpcError(client, GrpcStatus.INTERNAL, 'Bad upstream response');
       }
@@ -326,7 +466,7 @@ class GrpcProxyCall {
     out[':status'] = 200;
     out['x-request-id'] = this.ctx.requestId;
     try {
-      client.respond(out, { waitForTrailers: true });
+      client.respond(out, WAIT_FOR_TRAILERS);
     } catch (err) {
       return this.fail(new BulwarkError('upstream.bad_response', undefined, { cause: err, context: { reason: 'headers' } }));
     }
@@ -334,21 +474,26 @@ class GrpcProxyCall {
     // The HTTP/2 compatibility response answers 'wantTrailers' with its own (empty) trailers;
     // this call owns the response, so its status trailers are the only ones.
     client.removeAllListeners('wantTrailers');
-    client.once('wantTrailers', () => this.sendTrailers());
-    const guard = new GrpcFrameGuard(
-      {
-        maxMessageBytes: this.options.maxMessageBytes,
-        encoding: effectiveEncoding(headers['grpc-encoding']),
-        direction: 'response',
-      },
-      (violation) => this.fail(violation),
-    );
-    this.responseGuard = guard;
-    this.upstream!.pipe(guard).pipe(client);
+    client.on('wantTrailers', onClientWantTrailers);
+    const upstream = this.upstream!;
+    this.responseRelay = new Relay(this, upstream, client, onClientDrain, {
+      maxMessageBytes: this.options.maxMessageBytes,
+      encoding: effectiveEncoding(headers['grpc-encoding']),
+      direction: 'response',
+    });
+    upstream.on('data', onUpstreamData);
+    upstream.on('end', onUpstreamEnd);
+  }
+
+  onResponseEnd(): void {
+    const relay = this.responseRelay;
+    if (relay === null || !relay.finish()) return;
+    const client = this.client;
+    if (!client.destroyed && !client.writableEnded) client.end();
   }
 
   /** The client stream's data is all out; its status closes it. */
-  private sendTrailers(): void {
+  sendTrailers(): void {
     let trailers: OutgoingHttpHeaders;
     if (this.pendingTrailers !== null) {
       trailers = this.pendingTrailers;
@@ -373,7 +518,10 @@ class GrpcProxyCall {
     }
   }
 
-  private onUpstreamClose(): void {
+  onUpstreamClose(): void {
+    // Whatever the client still sends has nowhere to go: stop reading it (as an unpiped source would).
+    const requestRelay = this.requestRelay;
+    if (requestRelay !== null && !this.client.readableEnded) requestRelay.stop();
     // Trailers received: the upstream finished, whatever happens to its connection afterwards.
     if (this.status !== -1 || this.upstreamCancelled || this.upstreamTrailers !== null) return;
     const upstream = this.upstream!;
@@ -382,13 +530,12 @@ class GrpcProxyCall {
     // connection (UNAVAILABLE), not the upstream cancelling the call.
     const session = this.upstreamSession;
     const connectionLost = session !== null && session.destroyed;
-    // A clean end after a response: the response pipe delivers the rest and the trailers.
+    // A clean end after a response: the response relay delivers the rest and the trailers.
     if (rstCode === h2.NGHTTP2_NO_ERROR && this.upstreamError === null && this.responseStarted && !connectionLost) return;
     this.fail(classifyUpstreamFailure(rstCode, this.upstreamError, connectionLost));
   }
 
-  private onDeadline(): void {
-    this.timer = null;
+  onDeadline(): void {
     this.fail(
       new BulwarkError('upstream.timeout', 'Deadline exceeded', {
         context: { reason: 'deadline', grpcStatus: GrpcStatus.DEADLINE_EXCEEDED },
@@ -400,11 +547,12 @@ class GrpcProxyCall {
    * The gateway decides the call's status: stop the upstream, then tell the client —
    * trailers-only if nothing was sent yet, else status trailers after what was relayed.
    */
-  private fail(error: BulwarkError): void {
+  fail(error: BulwarkError): void {
     if (this.status !== -1) return;
     this.settle(grpcStatusFor(error), error);
     this.cancelUpstream();
-    if (this.requestGuard !== null) this.client.unpipe(this.requestGuard);
+    // No more of the client's messages are read (or relayed).
+    this.requestRelay?.stop();
     const client = this.client;
     if (client.destroyed || client.closed) return;
     const message = grpcMessageFor(error);
@@ -419,14 +567,8 @@ class GrpcProxyCall {
     this.pendingTrailers = statusTrailers(this.status, message);
     // Each relayed prefix was checked before it went out, so the client has whole messages
     // (or is mid-message only if the upstream stopped mid-message): end the data, then trailers.
-    const guard = this.responseGuard;
-    if (guard !== null) {
-      if (this.upstream !== null) this.upstream.unpipe(guard);
-      guard.abandon();
-      if (!guard.writableEnded) guard.end();
-    } else if (!client.writableEnded) {
-      client.end();
-    }
+    this.responseRelay?.abandon();
+    if (!client.writableEnded) client.end();
     this.timer = setTimeout(() => {
       this.timer = null;
       if (!client.destroyed) client.close(h2.NGHTTP2_CANCEL);
@@ -437,7 +579,7 @@ class GrpcProxyCall {
   private settle(status: number, error: BulwarkError | undefined): void {
     this.status = status;
     this.error = error;
-    this.clearTimer();
+    deadlines.remove(this);
   }
 
   private cancelUpstream(): void {
@@ -459,9 +601,10 @@ class GrpcProxyCall {
     }
   }
 
-  private onClientClose(): void {
+  onClientClose(): void {
     if (this.done) return;
     this.done = true;
+    deadlines.remove(this);
     this.clearTimer();
     if (this.status === -1) {
       // The client reset the stream (cancelled, or its own deadline) before a status was decided.
@@ -472,8 +615,8 @@ class GrpcProxyCall {
       });
     }
     this.cancelUpstream();
-    this.requestGuard?.destroy();
-    this.responseGuard?.destroy();
+    this.requestRelay?.abandon();
+    this.responseRelay?.abandon();
     this.options.onDone(this.status, this.error);
   }
 }

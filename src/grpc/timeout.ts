@@ -71,3 +71,119 @@ export function formatGrpcTimeout(ms: number): string {
   }
   return `${MAX_AMOUNT}H`;
 }
+
+/** Something with a deadline in a DeadlineQueue. */
+export interface DeadlineEntry {
+  /** When it expires (performance.now() time, ms); set by the queue. */
+  deadlineAt: number;
+  /** Its place in the queue, -1 when not queued; kept by the queue. */
+  deadlineIndex: number;
+  /** Called once, when the deadline passes while still queued. */
+  onDeadline(): void;
+}
+
+/**
+ * Deadlines of many calls behind one timer: a binary min-heap on the expiry time (add
+ * and remove in O(log n), whatever mix of deadlines clients send) and a single Node
+ * timer armed for the earliest. Removing an entry (the usual end: the call finished in
+ * time) leaves the timer as it is; when it fires early it re-arms for the new earliest.
+ * With calls of similar timeouts the timer fires about once per timeout, not once per call.
+ */
+export class DeadlineQueue {
+  private readonly heap: DeadlineEntry[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  /** When the armed timer fires (performance.now() time). */
+  private timerAt = Infinity;
+  private readonly fire = (): void => this.expire();
+
+  get size(): number {
+    return this.heap.length;
+  }
+
+  /** Queues `entry` to expire `ms` from now. */
+  add(entry: DeadlineEntry, ms: number): void {
+    if (entry.deadlineIndex !== -1) this.remove(entry);
+    const at = performance.now() + ms;
+    entry.deadlineAt = at;
+    const heap = this.heap;
+    entry.deadlineIndex = heap.length;
+    heap.push(entry);
+    this.up(entry.deadlineIndex);
+    if (at < this.timerAt) this.arm(at, ms);
+  }
+
+  /** Takes `entry` out (no-op when it is not queued). */
+  remove(entry: DeadlineEntry): void {
+    const i = entry.deadlineIndex;
+    if (i === -1) return;
+    entry.deadlineIndex = -1;
+    const heap = this.heap;
+    const last = heap.pop()!;
+    if (last === entry) return;
+    heap[i] = last;
+    last.deadlineIndex = i;
+    this.down(i);
+    this.up(last.deadlineIndex);
+  }
+
+  private arm(at: number, ms: number): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(this.fire, Math.max(1, Math.ceil(ms)));
+    // Calls in flight keep the process alive through their sockets; a deadline alone does not.
+    this.timer.unref();
+  }
+
+  private expire(): void {
+    this.timer = null;
+    this.timerAt = Infinity;
+    const heap = this.heap;
+    // Node may run a timer a fraction of a millisecond before performance.now() reaches it.
+    const now = performance.now() + 1;
+    try {
+      while (heap.length > 0 && heap[0]!.deadlineAt <= now) {
+        const entry = heap[0]!;
+        this.remove(entry);
+        entry.onDeadline();
+      }
+    } finally {
+      if (heap.length > 0 && this.timer === null) {
+        const at = heap[0]!.deadlineAt;
+        this.arm(at, at - performance.now());
+      }
+    }
+  }
+
+  private up(i: number): void {
+    const heap = this.heap;
+    const entry = heap[i]!;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      const p = heap[parent]!;
+      if (p.deadlineAt <= entry.deadlineAt) break;
+      heap[i] = p;
+      p.deadlineIndex = i;
+      i = parent;
+    }
+    heap[i] = entry;
+    entry.deadlineIndex = i;
+  }
+
+  private down(i: number): void {
+    const heap = this.heap;
+    const n = heap.length;
+    const entry = heap[i]!;
+    for (;;) {
+      let child = 2 * i + 1;
+      if (child >= n) break;
+      if (child + 1 < n && heap[child + 1]!.deadlineAt < heap[child]!.deadlineAt) child++;
+      const c = heap[child]!;
+      if (c.deadlineAt >= entry.deadlineAt) break;
+      heap[i] = c;
+      c.deadlineIndex = i;
+      i = child;
+    }
+    heap[i] = entry;
+    entry.deadlineIndex = i;
+  }
+}

@@ -1,5 +1,5 @@
 import * as grpc from '@grpc/grpc-js';
-import type { ServerHttp2Stream } from 'node:http2';
+import type { ClientHttp2Stream, ServerHttp2Stream } from 'node:http2';
 import { afterEach, describe, expect, it } from 'vitest';
 import { encodeGrpcFrame } from '../../src/grpc/framing.js';
 import { GrpcUpstreamPool, grpcPoolFor } from '../../src/grpc/pool.js';
@@ -106,6 +106,37 @@ describe('GrpcUpstreamPool', () => {
     const results = await Promise.all(Array.from({ length: 3 }, () => unary(client)));
     const codes = results.map((r) => r?.code ?? 0).sort();
     expect(codes).toEqual([0, grpc.status.RESOURCE_EXHAUSTED, grpc.status.UNAVAILABLE].sort());
+  });
+
+  it('closes a session once it has had no open stream for idleTimeoutMs; an open stream keeps it', async () => {
+    const held: ServerHttp2Stream[] = [];
+    const raw = await startRawUpstream((stream: ServerHttp2Stream) => {
+      stream.resume();
+      held.push(stream);
+    });
+    const pool = new GrpcUpstreamPool('x', [raw.origin], { idleTimeoutMs: 100 });
+    cleanup.push(
+      () => raw.close(),
+      () => pool.close(true),
+    );
+    const open = () =>
+      new Promise<ClientHttp2Stream>((resolve, reject) =>
+        pool.open({ ':path': '/a.B/C' }, true, (err, stream) => (err ? reject(err) : resolve(stream!))),
+      );
+    const stream = await open();
+    stream.on('error', () => {});
+    await new Promise((r) => setTimeout(r, 250)); // quiet, but a stream is open
+    expect(pool.stats()[0]).toMatchObject({ sessions: 1, activeStreams: 1 });
+    held[0]!.close();
+    await new Promise((r) => stream.once('close', r));
+    expect(pool.stats()[0]).toMatchObject({ sessions: 1, activeStreams: 0 });
+    await new Promise((r) => setTimeout(r, 250));
+    expect(pool.stats()[0]).toMatchObject({ sessions: 0, activeStreams: 0 });
+    // The next call opens a new session.
+    const again = await open();
+    again.on('error', () => {});
+    expect(pool.stats()[0]).toMatchObject({ sessions: 1, activeStreams: 1 });
+    again.close();
   });
 
   it('rejects bad options up front, and refuses streams once closed', async () => {

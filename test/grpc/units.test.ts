@@ -1,9 +1,21 @@
 import { describe, expect, it } from 'vitest';
 import { BulwarkError, type ErrorCode } from '../../src/core/errors.js';
-import { checkGrpcEncoding, encodeGrpcFrame, GrpcFrameGuard, type FrameDirection } from '../../src/grpc/framing.js';
+import {
+  checkGrpcEncoding,
+  encodeGrpcFrame,
+  GrpcFrameChecker,
+  GrpcFrameGuard,
+  type FrameDirection,
+} from '../../src/grpc/framing.js';
 import { isGrpcContentType, isGrpcMethodPath } from '../../src/grpc/proxy.js';
 import { decodeGrpcMessage, encodeGrpcMessage, grpcMessageFor, GrpcStatus, grpcStatusFor } from '../../src/grpc/status.js';
-import { formatGrpcTimeout, parseGrpcTimeout, resolveGrpcTimeout } from '../../src/grpc/timeout.js';
+import {
+  DeadlineQueue,
+  formatGrpcTimeout,
+  parseGrpcTimeout,
+  resolveGrpcTimeout,
+  type DeadlineEntry,
+} from '../../src/grpc/timeout.js';
 
 describe('grpcStatusFor', () => {
   const table: [ErrorCode, number][] = [
@@ -241,5 +253,123 @@ describe('GrpcFrameGuard', () => {
     expect(checkGrpcEncoding('gzip', allowed)).toBeNull();
     expect(checkGrpcEncoding('br', allowed)!.code).toBe('grpc.unsupported_encoding');
     expect(checkGrpcEncoding(['gzip', 'gzip'], allowed)!.code).toBe('grpc.unsupported_encoding');
+  });
+});
+
+describe('GrpcFrameChecker (what the proxy relays through)', () => {
+  const frames = Buffer.concat([encodeGrpcFrame(Buffer.from('hello')), encodeGrpcFrame(Buffer.alloc(300, 1))]);
+
+  function checker(max = 1024) {
+    const events: string[] = [];
+    const passed: Buffer[] = [];
+    const c = new GrpcFrameChecker({ maxMessageBytes: max, encoding: null, direction: 'request' }, (e) => {
+      events.push(`violation ${e.code} after ${Buffer.concat(passed).length} bytes`);
+    });
+    const sink = { pass: (b: Buffer) => passed.push(b) };
+    return { c, sink, events, passed: () => Buffer.concat(passed) };
+  }
+
+  it('passes a chunk of whole messages as the chunk itself (no copy, no slicing)', () => {
+    const { c, sink, passed } = checker();
+    const seen: Buffer[] = [];
+    expect(c.feed(frames, { pass: (b) => (seen.push(b), sink.pass(b)) })).toBe(true);
+    expect(seen).toHaveLength(1);
+    expect(seen[0]).toBe(frames);
+    expect(c.finish()).toBe(true);
+    expect(passed().equals(frames)).toBe(true);
+    expect(c.messages).toBe(2);
+  });
+
+  it('reports a violation only after the bytes before it were passed, then passes nothing more', () => {
+    const { c, sink, events, passed } = checker(16);
+    const good = encodeGrpcFrame(Buffer.from('ok'));
+    const big = encodeGrpcFrame(Buffer.alloc(17));
+    expect(c.feed(Buffer.concat([good, big]), sink)).toBe(false);
+    expect(events).toEqual([`violation grpc.message_too_large after ${good.length} bytes`]);
+    expect(passed().equals(good)).toBe(true);
+    expect(c.open).toBe(false);
+    expect(c.feed(good, sink)).toBe(false);
+    expect(c.finish()).toBe(false);
+    expect(events).toHaveLength(1);
+  });
+
+  it('a split prefix is held back until checked; a truncated stream is reported at finish', () => {
+    const { c, sink, events, passed } = checker();
+    expect(c.feed(frames.subarray(0, 3), sink)).toBe(true);
+    expect(passed().length).toBe(0);
+    // The first message whole (its prefix once complete), then 2 bytes of the next prefix, held.
+    expect(c.feed(frames.subarray(3, 12), sink)).toBe(true);
+    expect(passed().equals(frames.subarray(0, 10))).toBe(true);
+    expect(c.atBoundary).toBe(true);
+    expect(c.finish()).toBe(false);
+    expect(events).toEqual(['violation grpc.malformed_frame after 10 bytes']);
+  });
+
+  it('abandon(): nothing more passes and no truncation is reported', () => {
+    const { c, sink, events } = checker();
+    c.feed(frames.subarray(0, 8), sink);
+    c.abandon();
+    expect(c.feed(frames.subarray(8), sink)).toBe(false);
+    expect(c.finish()).toBe(false);
+    expect(events).toEqual([]);
+  });
+});
+
+describe('DeadlineQueue', () => {
+  function entry(name: string, fired: string[]): DeadlineEntry {
+    return { deadlineAt: 0, deadlineIndex: -1, onDeadline: () => fired.push(name) };
+  }
+
+  it('fires each queued entry once, in deadline order, whatever order they were added in', async () => {
+    const q = new DeadlineQueue();
+    const fired: string[] = [];
+    const [a, b, c, d] = ['a', 'b', 'c', 'd'].map((n) => entry(n, fired));
+    q.add(a!, 80);
+    q.add(b!, 20);
+    q.add(c!, 50);
+    q.add(d!, 35);
+    q.remove(d!);
+    q.remove(d!); // twice is fine
+    expect(q.size).toBe(3);
+    const started = performance.now();
+    await new Promise((r) => setTimeout(r, 30));
+    expect(fired).toEqual(['b']);
+    await new Promise((r) => setTimeout(r, 70));
+    expect(fired).toEqual(['b', 'c', 'a']);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(79);
+    expect(q.size).toBe(0);
+    expect(a!.deadlineIndex).toBe(-1);
+  });
+
+  it('a removed entry never fires; a later, shorter deadline still fires on time', async () => {
+    const q = new DeadlineQueue();
+    const fired: string[] = [];
+    const long = entry('long', fired);
+    const gone = entry('gone', fired);
+    q.add(gone, 10);
+    q.add(long, 5_000);
+    q.remove(gone);
+    const short = entry('short', fired);
+    q.add(short, 30);
+    await new Promise((r) => setTimeout(r, 60));
+    expect(fired).toEqual(['short']);
+    q.remove(long);
+    expect(q.size).toBe(0);
+  });
+
+  it('keeps heap order through many adds and removes', () => {
+    const q = new DeadlineQueue();
+    const fired: string[] = [];
+    const entries = Array.from({ length: 200 }, (_, i) => entry(String(i), fired));
+    entries.forEach((e, i) => q.add(e, 10_000 + ((i * 7919) % 200)));
+    for (let i = 0; i < 200; i += 3) q.remove(entries[i]!);
+    const heap = (q as unknown as { heap: DeadlineEntry[] }).heap;
+    heap.forEach((e, i) => {
+      expect(e.deadlineIndex).toBe(i);
+      if (i > 0) expect(heap[(i - 1) >> 1]!.deadlineAt).toBeLessThanOrEqual(e.deadlineAt);
+    });
+    for (const e of entries) q.remove(e);
+    expect(q.size).toBe(0);
+    expect(fired).toEqual([]);
   });
 });
