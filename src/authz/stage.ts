@@ -10,7 +10,7 @@
  *   deny         enforced rules deny; the returned BulwarkError stops the pipeline
  * A path that is not canonical (dot segments) is refused before any rule.
  */
-import type { Identity, RequestContext } from '../core/context.js';
+import type { DecisionRecord, Identity, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { CONTINUE, type Decision, type Stage } from '../core/stage.js';
 import {
@@ -54,6 +54,8 @@ class AuthzStage implements Stage {
   readonly #roles: RoleResolver;
   readonly #enforced: RuleIndex | null;
   readonly #withShadow: RuleIndex | null;
+  #lastAllow: { readonly rule: CompiledRule | null; readonly roles: readonly string[]; readonly record: DecisionRecord } | null =
+    null;
 
   constructor(policies: readonly string[], roles: RoleResolver, enforced: RuleIndex | null, withShadow: RuleIndex | null) {
     this.policies = policies;
@@ -95,15 +97,28 @@ class AuthzStage implements Stage {
       // Nothing enforced on this route: record what the shadow rules decided, as such.
       if (enforced === null) enforced = shadow;
     }
-    const r = enforced!.rule;
-    const detail: AuthzDecisionDetail = {
-      policy: policyOf(r),
-      rule: idOf(r),
+    ctx.decisions.push(this.allowRecord(enforced!.rule, roles));
+    return CONTINUE;
+  }
+
+  /**
+   * The allow record for (rule, roles), frozen and reused while both stay the same: a
+   * repeated token resolves to the same cached identity, hence the same roles, so the
+   * steady state allocates nothing. One slot per stage; a different pair just
+   * replaces it.
+   */
+  private allowRecord(rule: CompiledRule | null, roles: readonly string[]): DecisionRecord {
+    const last = this.#lastAllow;
+    if (last !== null && last.rule === rule && sameRoles(last.roles, roles)) return last.record;
+    const detail: AuthzDecisionDetail = Object.freeze({
+      policy: policyOf(rule),
+      rule: idOf(rule),
       roles,
       mode: this.#enforced === null ? 'shadow' : 'enforce',
-    };
-    ctx.decisions.push({ stage: AUTHZ_STAGE_ID, outcome: 'allow', code: AUTHZ_ALLOWED, detail });
-    return CONTINUE;
+    });
+    const record: DecisionRecord = Object.freeze({ stage: AUTHZ_STAGE_ID, outcome: 'allow', code: AUTHZ_ALLOWED, detail });
+    this.#lastAllow = { rule, roles, record };
+    return record;
   }
 }
 
@@ -126,6 +141,14 @@ function notCanonical(ctx: RequestContext, roles: readonly string[]): BulwarkErr
   const detail: AuthzDecisionDetail = { policy: null, rule: null, roles, mode: 'enforce' };
   ctx.decisions.push({ stage: AUTHZ_STAGE_ID, outcome: 'deny', code: 'request.bad_target', detail });
   return new BulwarkError('request.bad_target', undefined, { context: { stage: AUTHZ_STAGE_ID, ...detail } });
+}
+
+/** Same roles in the same order (usually the very same array: the cached identity's). */
+function sameRoles(a: readonly string[], b: readonly string[]): boolean {
+  if (a === b) return true;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 const policyOf = (rule: CompiledRule | null): string | null => (rule === null ? null : rule.policy);

@@ -38,6 +38,8 @@ const GATEWAY_OWNED = new Set(['host', ...FORWARDING_HEADERS]);
 /** Tokens in Connection that name nothing beyond the always-stripped set, so need no lookup. */
 function connectionTokens(value: string | string[] | undefined): Set<string> | null {
   if (value === undefined) return null;
+  // What nearly every HTTP/1.1 client sends: nothing to look up, no split.
+  if (value === 'keep-alive' || value === 'close' || value === 'Keep-Alive') return null;
   const joined = Array.isArray(value) ? value.join(',') : value;
   let tokens: Set<string> | null = null;
   for (const part of joined.split(',')) {
