@@ -1,12 +1,19 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
-import { InMemorySpanExporter, type ReadableSpan } from '@opentelemetry/sdk-trace-base';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import {
+  InMemorySpanExporter,
+  SamplingDecision,
+  TraceIdRatioBasedSampler,
+  type ReadableSpan,
+} from '@opentelemetry/sdk-trace-base';
 import { resolveTelemetryConfig, type TelemetryConfig } from '../../src/telemetry/schema.js';
 import {
   createTracing,
+  FastIds,
   hashIdentity,
   NOOP_SERVER_SPAN,
   parseGrpcPath,
+  ratioUpperBound,
   routeTemplate,
   type Tracing,
 } from '../../src/telemetry/tracing.js';
@@ -267,6 +274,83 @@ describe('sampling', () => {
     client.inject(headers);
     expect(headers[0]).toBe('traceparent');
     expect(headers[1]).toMatch(new RegExp(`^00-${ctx.trace!.traceId}-[0-9a-f]{16}-00$`));
+  });
+
+  it('root decisions match the SDK ratio sampler on the same trace id, and sampled spans keep that id', () => {
+    const ids = new FastIds();
+    for (const ratio of [0, 0.01, 0.25, 0.5, 1]) {
+      const sdk = new TraceIdRatioBasedSampler(ratio);
+      const bound = ratioUpperBound(ratio);
+      for (let i = 0; i < 3000; i++) {
+        const traceId = ids.rootTraceId();
+        expect(traceId).toMatch(/^[0-9a-f]{32}$/);
+        const sampled = sdk.shouldSample(ROOT_CONTEXT, traceId).decision === SamplingDecision.RECORD_AND_SAMPLED;
+        expect(ids.fold < bound).toBe(sampled);
+      }
+    }
+    const { tracing, spans } = tracer({ sampler: { ratio: 0.5, parentBased: true } });
+    const sampledIds: string[] = [];
+    for (let i = 0; i < 200; i++) {
+      const ctx = makeContext();
+      tracing.startServerSpan(ctx).end(ctx, 200);
+      if (ctx.trace!.sampled) sampledIds.push(`${ctx.trace!.traceId}/${ctx.trace!.spanId}`);
+      expect(ctx.trace!.spanId).toMatch(/^[0-9a-f]{16}$/);
+    }
+    expect(spans().map((s) => `${s.spanContext().traceId}/${s.spanContext().spanId}`)).toEqual(sampledIds);
+  });
+
+  it('an unsampled W3C caller (parent-based) continues its trace with sampled=0, tracestate and oddities via the SDK', () => {
+    const { tracing, spans } = tracer({ sampler: { ratio: 1, parentBased: true } });
+    const variants: Record<string, string>[] = [
+      { traceparent: `00-${TRACE_ID}-${PARENT_ID}-00` },
+      { traceparent: `00-${TRACE_ID}-${PARENT_ID}-00`, tracestate: 'vendor=x' },
+      { traceparent: ` 00-${TRACE_ID}-${PARENT_ID}-00` },
+      { traceparent: `00-${TRACE_ID}-${PARENT_ID}-00`, b3: `${TRACE_ID}-${PARENT_ID}-1` },
+    ];
+    for (const headers of variants) {
+      const ctx = makeContext({ headers });
+      const server = tracing.startServerSpan(ctx);
+      expect(server.recording).toBe(false);
+      expect(ctx.trace).toMatchObject({ traceId: TRACE_ID, sampled: false });
+      expect(ctx.trace!.spanId).toMatch(/^[0-9a-f]{16}$/);
+      expect(ctx.trace!.spanId).not.toBe(PARENT_ID);
+      const client = server.startClientSpan('u', 'http://h:1', 'GET');
+      const out = ['traceparent', 'stale'];
+      client.inject(out);
+      expect(out[0]).toBe('traceparent');
+      expect(out[1]).toMatch(new RegExp(`^00-${TRACE_ID}-[0-9a-f]{16}-00$`));
+      if (headers['tracestate'] !== undefined) expect(out.slice(2)).toEqual(['tracestate', 'vendor=x']);
+      else expect(out).toHaveLength(2);
+      client.end(200);
+      server.end(ctx, 200);
+    }
+    // An invalid traceparent (all-zero trace id) is no context: a new root, sampled at ratio 1.
+    const ctx = makeContext({ headers: { traceparent: `00-${'0'.repeat(32)}-${PARENT_ID}-00` } });
+    tracing.startServerSpan(ctx).end(ctx, 200);
+    expect(ctx.trace!.sampled).toBe(true);
+    expect(ctx.trace!.traceId).not.toBe('0'.repeat(32));
+    expect(spans()).toHaveLength(1);
+  });
+
+  it('ids are unique across pool refills', () => {
+    const ids = new FastIds();
+    const seen = new Set<string>();
+    for (let i = 0; i < 5000; i++) {
+      seen.add(ids.rootTraceId());
+      seen.add(ids.generateSpanId());
+    }
+    expect(seen.size).toBe(10000);
+  });
+
+  it('unsampled roots propagate with the configured formats (B3 through the SDK propagators)', () => {
+    const { tracing } = tracer({ sampler: { ratio: 0, parentBased: true }, propagators: ['b3multi'] });
+    const ctx = makeContext({ headers: {} });
+    const client = tracing.startServerSpan(ctx).startClientSpan('u', 'http://h:1', 'GET');
+    const headers = ['traceparent', 'stale', 'x-b3-sampled', '1'];
+    client.inject(headers);
+    const map = Object.fromEntries(Array.from({ length: headers.length / 2 }, (_, i) => [headers[2 * i], headers[2 * i + 1]]));
+    expect(map).toMatchObject({ 'x-b3-traceid': ctx.trace!.traceId, 'x-b3-sampled': '0' });
+    expect(map['traceparent']).toBeUndefined();
   });
 });
 
