@@ -15,7 +15,7 @@
  * text, so they come back exactly as written.
  */
 import { createRequire } from 'node:module';
-import { classifyPresented, refreshParams, storeError, successorOf } from './store-rules.js';
+import { classifyPresented, refreshOf, refreshParams, storeError, successorOf, type RefreshRow } from './store-rules.js';
 import {
   IssuerStoreError,
   type ClientRecord,
@@ -69,24 +69,6 @@ interface ClientRow {
   disabled: boolean;
 }
 
-interface RefreshRow {
-  id: string;
-  family_id: string;
-  subject: string;
-  client_id: string;
-  scope: string;
-  audience: string;
-  claims: string;
-  binding: string | null;
-  created_at: Int;
-  expires_at: Int;
-  family_expires_at: Int;
-  used_at: Int | null;
-  revoked_at: Int | null;
-}
-
-const orNull = (v: Int | null): number | null => (v === null ? null : Number(v));
-
 function clientOf(row: ClientRow): ClientRecord {
   return {
     id: row.id,
@@ -97,24 +79,6 @@ function clientOf(row: ClientRow): ClientRecord {
     tokenTtlSec: row.token_ttl_sec,
     createdAt: Number(row.created_at),
     disabled: row.disabled,
-  };
-}
-
-function refreshOf(row: RefreshRow): RefreshRecord {
-  return {
-    id: row.id,
-    familyId: row.family_id,
-    subject: row.subject,
-    clientId: row.client_id,
-    scope: row.scope,
-    audience: JSON.parse(row.audience) as string[],
-    claims: JSON.parse(row.claims) as Record<string, unknown>,
-    binding: row.binding,
-    createdAt: Number(row.created_at),
-    expiresAt: Number(row.expires_at),
-    familyExpiresAt: Number(row.family_expires_at),
-    usedAt: orNull(row.used_at),
-    revokedAt: orNull(row.revoked_at),
   };
 }
 

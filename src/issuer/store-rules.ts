@@ -65,3 +65,40 @@ export function refreshParams(r: RefreshRecord): unknown[] {
     r.revokedAt,
   ];
 }
+
+/** A refresh row as both SQL stores read it (PostgreSQL returns BIGINT columns as strings). */
+export interface RefreshRow {
+  id: string;
+  family_id: string;
+  subject: string;
+  client_id: string;
+  scope: string;
+  audience: string;
+  claims: string;
+  binding: string | null;
+  created_at: number | string;
+  expires_at: number | string;
+  family_expires_at: number | string;
+  used_at: number | string | null;
+  revoked_at: number | string | null;
+}
+
+const orNull = (v: number | string | null): number | null => (v === null ? null : Number(v));
+
+export function refreshOf(row: RefreshRow): RefreshRecord {
+  return {
+    id: row.id,
+    familyId: row.family_id,
+    subject: row.subject,
+    clientId: row.client_id,
+    scope: row.scope,
+    audience: JSON.parse(row.audience) as string[],
+    claims: JSON.parse(row.claims) as Record<string, unknown>,
+    binding: row.binding,
+    createdAt: Number(row.created_at),
+    expiresAt: Number(row.expires_at),
+    familyExpiresAt: Number(row.family_expires_at),
+    usedAt: orNull(row.used_at),
+    revokedAt: orNull(row.revoked_at),
+  };
+}

@@ -22,7 +22,7 @@ import {
   type RotateRequest,
   type RotateResult,
 } from './types.js';
-import { classifyPresented, refreshParams, storeError, successorOf } from './store-rules.js';
+import { classifyPresented, refreshOf, refreshParams, storeError, successorOf, type RefreshRow } from './store-rules.js';
 
 // ---------------------------------------------------------------------------
 // The small part of better-sqlite3 used here (no types are installed).
@@ -57,22 +57,6 @@ interface ClientRow {
   token_ttl_sec: number | null;
   created_at: number;
   disabled: number;
-}
-
-interface RefreshRow {
-  id: string;
-  family_id: string;
-  subject: string;
-  client_id: string;
-  scope: string;
-  audience: string;
-  claims: string;
-  binding: string | null;
-  created_at: number;
-  expires_at: number;
-  family_expires_at: number;
-  used_at: number | null;
-  revoked_at: number | null;
 }
 
 const P = 'bulwark_issuer_';
@@ -118,24 +102,6 @@ function clientOf(row: ClientRow): ClientRecord {
     tokenTtlSec: row.token_ttl_sec,
     createdAt: row.created_at,
     disabled: row.disabled !== 0,
-  };
-}
-
-function refreshOf(row: RefreshRow): RefreshRecord {
-  return {
-    id: row.id,
-    familyId: row.family_id,
-    subject: row.subject,
-    clientId: row.client_id,
-    scope: row.scope,
-    audience: JSON.parse(row.audience) as string[],
-    claims: JSON.parse(row.claims) as Record<string, unknown>,
-    binding: row.binding,
-    createdAt: row.created_at,
-    expiresAt: row.expires_at,
-    familyExpiresAt: row.family_expires_at,
-    usedAt: row.used_at,
-    revokedAt: row.revoked_at,
   };
 }
 
