@@ -15,7 +15,16 @@
  * text, so they come back exactly as written.
  */
 import { createRequire } from 'node:module';
-import { classifyPresented, refreshOf, refreshParams, storeError, successorOf, type RefreshRow } from './store-rules.js';
+import {
+  classifyPresented,
+  clientOf,
+  refreshOf,
+  refreshParams,
+  storeError,
+  successorOf,
+  type ClientRow,
+  type RefreshRow,
+} from './store-rules.js';
 import {
   IssuerStoreError,
   type ClientRecord,
@@ -57,30 +66,6 @@ interface PgModule {
 const TABLE_PREFIX = /^[a-z_][a-z0-9_]{0,40}$/;
 
 type Int = string | number;
-
-interface ClientRow {
-  id: string;
-  secret_hash: string;
-  audiences: string;
-  scopes: string;
-  grants: string;
-  token_ttl_sec: number | null;
-  created_at: Int;
-  disabled: boolean;
-}
-
-function clientOf(row: ClientRow): ClientRecord {
-  return {
-    id: row.id,
-    secretHash: row.secret_hash,
-    audiences: JSON.parse(row.audiences) as string[],
-    scopes: JSON.parse(row.scopes) as string[],
-    grants: JSON.parse(row.grants) as string[],
-    tokenTtlSec: row.token_ttl_sec,
-    createdAt: Number(row.created_at),
-    disabled: row.disabled,
-  };
-}
 
 function sqlFor(prefix: string) {
   const clients = `"${prefix}clients"`;

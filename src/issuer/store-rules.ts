@@ -2,7 +2,7 @@
  * Rotation rules and row shapes shared by the three issuer stores (SQLite, PostgreSQL,
  * Redis), so the classification of a presented refresh token cannot drift between them.
  */
-import { IssuerStoreError, type RefreshRecord, type RotateRequest } from './types.js';
+import { IssuerStoreError, type ClientRecord, type RefreshRecord, type RotateRequest } from './types.js';
 
 /** What presenting `record` leads to, before any change: `rotate` when it is current. */
 export type PresentedStatus = 'revoked' | 'reused' | 'expired' | 'binding_mismatch' | 'rotate';
@@ -100,5 +100,30 @@ export function refreshOf(row: RefreshRow): RefreshRecord {
     familyExpiresAt: Number(row.family_expires_at),
     usedAt: orNull(row.used_at),
     revokedAt: orNull(row.revoked_at),
+  };
+}
+
+/** A client row as both SQL stores read it (SQLite has no boolean: `disabled` is 0/1 there). */
+export interface ClientRow {
+  id: string;
+  secret_hash: string;
+  audiences: string;
+  scopes: string;
+  grants: string;
+  token_ttl_sec: number | null;
+  created_at: number | string;
+  disabled: boolean | number;
+}
+
+export function clientOf(row: ClientRow): ClientRecord {
+  return {
+    id: row.id,
+    secretHash: row.secret_hash,
+    audiences: JSON.parse(row.audiences) as string[],
+    scopes: JSON.parse(row.scopes) as string[],
+    grants: JSON.parse(row.grants) as string[],
+    tokenTtlSec: row.token_ttl_sec,
+    createdAt: Number(row.created_at),
+    disabled: Boolean(row.disabled),
   };
 }

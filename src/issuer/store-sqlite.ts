@@ -22,7 +22,16 @@ import {
   type RotateRequest,
   type RotateResult,
 } from './types.js';
-import { classifyPresented, refreshOf, refreshParams, storeError, successorOf, type RefreshRow } from './store-rules.js';
+import {
+  classifyPresented,
+  clientOf,
+  refreshOf,
+  refreshParams,
+  storeError,
+  successorOf,
+  type ClientRow,
+  type RefreshRow,
+} from './store-rules.js';
 
 // ---------------------------------------------------------------------------
 // The small part of better-sqlite3 used here (no types are installed).
@@ -47,17 +56,6 @@ interface Database {
 }
 
 type DatabaseConstructor = new (path: string, options?: { timeout?: number }) => Database;
-
-interface ClientRow {
-  id: string;
-  secret_hash: string;
-  audiences: string;
-  scopes: string;
-  grants: string;
-  token_ttl_sec: number | null;
-  created_at: number;
-  disabled: number;
-}
 
 const P = 'bulwark_issuer_';
 
@@ -91,19 +89,6 @@ CREATE INDEX IF NOT EXISTS ${P}refresh_family ON ${P}refresh (family_id);
 CREATE INDEX IF NOT EXISTS ${P}refresh_subject ON ${P}refresh (subject);
 CREATE INDEX IF NOT EXISTS ${P}refresh_family_expires ON ${P}refresh (family_expires_at);
 `;
-
-function clientOf(row: ClientRow): ClientRecord {
-  return {
-    id: row.id,
-    secretHash: row.secret_hash,
-    audiences: JSON.parse(row.audiences) as string[],
-    scopes: JSON.parse(row.scopes) as string[],
-    grants: JSON.parse(row.grants) as string[],
-    tokenTtlSec: row.token_ttl_sec,
-    createdAt: row.created_at,
-    disabled: row.disabled !== 0,
-  };
-}
 
 function prepare(db: Database) {
   return {
