@@ -36,16 +36,16 @@ export function isLimitsMessage(message: unknown): message is LimitsMessage {
   return typeof message === 'object' && message !== null && (message as { bulwarkLimits?: unknown }).bulwarkLimits === 1;
 }
 
-/** A worker's end of the channel to the primary. */
-export interface IpcChannel {
+/** A worker's end of the channel to the primary (shared by every protocol on it: limits, revocation). */
+export interface IpcChannel<M = LimitsRequestMessage> {
   readonly connected: boolean;
-  send(message: LimitsRequestMessage): void;
+  send(message: M): void;
   /** Subscribes to incoming messages; returns the unsubscribe function. */
   subscribe(handler: (message: unknown) => void): () => void;
 }
 
 /** The worker's own process channel (`process.send`). */
-export function processChannel(): IpcChannel {
+export function processChannel<M = LimitsRequestMessage>(): IpcChannel<M> {
   return {
     get connected() {
       return process.connected === true && typeof process.send === 'function';

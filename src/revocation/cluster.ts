@@ -20,6 +20,7 @@
  * Wire format: every message carries `bulwarkRevocation: 1` (like `bulwarkLimits` and
  * `bulwarkTelemetry`); other handlers on the channel skip them.
  */
+import { processChannel, type IpcChannel } from '../limits/ipc.js';
 import cluster, { type Cluster, type Worker } from 'node:cluster';
 import {
   parseEntry,
@@ -56,12 +57,7 @@ export function isRevocationRelayMessage(message: unknown): message is Revocatio
 }
 
 /** A worker's end of the channel to the primary. */
-export interface RevocationChannel {
-  readonly connected: boolean;
-  send(message: RevocationRelayMessage): void;
-  /** Subscribes to incoming messages; returns the unsubscribe function. */
-  subscribe(handler: (message: unknown) => void): () => void;
-}
+export type RevocationChannel = IpcChannel<RevocationRelayMessage>;
 
 /** Whether this process is a `bulwark serve` cluster worker (the primary relays to it). */
 export function isClusterWorker(): boolean {
@@ -70,18 +66,7 @@ export function isClusterWorker(): boolean {
 
 /** The worker's own process channel. */
 export function workerChannel(): RevocationChannel {
-  return {
-    get connected() {
-      return process.connected === true && typeof process.send === 'function';
-    },
-    send(message) {
-      process.send?.(message);
-    },
-    subscribe(handler) {
-      process.on('message', handler);
-      return () => process.off('message', handler);
-    },
-  };
+  return processChannel<RevocationRelayMessage>();
 }
 
 /** How long a starting worker waits for the primary's set before serving without it. */
