@@ -9,7 +9,7 @@ import { GENESIS_HASH, sha256Hex, signatureInput } from '../../src/audit/chain.j
 import { openSqlite, createPgPool, type PgPool } from '../../src/audit/drivers.js';
 import { keyFingerprint } from '../../src/audit/keys.js';
 import type { AuditConfig } from '../../src/audit/schema.js';
-import { indexedColumns } from '../../src/audit/sinks/sink.js';
+import { rowOf } from '../../src/audit/sinks/sink.js';
 import { ensurePostgresTable } from '../../src/audit/sinks/postgres.js';
 import { prepareSqlite, sqliteInsert } from '../../src/audit/sinks/sqlite.js';
 import { createLogger } from '../../src/telemetry/logger.js';
@@ -100,22 +100,7 @@ export async function writeStore(
     const insert = db.prepare(sqliteInsert('audit_events'));
     db.transaction(() => {
       for (const line of lines) {
-        const c = indexedColumns(JSON.parse(line) as Record<string, unknown>);
-        insert.run(
-          c.id,
-          c.chain,
-          c.n,
-          c.ts,
-          c.kind,
-          c.subject,
-          c.tenant,
-          c.decision,
-          c.route,
-          c.action,
-          c.status,
-          c.request_id,
-          line,
-        );
+        insert.run(...rowOf({ index: 0, line, record: JSON.parse(line) as Record<string, unknown> }));
       }
     })();
     db.close();
@@ -125,13 +110,12 @@ export async function writeStore(
   await withPg(async (pool) => {
     await ensurePostgresTable(pool, table);
     for (const line of lines) {
-      const c = indexedColumns(JSON.parse(line) as Record<string, unknown>);
       // Plain INSERT (no ON CONFLICT): a tampered store may hold two rows with one id only if the attacker
       // removed the constraint; our cases keep ids unique.
       await pool.query(
         `INSERT INTO "${table}" (id, chain, n, ts, kind, subject, tenant, decision, route, action, status, request_id, record)
          VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13)`,
-        [c.id, c.chain, c.n, c.ts, c.kind, c.subject, c.tenant, c.decision, c.route, c.action, c.status, c.request_id, line],
+        rowOf({ index: 0, line, record: JSON.parse(line) as Record<string, unknown> }),
       );
     }
   });
