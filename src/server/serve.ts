@@ -1,5 +1,6 @@
 import cluster, { type Worker } from 'node:cluster';
 import { availableParallelism } from 'node:os';
+import { setFlagsFromString } from 'node:v8';
 import type { Server } from 'node:http';
 import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
@@ -34,9 +35,23 @@ function describeFailure(err: unknown): { message: string; issues?: unknown } {
   return { message: err instanceof Error ? err.message : String(err) };
 }
 
+/**
+ * V8 tuning for a process that serves traffic. Allocation-site pretenuring sees the objects a
+ * request allocates survive a scavenge or two (config compilation at start, a burst of slow
+ * requests) and then allocates them straight in old space; a dead old-space object still keeps
+ * everything it points to alive through every scavenge until the next full GC, so whole request
+ * graphs end up promoted. Measured on the pass-through route: 2.5 MB promoted per scavenge and
+ * ~7 µs of GC per request with it, 0.2 MB and ~1.5 µs without; the bare Node proxy baseline never
+ * trips it. Per-request objects here really do die young, so the heuristic only costs.
+ */
+export function tuneV8ForServing(): void {
+  setFlagsFromString('--no-allocation-site-pretenuring');
+}
+
 /** Entry point of `bulwark serve`: the primary (or only) process. Resolves when it has shut down. */
 export async function serve(options: ServeOptions): Promise<number> {
   const { logger } = options;
+  tuneV8ForServing();
   const overrides: Overrides = {
     port: options.port,
     adminPort: options.adminPort,
@@ -246,6 +261,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
 
 /** A cluster worker: takes its config from the primary (the text the primary validated), serves, reports. */
 export async function runWorker(logger: Logger): Promise<void> {
+  tuneV8ForServing();
   let telemetry: Telemetry | null = null;
   let gateway: Gateway | null = null;
   let audit: AuditLog | null = null;
