@@ -50,8 +50,36 @@ function readSettings() {
       .filter(Boolean),
     gatewayCmd: process.env.BENCH_GATEWAY_CMD?.trim() || null,
     wrk: process.env.BENCH_WRK === '0' ? null : findWrk(),
+    pin: readPinning(),
   };
 }
+
+/**
+ * BENCH_PIN=1: the load side (this runner with autocannon, wrk, the upstream, sinks) on the
+ * first CPU, the proxy under test (baseline, 1-worker gateways, competitors) on the others, so
+ * the two stop taking turns on the same cores. `workers: auto` variants keep every CPU.
+ */
+function readPinning() {
+  const raw = process.env.BENCH_PIN;
+  if (raw === undefined || raw === '' || raw === '0') return null;
+  if (raw !== '1') throw new BenchError(`BENCH_PIN=${raw}: expected 0 or 1`);
+  const count = os.cpus().length;
+  if (count < 2) throw new BenchError('BENCH_PIN=1 needs at least 2 CPUs');
+  let taskset;
+  try {
+    taskset = execFileSync('/bin/sh', ['-c', 'command -v taskset'], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'ignore'],
+    }).trim();
+  } catch {
+    taskset = '';
+  }
+  if (taskset === '') throw new BenchError('BENCH_PIN=1 needs taskset (util-linux)');
+  return { taskset, load: '0', proxy: count === 2 ? '1' : `1-${count - 1}` };
+}
+
+/** Set once settings are read; startChild consults it. */
+let pinning = null;
 
 function findWrk() {
   try {
@@ -75,8 +103,12 @@ let tmpDir = null;
  * Spawn `command args` as the leader of a new process group (so a gateway's
  * cluster workers can be signalled together with it).
  */
-function startChild(name, command, args, { stdio = ['ignore', 'pipe', 'pipe'], env = process.env } = {}) {
+function startChild(name, command, args, { stdio = ['ignore', 'pipe', 'pipe'], env = process.env, cpus = null } = {}) {
   if (stopping) throw new BenchError('interrupted');
+  if (pinning !== null && cpus !== null) {
+    args = ['-c', pinning[cpus], command, ...args];
+    command = pinning.taskset;
+  }
   const child = spawn(command, args, { cwd: ROOT, env, stdio, detached: true });
   const entry = { name, child, pid: child.pid, exit: null, stderr: '' };
   entry.exited = new Promise((resolve) => {
@@ -175,9 +207,10 @@ function describeExit(exit) {
 }
 
 /** Start one of our helper scripts (upstream.js, baseline-proxy.js) and wait for its port. */
-async function startHelper(name, script, args = []) {
+async function startHelper(name, script, args = [], cpus = null) {
   const entry = startChild(name, process.execPath, [path.join(BENCH_DIR, script), ...args, '--exit-with-stdin'], {
     stdio: ['pipe', 'pipe', 'pipe'],
+    cpus,
   });
   const { port } = await readPortLine(entry);
   entry.port = port;
@@ -223,13 +256,15 @@ async function startGateway({ label, configPath, ctx, settings, logBase }) {
   };
   // Logs go straight to files: piping them through this process would spend the load generator's CPU.
   const stdio = ['ignore', outFd, errFd];
+  const cpus = ctx.workers === 1 ? 'proxy' : null;
   let entry;
   try {
     entry = settings.gatewayCmd
-      ? startChild(label, '/bin/sh', ['-c', expandTemplate(settings.gatewayCmd, vars)], { stdio, env })
+      ? startChild(label, '/bin/sh', ['-c', expandTemplate(settings.gatewayCmd, vars)], { stdio, env, cpus })
       : startChild(label, process.execPath, [path.join(ROOT, 'bin', 'bulwark.js'), 'serve', '--config', configPath], {
           stdio,
           env,
+          cpus,
         });
   } finally {
     closeSync(outFd);
@@ -535,7 +570,7 @@ async function measureWrk(url, request, settings) {
     args.push('-s', script);
   }
   args.push(url);
-  const entry = startChild('wrk', settings.wrk, args);
+  const entry = startChild('wrk', settings.wrk, args, { cpus: 'load' });
   let stdout = '';
   entry.child.stdout.setEncoding('utf8');
   entry.child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -687,6 +722,8 @@ function gitInfo() {
 
 async function main() {
   const settings = readSettings();
+  pinning = settings.pin;
+  if (pinning !== null) execFileSync(pinning.taskset, ['-a', '-pc', pinning.load, String(process.pid)], { stdio: 'ignore' });
   const scenarios = await loadScenarios(settings.scenarios);
   const gatewayBin = path.join(ROOT, 'bin', 'bulwark.js');
   if (!settings.gatewayCmd && !existsSync(gatewayBin)) {
@@ -709,7 +746,11 @@ async function main() {
       `wrk: ${settings.wrk ?? (process.env.BENCH_WRK === '0' ? 'disabled (BENCH_WRK=0)' : 'not installed')}`,
   );
   console.log(`scenarios: ${scenarios.map((s) => `${s.name} [${s.variants.map((v) => v.label).join(', ')}]`).join('; ')}`);
-  if (cpus.length <= 2) {
+  if (pinning !== null) {
+    console.log(
+      `pinned (BENCH_PIN=1): load generator and upstream on CPU ${pinning.load}, proxy under test on CPU ${pinning.proxy}`,
+    );
+  } else if (cpus.length <= 2) {
     console.log(
       `note: ${cpus.length} CPU(s): load generator, upstream and proxy share them; compare ratios, not absolute numbers.`,
     );
@@ -747,8 +788,8 @@ async function main() {
     checkRow(row);
   };
 
-  const upstream = await startHelper('upstream', 'upstream.js');
-  const baseline = await startHelper('baseline proxy', 'baseline-proxy.js', ['--upstream-port', String(upstream.port)]);
+  const upstream = await startHelper('upstream', 'upstream.js', [], 'load');
+  const baseline = await startHelper('baseline proxy', 'baseline-proxy.js', ['--upstream-port', String(upstream.port)], 'proxy');
   const upstreamUrl = `http://127.0.0.1:${upstream.port}`;
 
   // Reference targets are measured once per distinct request shape.
@@ -897,7 +938,7 @@ async function main() {
   /** One run of a `kind: 'loop'` competitor: it runs for BENCH_DURATION and prints {"opsPerSec":N,…} last. */
   async function runLoop(competitor, argv) {
     const [command, ...args] = argv;
-    const entry = startChild(competitor.name, command, [...args, '--duration', String(settings.duration)]);
+    const entry = startChild(competitor.name, command, [...args, '--duration', String(settings.duration)], { cpus: 'proxy' });
     let stdout = '';
     entry.child.stdout.setEncoding('utf8');
     entry.child.stdout.on('data', (chunk) => (stdout += chunk));
@@ -940,7 +981,10 @@ async function main() {
       return { ...base, unit: 'ops/s', measure: () => runLoop(competitor, argv) };
     }
     console.log(`${label}: ${shown.join(' ')}`);
-    const entry = startChild(label, argv[0], [...argv.slice(1), '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const entry = startChild(label, argv[0], [...argv.slice(1), '--exit-with-stdin'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      cpus: 'proxy',
+    });
     try {
       const { port } = await readPortLine(entry);
       const url = `http://127.0.0.1:${port}${request.path}`;
@@ -988,7 +1032,10 @@ async function main() {
       const argv = (typeof service.cmd === 'function' ? await service.cmd({ ...baseCtx }) : service.cmd).map(String);
       if (argv[0] === 'node') argv[0] = process.execPath;
       const name = `${scenario.name}: ${service.name}`;
-      const entry = startChild(name, argv[0], [...argv.slice(1), '--exit-with-stdin'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      const entry = startChild(name, argv[0], [...argv.slice(1), '--exit-with-stdin'], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        cpus: 'load',
+      });
       serviceEntries.push(entry);
       const { port } = await readPortLine(entry);
       baseCtx.services[service.name] = { port, url: `http://127.0.0.1:${port}` };
