@@ -45,7 +45,7 @@ import { compileMasking, Masker, toJsonData } from './mask.js';
 import { AUDIT_DEFAULTS, sinkIdentity, type AuditConfig } from './schema.js';
 import { createSink } from './sinks/factory.js';
 import { indexedColumns, type AuditSink } from './sinks/sink.js';
-import { claimSlot, type ClaimedSlot } from './slot.js';
+import { claimSlot, staleSlots, tryClaim, type ClaimedSlot } from './slot.js';
 import { LineChunks, Wal, type ChunkEntry, type WalEntry, type WalReader } from './wal.js';
 
 export type EnqueueResult =
@@ -127,6 +127,13 @@ export interface AuditLogOptions {
   software?: string;
   /** Sinks to use instead of the configured ones (library users with their own sink; tests). */
   sinks?: AuditSink[];
+  /**
+   * How long after opening to look for WAL slots no process owns (their owner died, or the
+   * worker count shrank) and deliver what they hold; default 5 s, so restarting workers
+   * reclaim their own slots first. `false`: never (always the case with `sinks`, which one
+   * log at a time can use).
+   */
+  orphanDrainDelayMs?: number | false;
 }
 
 // ---------------------------------------------------------------------------
@@ -469,19 +476,19 @@ class AuditLogImpl implements AuditLog {
     );
   }
 
+  /** Entries replayed to the sink furthest behind when the log opened. */
+  get replayCount(): number {
+    return this.#replayCount();
+  }
+
   #replayCount(): number {
     let most = 0;
     for (const r of this.#runners) most = Math.max(most, this.#tailStart - r.cursor);
     return Math.max(0, most);
   }
 
-  async #loadCursors(): Promise<Record<string, number>> {
-    try {
-      const parsed = JSON.parse(await readFile(this.#cursorFile, 'utf8')) as { sinks?: Record<string, number> };
-      return parsed.sinks ?? {};
-    } catch {
-      return {};
-    }
+  #loadCursors(): Promise<Record<string, number>> {
+    return readCursors(this.#cursorFile);
   }
 
   /** Serialized: writes never overlap, and each one carries the latest cursors. */
@@ -1028,6 +1035,17 @@ class AuditLogImpl implements AuditLog {
     }
   }
 
+  /** Delivers, in the background, what slots nobody owns hold (see `drainOrphanedSlots`); close() waits for it. */
+  adoptOrphans(delayMs: number, drain: () => Promise<void>): void {
+    this.#orphanTimer = setTimeout(() => {
+      this.#orphanTimer = null;
+      if (this.#state === 'open') this.#orphans = drain();
+    }, delayMs);
+    this.#orphanTimer.unref();
+  }
+  #orphanTimer: NodeJS.Timeout | null = null;
+  #orphans: Promise<void> | null = null;
+
   close(): Promise<void> {
     this.#closing ??= this.#close();
     return this.#closing;
@@ -1036,9 +1054,13 @@ class AuditLogImpl implements AuditLog {
   async #close(): Promise<void> {
     this.#state = 'closing';
     if (this.#maintenance !== null) clearInterval(this.#maintenance);
+    if (this.#orphanTimer !== null) clearTimeout(this.#orphanTimer);
     const deadline = Date.now() + this.#closeTimeoutMs;
     // Ref'd timers: a script's `await log.close()` must not end the process (exit 13) while sinks are idle-waiting.
     const untilDeadline = <T>(work: Promise<T>): Promise<boolean> => within(work, Math.max(0, deadline - Date.now()));
+    // An orphan drain in progress finishes (or its WAL keeps the rest for the next one).
+    if (this.#orphans !== null && !(await untilDeadline(this.#orphans)))
+      this.#logger.warn({}, 'audit close: an orphaned WAL slot was still being delivered; the rest waits for the next start');
     if (!(await untilDeadline(this.#whenIdle())))
       this.#logger.error(
         { queued: this.#queue.length - this.#head },
@@ -1113,8 +1135,32 @@ export async function createAuditLog(config: AuditConfig, options: AuditLogOptio
   if (maxBytes < 2 * segmentBytes) throw new TypeError('audit wal.maxBytes must be at least twice wal.segmentBytes');
   const key = config.chain?.signingKey === undefined ? null : loadSigningKey(config.chain.signingKey);
   const slot = await claimSlot(config.wal?.dir ?? AUDIT_DEFAULTS.wal.dir);
+  const log = await openOnSlot(config, options, slot, key, await openWal(slot, segmentBytes));
+  const delay = options.orphanDrainDelayMs ?? ORPHAN_DRAIN_DELAY_MS;
+  if (delay !== false && options.sinks === undefined) log.adoptOrphans(delay, () => drainOrphanedSlots(config, options, key));
+  return log;
+}
+
+const ORPHAN_DRAIN_DELAY_MS = 5_000;
+
+async function openWal(slot: ClaimedSlot, segmentBytes: number): Promise<Wal> {
   try {
-    const wal = await Wal.open(slot.dir, segmentBytes);
+    return await Wal.open(slot.dir, segmentBytes);
+  } catch (error) {
+    await slot.release();
+    throw error;
+  }
+}
+
+/** Starts a log on a claimed slot and its opened WAL; on failure closes the WAL and releases the slot. */
+async function openOnSlot(
+  config: AuditConfig,
+  options: AuditLogOptions,
+  slot: ClaimedSlot,
+  key: SigningKey | null,
+  wal: Wal,
+): Promise<AuditLogImpl> {
+  try {
     const durable = (config.durability ?? 'durable') === 'durable';
     const software = options.software ?? defaultSoftware();
     const sinks =
@@ -1135,4 +1181,62 @@ export async function createAuditLog(config: AuditConfig, options: AuditLogOptio
     await slot.release();
     throw error;
   }
+}
+
+async function readCursors(file: string): Promise<Record<string, number>> {
+  try {
+    const parsed = JSON.parse(await readFile(file, 'utf8')) as { sinks?: Record<string, number> };
+    return parsed.sinks ?? {};
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * Slots whose owner is gone hold undelivered events when that owner crashed, or closed
+ * while a sink was down — and when the worker count shrank, no restarted process claims
+ * them again. Each such slot is claimed in turn, replayed to the configured sinks (its
+ * `{slot}` files and rows), its chain sealed, and closed again; a slot with nothing left
+ * is only looked at. Errors are logged, never thrown: the slot stays for the next start.
+ */
+export async function drainOrphanedSlots(config: AuditConfig, options: AuditLogOptions, key: SigningKey | null): Promise<void> {
+  const logger = options.logger.child({ component: 'audit' });
+  const baseDir = config.wal?.dir ?? AUDIT_DEFAULTS.wal.dir;
+  const segmentBytes = config.wal?.segmentBytes ?? AUDIT_DEFAULTS.wal.segmentBytes;
+  const sinkKeys = config.sinks.map(sinkIdentity);
+  for (const n of await staleSlots(baseDir)) {
+    let slot: ClaimedSlot | null = null;
+    try {
+      slot = await tryClaim(baseDir, n);
+      if (slot === null) continue; // a restarting worker (or another drainer) has it now
+      const wal = await openWal(slot, segmentBytes);
+      if (!(await holdsUndelivered(wal, join(slot.dir, 'cursors.json'), sinkKeys))) {
+        await wal.close();
+        await slot.release();
+        continue;
+      }
+      const claimed = slot;
+      slot = null; // openOnSlot releases it on failure, close() on success
+      const log = await openOnSlot(config, { ...options, orphanDrainDelayMs: false }, claimed, key, wal);
+      const replayed = log.replayCount;
+      await log.close();
+      logger.info({ slot: n, replayed, chain: log.chainId }, 'audit: delivered the WAL of a slot no process owns');
+    } catch (error) {
+      if (slot !== null) await slot.release();
+      logger.error(
+        { slot: n, err: message(error) },
+        'audit: cannot deliver an orphaned WAL slot; it is retried at the next start',
+      );
+    }
+  }
+}
+
+/** An unsealed chain (its owner died) or a sink cursor short of the WAL's end. */
+async function holdsUndelivered(wal: Wal, cursorFile: string, sinkKeys: readonly string[]): Promise<boolean> {
+  const last = wal.lastLineAtOpen;
+  if (last === null) return false;
+  const record = JSON.parse(last) as Record<string, unknown>;
+  if (record['kind'] !== 'checkpoint' || record['final'] !== true) return true;
+  const cursors = await readCursors(cursorFile);
+  return sinkKeys.some((k) => typeof cursors[k] === 'number' && cursors[k] < wal.nextIndex);
 }

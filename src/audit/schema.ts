@@ -121,7 +121,7 @@ export const WalSchema = Closed(
       minLength: 1,
       default: '.bulwark/audit',
       description:
-        'Directory for the write-ahead log. Each process claims its own `slot-N` subdirectory (one chain each); a slot left by a crashed process is replayed by the next one to claim it.',
+        'Directory for the write-ahead log. Each process claims its own `slot-N` subdirectory (one chain each); a slot left by a crashed process is replayed by the next one to claim it, and a slot no process claims any more (fewer workers than before) is delivered to the sinks by a running process about 5 s after it starts.',
     }),
     segmentBytes: Type.Integer({
       minimum: 65_536,

@@ -84,28 +84,34 @@ async function takeOver(lockPath: string, stalePid: number): Promise<boolean> {
 export async function claimSlot(baseDir: string, startAt = 0): Promise<ClaimedSlot> {
   await mkdir(baseDir, { recursive: true });
   for (let slot = startAt; slot < MAX_SLOTS; slot++) {
-    const dir = join(baseDir, `slot-${slot}`);
-    if (heldHere.has(dir)) continue;
-    await mkdir(dir, { recursive: true });
-    const lockPath = join(dir, 'lock');
-    let claimed = await tryCreate(lockPath);
-    if (!claimed) {
-      const pid = await readPid(lockPath);
-      if (pid === null) claimed = await tryCreate(lockPath);
-      else if (pid !== process.pid && !alive(pid)) claimed = await takeOver(lockPath, pid);
-    }
-    if (!claimed) continue;
-    heldHere.add(dir);
-    return {
-      slot,
-      dir,
-      release: async () => {
-        heldHere.delete(dir);
-        await unlink(lockPath).catch(() => {});
-      },
-    };
+    const claimed = await tryClaim(baseDir, slot);
+    if (claimed !== null) return claimed;
   }
   throw new Error(`no free audit WAL slot under ${baseDir} (${MAX_SLOTS} in use)`);
+}
+
+/** Claims `slot-<slot>` if it is free or its owner is dead; null when someone holds it. */
+export async function tryClaim(baseDir: string, slot: number): Promise<ClaimedSlot | null> {
+  const dir = join(baseDir, `slot-${slot}`);
+  if (heldHere.has(dir)) return null;
+  await mkdir(dir, { recursive: true });
+  const lockPath = join(dir, 'lock');
+  let claimed = await tryCreate(lockPath);
+  if (!claimed) {
+    const pid = await readPid(lockPath);
+    if (pid === null) claimed = await tryCreate(lockPath);
+    else if (pid !== process.pid && !alive(pid)) claimed = await takeOver(lockPath, pid);
+  }
+  if (!claimed) return null;
+  heldHere.add(dir);
+  return {
+    slot,
+    dir,
+    release: async () => {
+      heldHere.delete(dir);
+      await unlink(lockPath).catch(() => {});
+    },
+  };
 }
 
 /** Slots under `baseDir` whose owner is gone (for draining orphans left by a worker count that shrank). */

@@ -6,7 +6,7 @@
  * in the sinks, and every chain must verify.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync, statSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -41,10 +41,12 @@ afterAll(() => (process.env['KEEP'] ? undefined : cleanup()));
 function run(
   mode: 'write' | 'replay',
   config: unknown,
+  env: NodeJS.ProcessEnv = {},
 ): { child: ChildProcess; lines: string[]; closed: Promise<number | null> } {
   const child = spawn(process.execPath, [FIXTURE, mode, JSON.stringify(config)], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
   });
   const lines: string[] = [];
   createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', (line) => lines.push(line));
@@ -108,5 +110,57 @@ describe('kill -9 in durable mode', () => {
       expect(report.chains.map((c) => c.sealed)).toEqual(['recovered', 'close']);
       expect(report.duplicates, `${JSON.stringify(source)} ${JSON.stringify(report.issues)} ${dir}`).toBe(0);
     }
+  }, 90_000);
+});
+
+describe('orphaned WAL slots', () => {
+  const fileIds = (path: string) =>
+    readFileSync(path, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { id: string }).id);
+
+  it('two writers killed, one process comes back: it delivers the slot no process claims any more', async () => {
+    const keys = ed25519Keys();
+    const base = join(dir, 'shrink');
+    mkdirSync(base);
+    const config = auditConfig(base, {
+      durability: 'durable',
+      chain: { checkpointEvery: 100, checkpointIntervalMs: 60_000, signingKey: writeKey(base, keys) },
+      wal: { dir: join(base, 'wal'), segmentBytes: 262_144, fsyncIntervalMs: 2, maxBytes: 64 * 1_048_576 },
+      sinks: [{ file: { path: join(base, 'audit-{slot}.jsonl') } }],
+    });
+    // "workers: 2": two processes, slot-0 and slot-1; both die mid-stream.
+    const writers = [run('write', config), run('write', config)];
+    const deadline = Date.now() + 20_000;
+    while (writers.some((w) => w.lines.length < 401) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    for (const w of writers) w.child.kill('SIGKILL');
+    for (const w of writers) expect(await w.closed).toBeNull();
+    const acknowledged = writers.flatMap((w) => w.lines.slice(1));
+    expect(acknowledged.length).toBeGreaterThanOrEqual(800);
+
+    // "workers: 1" now: one process claims slot-0 and replays it; slot-1 is nobody's.
+    const replayer = run('replay', config, { BULWARK_TEST_ORPHANS: '1' });
+    expect(await replayer.closed).toBe(0);
+    const delivered = new Set([...fileIds(join(base, 'audit-0.jsonl')), ...fileIds(join(base, 'audit-1.jsonl'))]);
+    expect(acknowledged.filter((id) => !delivered.has(id))).toEqual([]);
+    // The orphan's lock is released again: the next process to need a slot can take it.
+    expect(existsSync(join(base, 'wal', 'slot-1', 'lock'))).toBe(false);
+    for (const slot of [0, 1]) {
+      const report = await verifyAudit(
+        { file: join(base, `audit-${slot}.jsonl`) },
+        { publicKeys: [keys.publicPem], sealed: true },
+      );
+      expect(report.issues).toEqual([]);
+      // Each killed writer's chain sealed by whoever took its slot over; that taker's own chain closed cleanly.
+      expect(report.chains.map((c) => c.sealed)).toEqual(['recovered', 'close']);
+      expect(report.duplicates).toBe(0);
+    }
+
+    // Nothing left to deliver: a second start only looks (no new chain in slot-1's file).
+    const before = readFileSync(join(base, 'audit-1.jsonl'), 'utf8');
+    const again = run('replay', config, { BULWARK_TEST_ORPHANS: '1' });
+    expect(await again.closed).toBe(0);
+    expect(readFileSync(join(base, 'audit-1.jsonl'), 'utf8')).toBe(before);
   }, 90_000);
 });
