@@ -471,17 +471,13 @@ class AuditLogImpl implements AuditLog {
     this.#maintenance = setInterval(() => this.#maintain(), MAINTENANCE_MS);
     this.#maintenance.unref();
     this.#logger.info(
-      { chain: this.chainId, slot: this.#slot.slot, sinks: this.#runners.map((r) => r.sink.name), replay: this.#replayCount() },
+      { chain: this.chainId, slot: this.#slot.slot, sinks: this.#runners.map((r) => r.sink.name), replay: this.replayCount },
       'audit log open',
     );
   }
 
   /** Entries replayed to the sink furthest behind when the log opened. */
   get replayCount(): number {
-    return this.#replayCount();
-  }
-
-  #replayCount(): number {
     let most = 0;
     for (const r of this.#runners) most = Math.max(most, this.#tailStart - r.cursor);
     return Math.max(0, most);
@@ -1199,7 +1195,7 @@ async function readCursors(file: string): Promise<Record<string, number>> {
  * `{slot}` files and rows), its chain sealed, and closed again; a slot with nothing left
  * is only looked at. Errors are logged, never thrown: the slot stays for the next start.
  */
-export async function drainOrphanedSlots(config: AuditConfig, options: AuditLogOptions, key: SigningKey | null): Promise<void> {
+async function drainOrphanedSlots(config: AuditConfig, options: AuditLogOptions, key: SigningKey | null): Promise<void> {
   const logger = options.logger.child({ component: 'audit' });
   const baseDir = config.wal?.dir ?? AUDIT_DEFAULTS.wal.dir;
   const segmentBytes = config.wal?.segmentBytes ?? AUDIT_DEFAULTS.wal.segmentBytes;

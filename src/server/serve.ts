@@ -44,7 +44,7 @@ function describeFailure(err: unknown): { message: string; issues?: unknown } {
  * ~7 µs of GC per request with it, 0.2 MB and ~1.5 µs without; the bare Node proxy baseline never
  * trips it. Per-request objects here really do die young, so the heuristic only costs.
  */
-export function tuneV8ForServing(): void {
+function tuneV8ForServing(): void {
   setFlagsFromString('--no-allocation-site-pretenuring');
 }
 
