@@ -24,6 +24,7 @@ import {
   trace,
   type Attributes,
   type Context,
+  type Link,
   type Span,
   type SpanContext,
   type TextMapGetter,
@@ -51,7 +52,9 @@ import {
   TraceIdRatioBasedSampler,
   type IdGenerator,
   type ReadableSpan,
+  SamplingDecision,
   type Sampler,
+  type SamplingResult,
   type SpanExporter,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
@@ -339,6 +342,8 @@ export class FastIds implements IdGenerator {
   private offset = POOL_BYTES;
   /** The next trace id `generateTraceId` returns, once; null: a fresh one. */
   pending: string | null = null;
+  /** The last `pending` id handed to the SDK: a root the gateway's ratio check admitted. */
+  admitted: string | null = null;
   /** The 32-bit XOR fold of the last `rootTraceId` (what TraceIdRatioBasedSampler compares). */
   fold = 0;
 
@@ -385,6 +390,7 @@ export class FastIds implements IdGenerator {
     const pending = this.pending;
     if (pending !== null) {
       this.pending = null;
+      this.admitted = pending;
       return pending;
     }
     return this.rootTraceId();
@@ -539,7 +545,7 @@ class OtelServerSpan implements ServerSpan {
         traceFlags: parent.traceFlags,
         traceState: parent.traceState,
       });
-      return new OtelClientSpan(runtime, span, trace.setSpan(this.context, span), this.direct);
+      return new OtelClientSpan(runtime, span, this.context, this.direct);
     }
     const normalized = normalizeMethod(method);
     let attributes: Attributes | undefined;
@@ -557,7 +563,7 @@ class OtelServerSpan implements ServerSpan {
       { kind: SpanKind.CLIENT, attributes },
       this.context,
     );
-    return new OtelClientSpan(runtime, span, trace.setSpan(this.context, span), this.direct);
+    return new OtelClientSpan(runtime, span, this.context, this.direct);
   }
 
   end(ctx: RequestContext, status: number, info?: EndInfo): void {
@@ -617,13 +623,14 @@ class OtelServerSpan implements ServerSpan {
 class OtelClientSpan implements ClientSpan {
   private readonly runtime: TracingRuntime;
   private readonly span: Span;
-  private readonly context: Context;
+  /** The server span's context: this span's own is built only when a propagator needs it. */
+  private readonly parent: Context;
   private readonly direct: boolean;
 
-  constructor(runtime: TracingRuntime, span: Span, context: Context, direct: boolean) {
+  constructor(runtime: TracingRuntime, span: Span, parent: Context, direct: boolean) {
     this.runtime = runtime;
     this.span = span;
-    this.context = context;
+    this.parent = parent;
     this.direct = direct;
   }
 
@@ -637,7 +644,7 @@ class OtelClientSpan implements ClientSpan {
       }
       return;
     }
-    runtime.injector.inject(this.context, headers, flatSetter);
+    runtime.injector.inject(trace.setSpan(this.parent, this.span), headers, flatSetter);
   }
 
   end(status: number, code: string | null = null): void {
@@ -751,6 +758,45 @@ export function createSampler(config: { ratio: number; parentBased: boolean }): 
   return config.parentBased ? new ParentBasedSampler({ root }) : root;
 }
 
+const SAMPLED: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
+
+/**
+ * The configured sampler, minus the decisions the gateway has already made. Every span the
+ * SDK sees is either a root the gateway's own ratio check admitted (its trace id is `pending`),
+ * a child of a recording local span (same trace id, so the same verdict under the ratio, and
+ * `localParentSampled` under parent-based), or a span under a remote parent: only that last one
+ * needs the configured sampler. Saves re-hashing the trace id and the parent-based dispatch on
+ * both spans of every sampled request.
+ */
+export class DecidedSampler implements Sampler {
+  private readonly ids: FastIds;
+  private readonly configured: Sampler;
+
+  constructor(ids: FastIds, configured: Sampler) {
+    this.ids = ids;
+    this.configured = configured;
+  }
+
+  shouldSample(
+    context: Context,
+    traceId: string,
+    name: string,
+    kind: SpanKind,
+    attributes: Attributes,
+    links: Link[],
+  ): SamplingResult {
+    const parent = trace.getSpanContext(context);
+    if (parent === undefined) {
+      if (this.ids.admitted === traceId) return SAMPLED;
+    } else if (parent.isRemote !== true && (parent.traceFlags & TraceFlags.SAMPLED) !== 0) return SAMPLED;
+    return this.configured.shouldSample(context, traceId, name, kind, attributes, links);
+  }
+
+  toString(): string {
+    return `DecidedSampler{${this.configured.toString()}}`;
+  }
+}
+
 /** Builds the tracing half of telemetry from the resolved `telemetry` config. */
 export function createTracing(config: ResolvedTelemetryConfig, options: TracingOptions = {}): Tracing {
   const traces = config.traces;
@@ -786,7 +832,7 @@ export function createTracing(config: ResolvedTelemetryConfig, options: TracingO
       [ATTR_SERVICE_VERSION]: VERSION,
     }),
     // Explicit, so OTEL_TRACES_SAMPLER in the environment cannot quietly override the config.
-    sampler: createSampler(traces.sampler),
+    sampler: new DecidedSampler(ids, createSampler(traces.sampler)),
     spanProcessors: [processor],
   });
   return new SdkTracing(provider, new TracingRuntime(provider.getTracer('bulwark', VERSION), traces, options, ids));

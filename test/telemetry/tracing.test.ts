@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { ROOT_CONTEXT, SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { ROOT_CONTEXT, SpanKind, SpanStatusCode, TraceFlags, trace } from '@opentelemetry/api';
 import {
   InMemorySpanExporter,
   SamplingDecision,
@@ -8,7 +8,9 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { resolveTelemetryConfig, type TelemetryConfig } from '../../src/telemetry/schema.js';
 import {
+  createSampler,
   createTracing,
+  DecidedSampler,
   FastIds,
   hashIdentity,
   NOOP_SERVER_SPAN,
@@ -330,6 +332,41 @@ describe('sampling', () => {
     expect(ctx.trace!.sampled).toBe(true);
     expect(ctx.trace!.traceId).not.toBe('0'.repeat(32));
     expect(spans()).toHaveLength(1);
+  });
+
+  it('the decided sampler agrees with the configured one on every span the SDK can see', () => {
+    const decision = (sampler: { shouldSample: DecidedSampler['shouldSample'] }, context: typeof ROOT_CONTEXT, traceId: string) =>
+      sampler.shouldSample(context, traceId, 'GET', SpanKind.SERVER, {}, []).decision;
+    const withParent = (flags: number, isRemote: boolean, traceId: string) =>
+      trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: PARENT_ID, traceFlags: flags, isRemote });
+    for (const parentBased of [true, false]) {
+      for (const ratio of [0, 0.5, 1]) {
+        const ids = new FastIds();
+        const configured = createSampler({ ratio, parentBased });
+        const decided = new DecidedSampler(ids, configured);
+        for (let i = 0; i < 200; i++) {
+          const traceId = ids.rootTraceId();
+          const sdk = decision(configured, ROOT_CONTEXT, traceId);
+          // Roots: the gateway hands the SDK only ids its ratio check admitted (`pending`).
+          if (sdk === SamplingDecision.RECORD_AND_SAMPLED) {
+            ids.pending = traceId;
+            expect(ids.generateTraceId()).toBe(traceId);
+            expect(decision(decided, ROOT_CONTEXT, traceId)).toBe(sdk);
+            // Children of that (local, recording) span: same verdict as the configured sampler.
+            const child = withParent(TraceFlags.SAMPLED, false, traceId);
+            expect(decision(decided, child, traceId)).toBe(decision(configured, child, traceId));
+          } else {
+            // A root that was not admitted still goes to the configured sampler.
+            expect(decision(decided, ROOT_CONTEXT, traceId)).toBe(sdk);
+          }
+          // Remote parents, sampled or not: always the configured sampler's call.
+          for (const flags of [TraceFlags.SAMPLED, TraceFlags.NONE]) {
+            const remote = withParent(flags, true, traceId);
+            expect(decision(decided, remote, traceId)).toBe(decision(configured, remote, traceId));
+          }
+        }
+      }
+    }
   });
 
   it('ids are unique across pool refills', () => {
