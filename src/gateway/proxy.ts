@@ -53,22 +53,31 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   /** Headers stages add to the client's response (e.g. RateLimit); null when none. */
   private readonly extra: Record<string, string> | null;
   private readonly resume: () => void;
+  /** What `forward` was given: a failed attempt may be sent again (see `isRetryable`). */
+  private readonly request: ForwardRequest;
+  private readonly retriesLeft: number;
+  /** `performance.now()` by which the whole exchange, retries included, must be over. */
+  private readonly deadline: number;
 
   constructor(
     res: ClientResponse,
     endpoint: Endpoint,
-    requestId: string,
-    totalMs: number,
+    request: ForwardRequest,
     hooks: ExchangeHooks,
     attempt: UpstreamAttempt,
-    extra: Record<string, string> | null,
+    retriesLeft: number,
+    deadline: number,
   ) {
+    const totalMs = Math.max(1, deadline - performance.now());
     this.res = res;
+    this.request = request;
+    this.retriesLeft = retriesLeft;
+    this.deadline = deadline;
     this.endpoint = endpoint;
     this.hooks = hooks;
-    this.requestId = requestId;
+    this.requestId = request.ctx.requestId;
     this.attempt = attempt;
-    this.extra = extra;
+    this.extra = rateLimitHeaders(request.ctx);
     this.controller = null;
     this.status = 0;
     this.bytes = 0;
@@ -124,6 +133,9 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     this.settle();
     const failure = classifyUpstreamError(error);
     this.attempt.end(this.status, failure.code);
+    // No response head yet and the client still waits: the request may go again.
+    if (this.status === 0 && this.retriesLeft > 0 && !this.res.headersSent && !this.res.destroyed && this.retried(failure))
+      return;
     if (!this.res.headersSent && !this.res.destroyed) {
       this.hooks.fail(failure);
       this.hooks.done(failure.status, failure, this.bytes);
@@ -132,6 +144,18 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     // Headers are out: the only honest signal left is to cut the response short.
     if (!this.res.destroyed) this.res.destroy(failure);
     this.hooks.done(this.status, failure, this.bytes);
+  }
+
+  /** Sends the request again after `failure` when that is safe and time is left; whether it did. */
+  private retried(failure: BulwarkError): boolean {
+    const request = this.request;
+    if (!isRetryable(failure, request.method, request.body !== null)) return false;
+    if (this.deadline - performance.now() < 1) return false;
+    const { res, hooks, endpoint, retriesLeft, deadline } = this;
+    // Another endpoint when there is one: the one that just failed is the likeliest to fail again.
+    // Deferred: this runs inside undici's error path for the pool the retry may reuse.
+    queueMicrotask(() => dispatchAttempt(request, res, hooks, request.upstream.pick(endpoint), retriesLeft - 1, deadline));
+    return true;
   }
 
   private settle(): void {
@@ -208,9 +232,41 @@ export interface ForwardRequest {
   span: ServerSpan;
 }
 
+/** RFC 9110 §9.2.2: methods a client expects the server to handle the same way if sent twice. */
+const IDEMPOTENT_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/**
+ * Whether an attempt that failed before any response may be sent again. Only a request
+ * without a body (a streamed body is consumed and cannot be replayed), and only when doing
+ * so cannot repeat an effect: a refused connection never reached the upstream, whatever the
+ * method; a reset one may have (or was a stale keep-alive socket the upstream had just
+ * closed), so only idempotent methods go again. Timeouts are not retried: the budget is spent.
+ */
+export function isRetryable(failure: BulwarkError, method: string, hasBody: boolean): boolean {
+  if (hasBody) return false;
+  if (failure.code === 'upstream.unreachable') return true;
+  if (failure.code !== 'upstream.reset') return false;
+  // A pool closed under us (the snapshot retired) would refuse the retry the same way.
+  if (failure.context?.['reason'] === 'UND_ERR_CLOSED') return false;
+  return IDEMPOTENT_METHODS.has(method);
+}
+
 /** Sends one request upstream; the outcome reaches `hooks`. */
 export function forward(request: ForwardRequest, res: ClientResponse, hooks: ExchangeHooks): void {
-  const endpoint = request.upstream.pick();
+  const upstream = request.upstream;
+  // Once more for a stale pooled connection; with several endpoints, up to three get a turn.
+  const retries = upstream.endpoints.length > 2 ? 2 : 1;
+  dispatchAttempt(request, res, hooks, upstream.pick(), retries, performance.now() + request.timeouts.totalMs);
+}
+
+function dispatchAttempt(
+  request: ForwardRequest,
+  res: ClientResponse,
+  hooks: ExchangeHooks,
+  endpoint: Endpoint | null,
+  retriesLeft: number,
+  deadline: number,
+): void {
   if (endpoint === null) {
     const error = new BulwarkError('upstream.no_healthy_endpoint');
     hooks.fail(error);
@@ -220,15 +276,7 @@ export function forward(request: ForwardRequest, res: ClientResponse, hooks: Exc
   const ctx = request.ctx;
   const attempt = request.telemetry.startUpstream(request.span, request.upstream.name, endpoint.origin, request.method);
   attempt.inject(request.headers);
-  const exchange = new ProxyExchange(
-    res,
-    endpoint,
-    ctx.requestId,
-    request.timeouts.totalMs,
-    hooks,
-    attempt,
-    rateLimitHeaders(ctx),
-  );
+  const exchange = new ProxyExchange(res, endpoint, request, hooks, attempt, retriesLeft, deadline);
   const path = ctx.query === '' ? ctx.path : ctx.path + '?' + ctx.query;
   endpoint.pool.dispatch(
     {
@@ -238,7 +286,7 @@ export function forward(request: ForwardRequest, res: ClientResponse, hooks: Exc
       body: request.body,
       headersTimeout: request.timeouts.headersMs,
       bodyTimeout: request.timeouts.idleMs,
-      // A proxy must not replay a request on its own: the client decides about retries.
+      // undici never replays a request itself; `forward` decides (see `isRetryable`).
       idempotent: false,
       blocking: true,
     },

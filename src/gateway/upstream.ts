@@ -50,12 +50,25 @@ export class Upstream {
     this.cursor = 0;
   }
 
-  /** Picks the endpoint for one attempt; null when the pool has none to offer. */
-  pick(): Endpoint | null {
+  /**
+   * Picks the endpoint for one attempt; null when the pool has none to offer. `avoid` (the
+   * endpoint a retried attempt just failed on) is passed over when there is another.
+   */
+  pick(avoid?: Endpoint): Endpoint | null {
     const endpoints = this.endpoints;
     const n = endpoints.length;
     if (n === 0) return null;
     if (n === 1) return endpoints[0]!;
+    if (avoid !== undefined) {
+      const next = this.pickOne();
+      return next === avoid ? endpoints[(endpoints.indexOf(avoid) + 1) % n]! : next;
+    }
+    return this.pickOne();
+  }
+
+  private pickOne(): Endpoint {
+    const endpoints = this.endpoints;
+    const n = endpoints.length;
     if (!this.leastRequest) {
       const endpoint = endpoints[this.cursor]!;
       this.cursor = this.cursor + 1 === n ? 0 : this.cursor + 1;

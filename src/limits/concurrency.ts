@@ -57,7 +57,13 @@ export class RemoteConcurrencyLimiter implements ConcurrencyLimiter {
           grant.acquired
             ? { allowed: true, inFlight: grant.inFlight, release: once(() => guard.backend.release(backendKey, member)), via: 0 }
             : { allowed: false, inFlight: grant.inFlight, release: null, via: 0 },
-        () => this.degraded(key, profile, failOpen),
+        () => {
+          // Failed or timed out here, yet a frozen (not dead) store runs the queued command once it
+          // resumes: a slot taken then belongs to no request and would stay taken until its TTL.
+          // Releasing an unknown member is a no-op, and the release is queued behind the acquire.
+          guard.backend.release(backendKey, member);
+          return this.degraded(key, profile, failOpen);
+        },
       );
   }
 
