@@ -34,6 +34,24 @@ const REDACT_PATHS = SECRET_KEYS.flatMap((k) => {
   );
 });
 
+/**
+ * Errors as type, message, code and stack, with their causes: never the other fields errors
+ * carry. pino's standard serializer copies every enumerable field, and some are payloads —
+ * undici's parser errors keep the upstream's raw bytes in `data`, response errors its headers
+ * and body — which have no place in an operational log.
+ */
+function serializeError(value: unknown, depth = 0): unknown {
+  if (!(value instanceof Error)) return value;
+  const out: Record<string, unknown> = { type: value.name, message: value.message };
+  const code = (value as { code?: unknown }).code;
+  if (typeof code === 'string' || typeof code === 'number') out['code'] = code;
+  out['stack'] = value.stack;
+  if (value.cause !== undefined && depth < 4) out['cause'] = serializeError(value.cause, depth + 1);
+  if (value instanceof AggregateError && depth < 4)
+    out['errors'] = value.errors.slice(0, 8).map((e) => serializeError(e, depth + 1));
+  return out;
+}
+
 /** JSON lines on stdout; secrets never reach here (callers log codes and ids, not headers). */
 export function createLogger(options: { level?: string; name?: string; destination?: DestinationStream } = {}): Logger {
   const pinoOptions = {
@@ -41,6 +59,7 @@ export function createLogger(options: { level?: string; name?: string; destinati
     level: options.level ?? process.env['BULWARK_LOG_LEVEL'] ?? 'info',
     base: { pid: process.pid },
     redact: { paths: REDACT_PATHS, censor: '[redacted]' },
+    serializers: { err: serializeError, error: serializeError },
   };
   // Asynchronous stdout: under load, lines written while a write is in flight are batched into one
   // syscall, so an access line per request does not cost a blocking write per request. Idle, a line

@@ -134,6 +134,28 @@ describe('access log', () => {
 });
 
 describe('no secrets in any log', () => {
+  it('errors are logged as type, message, code and stack, never the payloads they carry', () => {
+    const capture = captureLogger('info');
+    // As undici reports an upstream that spoke nonsense: the raw bytes ride along in `data`.
+    const parser = Object.assign(new Error('Invalid header value char'), {
+      name: 'HTTPParserError',
+      code: 'HPE_INVALID_HEADER_TOKEN',
+      data: 'HTTP/1.1 200 OK\r\nx-upstream-secret: hunter2\r\n',
+    });
+    const outer = Object.assign(new Error('fetch failed', { cause: parser }), { body: 'upstream body secret' });
+    capture.logger.warn({ err: outer, code: 'upstream.bad_response' }, 'upstream failure');
+    capture.logger.warn({ err: new AggregateError([parser], 'all failed') }, 'aggregate');
+    const [first, second] = capture.lines();
+    expect(first!['err']).toMatchObject({
+      type: 'Error',
+      message: 'fetch failed',
+      cause: { type: 'HTTPParserError', code: 'HPE_INVALID_HEADER_TOKEN', message: 'Invalid header value char' },
+    });
+    expect(second!['err']).toMatchObject({ type: 'AggregateError', errors: [{ code: 'HPE_INVALID_HEADER_TOKEN' }] });
+    expect(capture.text()).not.toContain('hunter2');
+    expect(capture.text()).not.toContain('upstream body secret');
+  });
+
   it('a request with Authorization and Cookie leaves no token material in the logs', async () => {
     const token = 'eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZUBleGFtcGxlLmNvbSJ9.c2lnbmF0dXJlLXNlY3JldA';
     const cookie = 'session=s3cr3t-session-value; csrf=another-secret';
