@@ -106,6 +106,10 @@ interface Pending {
 export class WorkerRequests {
   private readonly pending = new Map<number, Pending>();
   private seq = 0;
+  /** Each worker's cumulative series (see `cumulativeSeries`) as it last reported them, by worker id. */
+  readonly lastCumulative = new Map<number, unknown[]>();
+  /** The cumulative series of workers that are gone, summed: what they counted stays in the instance's totals. */
+  retired: unknown[] = [];
   private readonly onMessage = (_worker: Worker, message: unknown) => {
     if (!isTelemetryMessage(message) || 'op' in message) return;
     const pending = this.pending.get(message.id);
@@ -156,10 +160,34 @@ export class WorkerRequests {
   }
 }
 
+interface MetricJson {
+  type?: string;
+  values?: { labels?: Record<string, unknown> }[];
+}
+
+/**
+ * The series of a worker's metrics that only ever grow — counters and histograms, without a
+ * `worker` label (those are per-process health, gone with the process). A scrape keeps them
+ * when their worker is missing or has exited: were they dropped, the instance's totals would
+ * go down, which Prometheus reads as a counter reset and `rate()` as a burst of everything
+ * the other workers had counted.
+ */
+function cumulativeSeries(metrics: unknown[]): unknown[] {
+  const out: unknown[] = [];
+  for (const metric of metrics as MetricJson[]) {
+    if (metric.type !== 'counter' && metric.type !== 'histogram') continue;
+    const values = (metric.values ?? []).filter((v) => v.labels?.['worker'] === undefined);
+    if (values.length > 0) out.push({ ...metric, values });
+  }
+  return out;
+}
+
 /**
  * The whole instance's metrics: the primary's registry plus every worker that
  * answers within `timeoutMs`, merged by prom-client's aggregators (counters and
- * histograms summed, series with a `worker` label kept apart).
+ * histograms summed, series with a `worker` label kept apart). A worker that does
+ * not answer, or has exited since it last did, contributes the cumulative series
+ * it last reported, so instance totals never decrease.
  */
 export async function clusterRegistry(local: Registry, requests: WorkerRequests, timeoutMs: number): Promise<Registry> {
   const workers = requests.workers();
@@ -172,7 +200,24 @@ export async function clusterRegistry(local: Registry, requests: WorkerRequests,
       ),
     ),
   ]);
-  const reporting = answers.filter((a): a is unknown[] => a !== null);
+  const reporting: unknown[][] = [];
+  const carried: unknown[][] = [];
+  workers.forEach((worker, i) => {
+    const answer = answers[i];
+    if (answer !== null && answer !== undefined) {
+      reporting.push(answer);
+      requests.lastCumulative.set(worker.id, cumulativeSeries(answer));
+    } else {
+      const last = requests.lastCumulative.get(worker.id);
+      if (last !== undefined) carried.push(last);
+    }
+  });
+  const live = new Set(workers.map((w) => w.id));
+  for (const [id, last] of requests.lastCumulative) {
+    if (live.has(id)) continue;
+    requests.lastCumulative.delete(id);
+    requests.retired = await AggregatorRegistry.aggregate([requests.retired, last]).getMetricsAsJSON();
+  }
   const health = {
     name: 'bulwark_cluster_workers',
     help: 'Workers in this scrape: `reporting` answered in time, `missing` did not (their series are absent from this scrape).',
@@ -183,7 +228,7 @@ export async function clusterRegistry(local: Registry, requests: WorkerRequests,
       { labels: { state: 'missing' }, value: workers.length - reporting.length },
     ],
   };
-  return AggregatorRegistry.aggregate([own as unknown[], ...reporting, [health]]);
+  return AggregatorRegistry.aggregate([own as unknown[], ...reporting, ...carried, requests.retired, [health]]);
 }
 
 /** `clusterRegistry` in the Prometheus text format. */

@@ -173,3 +173,29 @@ describe('profiling a worker from the primary', () => {
     expect(profileDirs().length).toBe(before);
   });
 });
+
+describe('a worker that exits', () => {
+  it('what it counted stays in the instance totals (a total that went down would read as a counter reset)', async () => {
+    const ids = Object.keys(workers).sort();
+    const expected = ids.reduce((n, id) => n + 3 * Number(id), 0);
+    const series = { route: 'r1', method: 'GET', status_class: '2xx' };
+    const before = parsePrometheus((await get('/metrics')).body);
+    expect(valueOf(before, 'bulwark_http_request_duration_seconds_count', series)).toBe(expected);
+    const [gone, pid] = Object.entries(workers)[1]!;
+    process.kill(pid, 'SIGKILL');
+    let after = before;
+    for (let i = 0; i < 100 && valueOf(after, 'bulwark_cluster_workers', { state: 'reporting' }) !== 1; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = parsePrometheus((await get('/metrics')).body);
+    }
+    expect(valueOf(after, 'bulwark_cluster_workers', { state: 'reporting' })).toBe(1);
+    expect(valueOf(after, 'bulwark_cluster_workers', { state: 'missing' })).toBe(0);
+    expect(valueOf(after, 'bulwark_http_request_duration_seconds_count', series)).toBe(expected);
+    expect(valueOf(after, 'bulwark_http_response_body_bytes_total', { route: 'r1' })).toBe(expected * 10);
+    // Its per-process gauges go with it.
+    expect(samplesOf(after, 'bulwark_heap_used_bytes').map((s) => s.labels['worker'])).not.toContain(gone);
+    // And stay counted on later scrapes.
+    const later = parsePrometheus((await get('/metrics')).body);
+    expect(valueOf(later, 'bulwark_http_request_duration_seconds_count', series)).toBe(expected);
+  });
+});
