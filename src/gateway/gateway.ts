@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Http2ServerRequest } from 'node:http2';
+import { Http2ServerRequest } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { BulwarkConfig } from '../config/schema.js';
 import type { RequestContext } from '../core/context.js';
@@ -55,6 +55,8 @@ export class Gateway {
   /** `grpc.health.v1.Health` for the gateway itself. */
   readonly grpcHealth = new GrpcHealthService();
   private draining = false;
+  /** HTTP/1.1 connections whose current response says `Connection: close`: later requests on them are ignored. */
+  private readonly closing = new WeakSet<Socket>();
   /**
    * Requests (HTTP/1.1) and streams (HTTP/2, gRPC) in flight in this process, every listener
    * and snapshot together; the cap (`rateLimits.global.maxConcurrentStreams`, this worker's
@@ -232,15 +234,26 @@ export class Gateway {
   }
 
   private handle(req: AnyRequest, res: AnyResponse, listener: BoundListener): void {
+    // Node's HTTP/1 parser also accepts `HTTP/2.0` (and `HTTP/0.9`) request lines; everything below
+    // reads `httpVersionMajor === 2` as "an HTTP/2 stream", so such a request would be handled as
+    // one (and crash the process on its missing stream). Only HTTP/1.0 and 1.1 come this way.
+    if (req.httpVersionMajor !== 1 && !(req instanceof Http2ServerRequest)) {
+      this.refuseHttpVersion(req as IncomingMessage, res as ServerResponse);
+      return;
+    }
+    const isH2 = req.httpVersionMajor === 2;
+    // A request pipelined behind a response that announced `Connection: close` (RFC 9112 §9.6:
+    // no further request on that connection is processed): its answer could never be sent.
+    if (!isH2 && this.closing.has((req as IncomingMessage).socket)) return;
     const runtime = this.runtime!;
     runtime.acquire();
-    const isH2 = req.httpVersionMajor === 2;
     const ctx = contextFor(req, listener.secure);
     const span = this.telemetry.startRequest(ctx);
     const outcome = new Outcome();
     const grpc = isH2 && isGrpcRequest(req);
     let released = false;
     let closed = false;
+    let abandoned = false; // queued behind another response when the client left: nothing reached it
     let slot = false; // holds a slot of the in-flight gate
     // Every end of the exchange comes through here (upstream done, client gone, stream reset,
     // timeout, denial), possibly more than once: `released` makes each count drop exactly once.
@@ -259,10 +272,22 @@ export class Gateway {
     res.once('close', () => {
       closed = true;
       release();
-      const status = res.headersSent ? res.statusCode : 499;
+      const status = res.headersSent && !abandoned ? res.statusCode : 499;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
       if (this.audit !== null) this.recordAudit(req, ctx, status, outcome);
     });
+    if (!isH2 && (res as ServerResponse).socket === null) {
+      // Pipelined behind a response still in progress: Node gives a queued response no 'close' of
+      // its own when the connection goes first, so its exchange would run on upstream, unaudited.
+      const socket = (req as IncomingMessage).socket;
+      const gone = () => {
+        if (closed) return;
+        abandoned = true;
+        res.emit('close');
+      };
+      socket.once('close', gone);
+      res.once('close', () => socket.off('close', gone));
+    }
     if (grpc && this.grpcHealth.handles(ctx.rawTarget)) {
       this.grpcHealth.serve((req as Http2ServerRequest).stream, req.headers);
       return;
@@ -495,7 +520,11 @@ export class Gateway {
     const { status, headers, body } = problemResponse(error, ctx);
     outcome.bytes = ctx.method === 'HEAD' ? 0 : (headers['content-length'] as number);
     // A body we never read would otherwise be parsed as the next request (or drained for ever).
-    if (!isH2 && (!req.complete || this.draining)) headers['connection'] = 'close';
+    // (A bodyless request is not `complete` yet while its 'request' event runs: nothing to skip.)
+    if (!isH2 && ((!req.complete && hasBody(req, false)) || this.draining)) {
+      headers['connection'] = 'close';
+      this.closing.add((req as IncomingMessage).socket);
+    }
     res.writeHead(status, headers);
     if (ctx.method === 'HEAD') res.end();
     else res.end(body);
@@ -505,9 +534,32 @@ export class Gateway {
     }
   }
 
+  /** An HTTP/1 message claiming another version: answered like a parser error, before any stage. */
+  private refuseHttpVersion(req: IncomingMessage, res: ServerResponse): void {
+    const problem = new BulwarkError('request.http_version');
+    const body = renderProblem(problem, undefined);
+    res.shouldKeepAlive = false;
+    this.closing.add(req.socket);
+    res.writeHead(problem.status, {
+      'content-type': PROBLEM_CONTENT_TYPE,
+      'content-length': Buffer.byteLength(body),
+      connection: 'close',
+    });
+    res.end(body);
+    this.logger.debug({ code: 'request.http_version' }, 'client error');
+  }
+
   private clientError(error: NodeJS.ErrnoException & { code?: string }, socket: Socket): void {
     if (error.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
+      return;
+    }
+    // A response to an earlier (pipelined) request is already on the wire: a problem written now
+    // would land inside its body. Node's own default handler makes the same check on the same field.
+    const current = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage;
+    if (current?.headersSent === true) {
+      socket.destroy();
+      this.logger.debug({ parser: error.code }, 'client error during a response: connection closed');
       return;
     }
     let problem: BulwarkError;

@@ -45,6 +45,8 @@ export class BoundListener {
   private readonly http2: Http2Server | Http2SecureServer | null;
   private readonly sessions = new Set<Http2Session>();
   private readonly sockets = new Set<Socket>();
+  /** How long an h2c connection may take to show which protocol it speaks. */
+  private readonly sniffTimeoutMs: number;
   /** SETTINGS_MAX_CONCURRENT_STREAMS currently advertised. */
   private h2MaxStreams = H2_MAX_CONCURRENT_STREAMS;
   draining = false;
@@ -59,6 +61,7 @@ export class BoundListener {
     const limits = { ...DEFAULT_LISTENER_LIMITS, ...config.limits };
     const protocol = config.protocol ?? 'http';
     this.secure = protocol === 'https';
+    this.sniffTimeoutMs = limits.headersTimeoutMs;
     const handler = (req: AnyRequest, res: AnyResponse) => onRequest(req, res, this);
     const http1Options = {
       maxHeaderSize: limits.maxHeaderBytes,
@@ -177,11 +180,15 @@ export class BoundListener {
 
   private sniff(socket: Socket): void {
     let head: Buffer = Buffer.alloc(0);
+    // Until the protocol is known neither server's timeouts apply: a client sending nothing (or a
+    // partial preface) would hold the connection for ever. It gets the time it has for a head.
+    const timer = setTimeout(() => socket.destroy(), this.sniffTimeoutMs);
     const onData = (chunk: Buffer) => {
       head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
       const n = Math.min(head.length, H2_PREFACE.length);
       const isPreface = head.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
       if (isPreface && n < H2_PREFACE.length) return; // need more bytes to decide
+      clearTimeout(timer);
       socket.off('data', onData);
       socket.off('error', onError);
       socket.pause();
@@ -195,6 +202,7 @@ export class BoundListener {
       }
     };
     const onError = () => socket.destroy();
+    socket.once('close', () => clearTimeout(timer));
     socket.on('error', onError);
     socket.on('data', onData);
     socket.resume();
@@ -271,8 +279,31 @@ function closeWhenIdle(session: Http2Session, idleMs: number): void {
       if (--open === 0 && !session.closed) arm();
     });
   });
+  // Liveness, whether streams are open or not: a peer must answer PING (RFC 9113 §6.7), so one
+  // that has not answered by the next round is gone. This also ends sessions nghttp2 has given up
+  // on: after a connection error from the peer (e.g. DATA on a closed stream) it sends GOAWAY and
+  // stops reading, but Node neither closes the socket nor ends the open streams, so the
+  // connection (and its in-flight slots) would otherwise stay in CLOSE_WAIT for ever.
+  let unanswered = false;
+  const probe = setInterval(() => {
+    if (session.destroyed) return;
+    if (unanswered) {
+      session.destroy();
+      return;
+    }
+    unanswered = true;
+    try {
+      session.ping((err) => {
+        if (err === null) unanswered = false;
+      });
+    } catch {
+      session.destroy(); // too many PINGs outstanding: the peer is not reading either
+    }
+  }, idleMs);
+  probe.unref();
   session.once('close', () => {
     if (timer !== null) clearTimeout(timer);
+    clearInterval(probe);
   });
   arm();
 }
