@@ -147,6 +147,7 @@ function withUrl(req: IncomingMessage, url: string): RequestLike {
     rawHeaders: req.rawHeaders,
     httpVersionMajor: req.httpVersionMajor,
     httpVersionMinor: req.httpVersionMinor,
+    http1: true,
     socket: req.socket,
   };
 }

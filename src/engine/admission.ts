@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { IncomingHttpHeaders } from 'node:http';
+import { IncomingMessage, type IncomingHttpHeaders } from 'node:http';
 import { RequestContext, type Protocol } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
@@ -15,6 +15,11 @@ export interface RequestLike {
   readonly rawHeaders: readonly string[];
   readonly httpVersionMajor: number;
   readonly httpVersionMinor: number;
+  /**
+   * The message came over an HTTP/1 connection, whatever version its request line claims (Node's
+   * parser takes `HTTP/2.0` and `HTTP/0.9` lines too). Default: whether it is an `IncomingMessage`.
+   */
+  readonly http1?: boolean;
   readonly socket?: { readonly remoteAddress?: string | undefined; readonly remotePort?: number | undefined } | null;
 }
 
@@ -46,6 +51,9 @@ export function admit(
   settings: ListenerSettings,
   runtime: Runtime,
 ): BulwarkError | CompiledRoute {
+  // Such a message would pass for an HTTP/2 stream below (Host rules, the Transfer-Encoding check).
+  if (req.httpVersionMajor !== 1 && (req.http1 ?? req instanceof IncomingMessage))
+    return new BulwarkError('request.http_version');
   const raw = req.rawHeaders;
   if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
   const isH2 = req.httpVersionMajor === 2;

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { connect, type AddressInfo } from 'node:net';
 import { request } from 'undici';
 import express from 'express';
 import Fastify from 'fastify';
@@ -36,6 +36,20 @@ async function expectSameBehaviour(base: string): Promise<void> {
   const encoded = await request(`${base}/items/a%2F..%2Fb`);
   expect(encoded.statusCode).toBe(400);
   expect(((await encoded.body.json()) as { code: string }).code).toBe('request.path_encoded_slash');
+
+  // Node's HTTP/1 parser takes an `HTTP/2.0` request line: it must not pass for an HTTP/2 stream.
+  const url = new URL(base);
+  const raw = await new Promise<string>((resolve, reject) => {
+    const socket = connect(Number(url.port), url.hostname, () =>
+      socket.write('GET /items/7 HTTP/2.0\r\nHost: a\r\nConnection: close\r\n\r\n'),
+    );
+    let text = '';
+    socket.on('data', (d: Buffer) => (text += d.toString()));
+    socket.on('end', () => resolve(text));
+    socket.on('error', reject);
+  });
+  expect(raw).toMatch(/^HTTP\/1\.1 400 /);
+  expect((JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)) as { code: string }).code).toBe('request.http_version');
 
   const dotted = await request(`${base}/admin/../items/9`);
   expect(dotted.statusCode).toBe(200);
