@@ -50,6 +50,7 @@ export const ERROR_CODES = {
   'request.upgrade_unsupported': { status: 501, title: 'Protocol upgrade not supported' },
   'request.duplicate_authorization': { status: 400, title: 'Duplicate Authorization header' },
   'request.transfer_encoding': { status: 400, title: 'Unsupported transfer encoding' },
+  'request.expectation_failed': { status: 417, title: 'Expectation not supported' },
   // 400, not 505: a request line that claims HTTP/2.0 or 0.9 over an HTTP/1 connection is malformed.
   'request.http_version': { status: 400, title: 'Unsupported HTTP version' },
   // routing

@@ -82,6 +82,9 @@ export function admit(
   if (match === null) return new BulwarkError('route.not_found');
   const route = match.route;
   ctx.route = { id: route.id, params: match.params };
+  const expect = req.headers['expect'];
+  // RFC 9110 §10.1.1: 100-continue is the only expectation; any other cannot be met (417).
+  if (expect !== undefined && expect.toLowerCase() !== '100-continue') return new BulwarkError('request.expectation_failed');
   const te = req.headers['transfer-encoding'];
   if (te !== undefined && !isH2 && te.trim().toLowerCase() !== 'chunked') return new BulwarkError('request.transfer_encoding');
   const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;

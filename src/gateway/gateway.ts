@@ -374,6 +374,9 @@ export class Gateway {
     );
     let body: AnyRequest | BodyLimiter | null = null;
     if (hasBody(req, isH2)) {
+      // Every stage has admitted the request: now the client may send what it held back (the
+      // listener takes over `Expect: 100-continue` from Node, which would have invited it at once).
+      if (req.headers['expect'] !== undefined) res.writeContinue();
       const limit = route.maxBodyBytes ?? settings.limits.maxBodyBytes;
       if (headers['content-length'] !== undefined) body = req;
       else {
@@ -523,7 +526,9 @@ export class Gateway {
     // (A bodyless request is not `complete` yet while its 'request' event runs: nothing to skip.)
     if (!isH2 && ((!req.complete && hasBody(req, false)) || this.draining)) {
       headers['connection'] = 'close';
-      this.closing.add((req as IncomingMessage).socket);
+      // (No socket: the client is gone already, nothing can follow on it.)
+      const socket = (req as IncomingMessage).socket as Socket | null;
+      if (socket !== null) this.closing.add(socket);
     }
     res.writeHead(status, headers);
     if (ctx.method === 'HEAD') res.end();

@@ -136,6 +136,15 @@ export class BoundListener {
         closeWhenIdle(session, idleMs);
       });
     }
+    // `Expect: 100-continue`: Node would answer 100 at once, inviting the body of a request no
+    // stage has looked at yet. The request goes through the pipeline like any other; the gateway
+    // sends 100 when it forwards the body (a denial is answered without it: no upload is invited).
+    for (const server of new Set([this.http1, this.http2])) {
+      if (server === null) continue;
+      server.on('checkContinue', handler);
+      // Any other expectation: refused by admission with a problem document, not Node's bare 417.
+      server.on('checkExpectation', handler);
+    }
     this.server.on('connection', (socket: Socket) => {
       this.sockets.add(socket);
       socket.once('close', () => this.sockets.delete(socket));

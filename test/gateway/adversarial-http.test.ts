@@ -226,3 +226,62 @@ describe('HTTP/2 attacks', () => {
     }
   });
 });
+
+describe('Expect', () => {
+  let upstream: TestUpstream;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    upstream = await startUpstream((_req, res, body) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.end(`got ${body.toString()}`);
+    });
+    gw = await startGateway(config(upstream.origin, 'http'));
+  });
+  afterAll(async () => {
+    await gw.close();
+    await upstream.close();
+  });
+
+  /** Sends the head, waits, sends the body only if invited; resolves with all that came back. */
+  function continued(path: string, expectation: string): Promise<{ raw: string; invited: boolean }> {
+    return new Promise((resolve, reject) => {
+      const socket = connect(gw.port, '127.0.0.1');
+      let raw = '';
+      let invited = false;
+      socket.on('error', reject);
+      socket.on('data', (d: Buffer) => {
+        raw += d.toString();
+        if (!invited && raw.startsWith('HTTP/1.1 100 ')) {
+          invited = true;
+          socket.write('hello');
+        }
+      });
+      socket.on('close', () => resolve({ raw, invited }));
+      socket.write(
+        `POST ${path} HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: ${expectation}\r\nConnection: close\r\n\r\n`,
+      );
+    });
+  }
+
+  it('100-continue: a request a stage denies is answered without inviting its body', async () => {
+    const seen = upstream.requests.length;
+    const { raw, invited } = await continued('/private/upload', '100-continue');
+    expect(invited).toBe(false);
+    expect(statuses(raw)).toEqual([401]);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('jwt.missing');
+    expect(upstream.requests.length).toBe(seen);
+  });
+
+  it('100-continue: an admitted request is invited, and its body reaches the upstream', async () => {
+    const { raw, invited } = await continued('/api/upload', '100-continue');
+    expect(invited).toBe(true);
+    expect(statuses(raw)).toEqual([100, 200]);
+    expect(raw).toContain('got hello');
+  });
+
+  it('any other expectation is a 417 problem', async () => {
+    const raw = await rawRequest(gw.port, 'GET /api/x HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\nConnection: close\r\n\r\n');
+    expect(statusOf(raw)).toBe(417);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('request.expectation_failed');
+  });
+});
