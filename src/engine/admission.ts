@@ -104,12 +104,18 @@ export function countHeader(raw: readonly string[], lowerName: string): number {
 
 function collectHosts(raw: readonly string[], isH2: boolean): string[] {
   const hosts: string[] = [];
+  let authority: string | null = null;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]!;
     if (name.length === 4 && name.toLowerCase() === 'host') hosts.push(raw[i + 1]!);
-    else if (isH2 && name === ':authority') hosts.unshift(raw[i + 1]!);
+    else if (isH2 && name === ':authority') authority = raw[i + 1]!;
   }
-  return hosts;
+  if (authority === null) return hosts;
+  // RFC 9113 §8.3.1: a Host equal to :authority is allowed (and some clients send both); one
+  // that differs still counts, so canonicalization refuses the pair as a duplicate.
+  const rest = hosts.filter((h) => h.toLowerCase() !== authority.toLowerCase());
+  rest.unshift(authority);
+  return rest;
 }
 
 export interface ProblemResponse {

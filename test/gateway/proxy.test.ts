@@ -272,6 +272,40 @@ routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upst
     }
   });
 
+  it('HTTP/2: a Host equal to :authority is accepted (RFC 9113 §8.3.1), a different one refused', async () => {
+    const upstream = await startUpstream();
+    const gw = await startGateway(`
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
+upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
+`);
+    const session = h2connect(gw.url);
+    const ask = (headers: Record<string, string>) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const stream = session.request({ ':path': '/x', ':method': 'GET', ...headers });
+        let status = 0;
+        let body = '';
+        stream.on('response', (h) => (status = Number(h[':status'])));
+        stream.setEncoding('utf8');
+        stream.on('data', (c: string) => (body += c));
+        stream.on('end', () => resolve({ status, body }));
+        stream.on('error', reject);
+      });
+    try {
+      const authority = `127.0.0.1:${gw.port}`;
+      expect((await ask({ ':authority': authority, host: authority })).status).toBe(200);
+      expect((await ask({ ':authority': authority, host: authority.toUpperCase() })).status).toBe(200);
+      const other = await ask({ ':authority': authority, host: 'evil.example' });
+      expect(other.status).toBe(400);
+      expect(JSON.parse(other.body).code).toBe('request.host_mismatch');
+    } finally {
+      session.close();
+      await gw.close();
+      await upstream.close();
+    }
+  });
+
   it('serves HTTP/2 and HTTP/1.1 over TLS with ALPN', async () => {
     const upstream = await startUpstream();
     const tls = selfSignedCert();
