@@ -76,6 +76,11 @@ export class Gateway {
         if (this.audit !== null && event.type !== 'store_error') this.audit.record(issuerAuditEvent(event));
       },
     },
+    // Decisions then take each policy's failure mode (fail open or closed): operators must hear of it.
+    onStoreBreaker: (store, open) => {
+      if (open) this.logger.error({ store }, 'rate limit store unavailable: policies apply their failure mode');
+      else this.logger.info({ store }, 'rate limit store available again');
+    },
   };
   private readonly onRequest = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => this.handle(req, res, listener);
   private readonly onClientError = (error: NodeJS.ErrnoException, socket: Socket) => this.clientError(error, socket);
@@ -89,6 +94,10 @@ export class Gateway {
     this.telemetry.setMetricSources({
       connections: () => [...this.listeners.values()].map((l) => [l.key, l.connections] as const),
       streams: () => [...this.listeners.values()].map((l) => [l.key, l.inFlight] as const),
+      limitStores: () => {
+        const stores = this.runtime?.limits?.stats().stores;
+        return stores === undefined ? null : Object.entries(stores);
+      },
       audit: () => {
         const stats = this.audit?.stats();
         return stats === undefined || !stats.enabled

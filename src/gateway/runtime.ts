@@ -164,6 +164,8 @@ export class Runtime {
 export interface CompileOptions {
   /** `false`: leave the issuer out (explain, dry runs: no key files or store touched). */
   readonly issuer?: false | Pick<IssuerOptions, 'onEvent'>;
+  /** See `CompileLimitsOptions.onStoreBreaker`. */
+  readonly onStoreBreaker?: (store: string, open: boolean) => void;
 }
 
 export async function compileRuntime(
@@ -214,6 +216,7 @@ export async function compileRuntime(
     ? compileLimits(config.rateLimits, {
         workers: config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1),
         ...(previous?.limits != null ? { previous: previous.limits } : {}),
+        ...(options.onStoreBreaker !== undefined ? { onStoreBreaker: options.onStoreBreaker } : {}),
       })
     : null;
   const stagesFor = (route: RouteConfig): Stage[] => {

@@ -123,9 +123,17 @@ export class StoreGuard {
   private readonly resetMs: number;
   private readonly timeoutMs: number;
   private readonly clock: () => number;
+  /** Told when the store stops being used (`true`: breaker open, or the connection is down) and when it is used again. */
+  private readonly onChange: ((open: boolean) => void) | null;
+  /** What `onChange` was last told, inverted: whether decisions go to the store. */
+  private up = true;
 
-  constructor(backend: BucketBackend, options: { failures: number; resetMs: number; timeoutMs: number; clock?: () => number }) {
+  constructor(
+    backend: BucketBackend,
+    options: { failures: number; resetMs: number; timeoutMs: number; clock?: () => number; onChange?: (open: boolean) => void },
+  ) {
     this.backend = backend;
+    this.onChange = options.onChange ?? null;
     this.state = 'closed';
     this.calls = 0;
     this.failuresTotal = 0;
@@ -140,9 +148,25 @@ export class StoreGuard {
 
   /** Whether a call should be attempted now. Kicks off the background probe when the open period is over. */
   get available(): boolean {
-    if (this.state === 'closed') return this.backend.ready;
+    if (this.state === 'closed') {
+      const ready = this.backend.ready;
+      if (ready !== this.up) this.observe();
+      return ready;
+    }
     if (this.state === 'open' && this.clock() - this.openedAt >= this.resetMs) this.probe();
     return false;
+  }
+
+  /** Whether decisions go to the store now: breaker closed and connection ready. */
+  get usable(): boolean {
+    return this.state === 'closed' && this.backend.ready;
+  }
+
+  private observe(): void {
+    const up = this.usable;
+    if (up === this.up) return;
+    this.up = up;
+    this.onChange?.(!up);
   }
 
   /** Runs one backend call with the timeout; outcomes feed the breaker. */
@@ -163,12 +187,17 @@ export class StoreGuard {
   /** The connection came back (e.g. Redis `ready`): trust it again at once. */
   reset(): void {
     this.failures = 0;
-    this.state = 'closed';
+    this.close();
   }
 
   private succeeded(): void {
     this.failures = 0;
-    if (this.state !== 'closed') this.state = 'closed';
+    this.close();
+  }
+
+  private close(): void {
+    this.state = 'closed';
+    this.observe();
   }
 
   private failed(): void {
@@ -177,9 +206,11 @@ export class StoreGuard {
   }
 
   private open(): void {
+    const was = this.state;
     this.state = 'open';
     this.openedAt = this.clock();
-    this.opened++;
+    if (was === 'closed') this.opened++; // not a failed probe: that is still the same outage
+    this.observe();
   }
 
   private probe(): void {

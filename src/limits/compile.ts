@@ -37,6 +37,11 @@ export interface CompileLimitsOptions {
   clock?: () => number;
   /** The snapshot being replaced: stores with unchanged settings are carried over (buckets, leases, connections). */
   previous?: CompiledLimits | null;
+  /**
+   * A shared store (Redis, or the primary's buckets over IPC) became unusable — its breaker
+   * opened, so decisions take the failure mode — or usable again. Once per outage, not per probe.
+   */
+  onStoreBreaker?: (store: string, open: boolean) => void;
 }
 
 /** Store defaults, spelled out here as well as in the schema: programmatic callers may skip validation defaults. */
@@ -309,6 +314,7 @@ export class CompiledLimits {
         calls: s.guard?.calls ?? 0,
         failures: s.guard?.failuresTotal ?? 0,
         breaker: s.guard?.state ?? 'closed',
+        up: s.guard?.usable ?? true,
         breakerOpened: s.guard?.opened ?? 0,
         leaseDecisions: s.leased?.decisions ?? 0,
         keys: s.memory?.size ?? s.leased?.size ?? 0,
@@ -347,6 +353,8 @@ export interface LimitsStats {
       calls: number;
       failures: number;
       breaker: string;
+      /** Decisions go to the store (breaker closed, connection ready); false: policies apply their failure mode. */
+      up: boolean;
       breakerOpened: number;
       /** Decisions that went through the leasing limiter (calls / leaseDecisions = round trips per request). */
       leaseDecisions: number;
@@ -371,11 +379,13 @@ export function compileLimits(config: RateLimitsConfig | undefined, options: Com
   const storeConfigs = config?.stores ?? {};
   const stores = new Map<string, CompiledStore>();
 
+  const notify = options.onStoreBreaker;
   const build = (name: string): CompiledStore => {
     const declared = storeConfigs[name];
-    if (declared?.redis !== undefined) return redisStore(name, declared.redis, clock, hasher, instanceId, previous);
+    const onChange = notify === undefined ? undefined : (open: boolean) => notify(name, open);
+    if (declared?.redis !== undefined) return redisStore(name, declared.redis, clock, hasher, instanceId, previous, onChange);
     if (declared === undefined && name !== BUILTIN_STORE) throw new TypeError(`unknown rate limit store "${name}"`);
-    return memoryStore(name, declared?.memory ?? {}, clock, ipc, workers, instanceId, previous);
+    return memoryStore(name, declared?.memory ?? {}, clock, ipc, workers, instanceId, previous, onChange);
   };
 
   const policies = new Map<string, CompiledPolicy>();
@@ -400,6 +410,7 @@ function memoryStore(
   workers: number,
   instanceId: string,
   previous: CompiledLimits | null,
+  onChange: ((open: boolean) => void) | undefined,
 ): CompiledStore {
   const maxKeys = config.maxKeys ?? 100_000;
   const ghostSlots = config.ghostSlots ?? 65_536;
@@ -420,7 +431,13 @@ function memoryStore(
   }
   // Several workers: the primary owns the buckets; each worker leases from it and falls back to 1/workers.
   const backend = new IpcBackend(ipc);
-  const guard = new StoreGuard(backend, { failures: 5, resetMs: 2000, timeoutMs: IPC_TIMEOUT_MS, clock });
+  const guard = new StoreGuard(backend, {
+    failures: 5,
+    resetMs: 2000,
+    timeoutMs: IPC_TIMEOUT_MS,
+    clock,
+    ...(onChange ? { onChange } : {}),
+  });
   const leased = new LeasedRateLimiter(
     guard,
     new MemoryGcraStore({ maxKeys, ghostSlots }),
@@ -447,6 +464,7 @@ function redisStore(
   hasher: KeyHasher,
   instanceId: string,
   previous: CompiledLimits | null,
+  onChange: ((open: boolean) => void) | undefined,
 ): CompiledStore {
   // The settings plus a probe of the key hashing: a changed keySecret changes every key, so nothing carries over.
   const fingerprint = JSON.stringify(['redis', config, hasher.storeKey('', 'rl', '', 'fingerprint')]);
@@ -467,6 +485,7 @@ function redisStore(
     resetMs: config.breaker?.resetMs ?? 2000,
     timeoutMs: config.timeoutMs ?? 50,
     clock,
+    ...(onChange ? { onChange } : {}),
   });
   // Keys are policy-prefixed by the raw key (`id|…`); the Redis key hashes it and keeps the policy id readable.
   const policyOf = (key: string) => key.slice(0, key.indexOf('|'));

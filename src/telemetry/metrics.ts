@@ -65,6 +65,14 @@ export interface MetricSources {
   connections?: () => Iterable<readonly [listener: string, count: number]> | null;
   /** In-flight requests (HTTP/1.1 requests, HTTP/2 streams) per listener key. */
   streams?: () => Iterable<readonly [listener: string, count: number]> | null;
+  /**
+   * Shared rate-limit stores (Redis, the primary's buckets over IPC) by name: round trips,
+   * failures among them, whether the breaker is open, breaker openings. Totals since the store
+   * was built (a store carries over reloads while its settings do not change).
+   */
+  limitStores?: () => Iterable<
+    readonly [store: string, stats: { kind: string; calls: number; failures: number; up: boolean; breakerOpened: number }]
+  > | null;
   /** The audit pipeline's totals. `written`/`dropped` are monotonic totals since start. */
   audit?: () => { queueDepth: number; written: number; dropped: number; walBytes: number } | null;
 }
@@ -271,6 +279,59 @@ export class BulwarkMetrics {
       registers,
       collect: this.readPairs(() => this.sources.streams),
     });
+    // --- shared rate-limit stores: read from the limits snapshot at scrape time ---
+    const stores = () => {
+      const list = this.sources.limitStores?.() ?? null;
+      // Only stores with a round trip to something that can fail (the in-process memory store cannot).
+      return list === null ? null : [...list].filter(([, s]) => s.kind !== 'memory');
+    };
+    const storeCounter = (
+      name: string,
+      help: string,
+      pick: (s: { calls: number; failures: number; breakerOpened: number }) => number,
+    ) =>
+      new Counter({
+        name,
+        help,
+        labelNames: ['store'],
+        registers,
+        collect(this: Counter<string>) {
+          const list = stores();
+          if (list === null) return;
+          this.reset();
+          for (const [store, s] of list) this.labels(store).inc(pick(s));
+        },
+      });
+    storeCounter(
+      'bulwark_ratelimit_store_calls_total',
+      'Round trips to a shared rate-limit store (Redis, or the primary over IPC).',
+      (s) => s.calls,
+    );
+    storeCounter(
+      'bulwark_ratelimit_store_failures_total',
+      'Round trips to a shared rate-limit store that failed or timed out.',
+      (s) => s.failures,
+    );
+    storeCounter(
+      'bulwark_ratelimit_store_breaker_openings_total',
+      'Times the breaker of a shared rate-limit store opened (an outage: policies apply their failure mode).',
+      (s) => s.breakerOpened,
+    );
+    new Gauge({
+      name: 'bulwark_ratelimit_store_up',
+      help: 'Whether decisions go to a shared rate-limit store (1), or it is down or its breaker open and policies apply their failure mode (0).',
+      labelNames: ['store'],
+      registers,
+      // Across workers: down when any worker cannot use it.
+      aggregator: 'min',
+      collect(this: Gauge<string>) {
+        const list = stores();
+        if (list === null) return;
+        this.reset();
+        for (const [store, s] of list) this.labels(store).set(s.up ? 1 : 0);
+      },
+    });
+
     const audit = () => this.sources.audit?.() ?? null;
     new Gauge({
       name: 'bulwark_audit_queue_depth',

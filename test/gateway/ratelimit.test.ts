@@ -414,3 +414,38 @@ routes:
     expect(await openConnection(gw.port, sockets)).toBeNull();
   });
 });
+
+describe('shared store health on /metrics', () => {
+  it('a Redis store that cannot be reached is reported down, and its policy applies its failure mode', async () => {
+    const upstream = await startUpstream();
+    // Port 1: nothing listens there, every connection attempt is refused.
+    const gw = await startGateway(`
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { app: { endpoints: ['${upstream.origin}'] } }
+rateLimits:
+  stores: { shared: { redis: { url: 'redis://127.0.0.1:1', timeoutMs: 50 } } }
+  policies:
+    - { id: open, store: shared, rate: 100, burst: 10, onStoreFailure: open }
+    - { id: closed, store: shared, rate: 100, burst: 10, onStoreFailure: closed }
+routes:
+  - { id: lenient, match: { path: { prefix: /lenient } }, upstream: app, auth: { public: true }, rateLimit: [open] }
+  - { id: strict, match: { path: { prefix: /strict } }, upstream: app, auth: { public: true }, rateLimit: [closed] }
+`);
+    try {
+      const lenient = await request(`${gw.url}/lenient`);
+      expect(lenient.statusCode).toBe(200);
+      await lenient.body.dump();
+      const strict = await request(`${gw.url}/strict`);
+      expect(strict.statusCode).toBe(503);
+      expect(await codeOf(strict.body)).toBe('ratelimit.store_unavailable');
+      const metrics = await gw.gateway.telemetry.metrics.metrics();
+      expect(metrics).toMatch(/^bulwark_ratelimit_store_up\{store="shared"\} 0$/m);
+      expect(metrics).toMatch(/^bulwark_ratelimit_store_failures_total\{store="shared"\} \d+$/m);
+      expect(metrics).toMatch(/^bulwark_ratelimit_store_breaker_openings_total\{store="shared"\} \d+$/m);
+    } finally {
+      await gw.close();
+      await upstream.close();
+    }
+  });
+});

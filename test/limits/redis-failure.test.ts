@@ -92,6 +92,28 @@ describe('Redis failure modes (own redis-server)', () => {
     expect(back.admitted).toBeLessThanOrEqual(260);
   });
 
+  it('tells its owner once when a shared store goes down and once when it is back (the gateway logs both)', async () => {
+    const events: string[] = [];
+    const limits = compileLimits(config('closed', { lease: { enabled: false } }), {
+      onStoreBreaker: (store, down) => events.push(`${store}:${down ? 'down' : 'up'}`),
+    });
+    open.push(limits);
+    expect(await limits.ready()).toBe(true);
+    const stage = createLimitStage(['p'], limits, direct)!;
+    const run = () => stage.run(makeCtx());
+    expect(await run()).toBeNull();
+    expect(limits.stats().stores['shared']!.up).toBe(true);
+    await server.stop();
+    await drive(run, 300, 300);
+    expect(limits.stats().stores['shared']!.up).toBe(false);
+    expect(events).toEqual(['shared:down']);
+    await server.start();
+    expect(await limits.ready(5000)).toBe(true);
+    await run();
+    expect(limits.stats().stores['shared']!.up).toBe(true);
+    expect(events).toEqual(['shared:down', 'shared:up']);
+  });
+
   it('closed: Redis killed → 503 ratelimit.store_unavailable at once; admitted again when it returns', async () => {
     const { run } = await setup(config('closed', { lease: { enabled: false } }));
     expect(await run()).toBeNull();
