@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { request, Agent } from 'undici';
-import { connect as h2connect } from 'node:http2';
+import { connect as h2connect, type ClientHttp2Session } from 'node:http2';
 import { Readable } from 'node:stream';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import {
@@ -241,27 +241,34 @@ routes:
   });
 });
 
+/** One HTTP/2 request on `session`: GET unless the headers say otherwise; status and body text. */
+function h2ask(session: ClientHttp2Session, headers: Record<string, string>): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const stream = session.request({ ':method': 'GET', ...headers });
+    let status = 0;
+    let body = '';
+    stream.on('response', (h) => (status = Number(h[':status'])));
+    stream.setEncoding('utf8');
+    stream.on('data', (c: string) => (body += c));
+    stream.on('end', () => resolve({ status, body }));
+    stream.on('error', reject);
+  });
+}
+
+const H2C_ALL = (origin: string) => `
+version: 1
+listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
+upstreams: { app: { endpoints: ['${origin}'] } }
+routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
+`;
+
 describe('HTTP/2', () => {
   it('serves h2c (prior knowledge) and HTTP/1.1 on one port', async () => {
     const upstream = await startUpstream();
-    const gw = await startGateway(`
-version: 1
-listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
-upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
-`);
+    const gw = await startGateway(H2C_ALL(upstream.origin));
     try {
       const session = h2connect(gw.url);
-      const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':path': '/a/../b', ':method': 'GET' });
-        let status = 0;
-        let body = '';
-        stream.on('response', (h) => (status = Number(h[':status'])));
-        stream.setEncoding('utf8');
-        stream.on('data', (c: string) => (body += c));
-        stream.on('end', () => resolve({ status, body }));
-        stream.on('error', reject);
-      });
+      const { status, body } = await h2ask(session, { ':path': '/a/../b' });
       session.close();
       expect(status).toBe(200);
       expect(JSON.parse(body).url).toBe('/b');
@@ -274,24 +281,9 @@ routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upst
 
   it('HTTP/2: a Host equal to :authority is accepted (RFC 9113 §8.3.1), a different one refused', async () => {
     const upstream = await startUpstream();
-    const gw = await startGateway(`
-version: 1
-listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
-upstreams: { app: { endpoints: ['${upstream.origin}'] } }
-routes: [{ id: all, auth: { public: true }, match: { path: { prefix: / } }, upstream: app }]
-`);
+    const gw = await startGateway(H2C_ALL(upstream.origin));
     const session = h2connect(gw.url);
-    const ask = (headers: Record<string, string>) =>
-      new Promise<{ status: number; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':path': '/x', ':method': 'GET', ...headers });
-        let status = 0;
-        let body = '';
-        stream.on('response', (h) => (status = Number(h[':status'])));
-        stream.setEncoding('utf8');
-        stream.on('data', (c: string) => (body += c));
-        stream.on('end', () => resolve({ status, body }));
-        stream.on('error', reject);
-      });
+    const ask = (headers: Record<string, string>) => h2ask(session, { ':path': '/x', ...headers });
     try {
       const authority = `127.0.0.1:${gw.port}`;
       expect((await ask({ ':authority': authority, host: authority })).status).toBe(200);
