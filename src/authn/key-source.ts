@@ -89,7 +89,7 @@ interface JwkEntry {
   readonly select: (header: JWSHeaderParameters) => Promise<CryptoKey>;
 }
 
-/** Real key sets hold a handful of keys; beyond this, members are skipped (bounds load-time work). */
+/** Real key sets hold a handful of keys; members beyond this many are skipped unexamined (bounds load-time work). */
 export const MAX_JWKS_KEYS = 100;
 
 const NO_CANDIDATES: readonly KeyCandidate[] = Object.freeze([]);
@@ -159,10 +159,16 @@ export class JwkKeySet {
     if (!isObject(document) || !Array.isArray(document['keys'])) {
       throw new JwksInvalidError('not a JSON Web Key Set (an object with a "keys" array)');
     }
+    const members = document['keys'] as unknown[];
     const entries: JwkEntry[] = [];
-    let skipped = 0;
-    for (const member of document['keys'] as unknown[]) {
-      const entry = isObject(member) && entries.length < MAX_JWKS_KEYS ? await JwkKeySet.entry(member as JWK) : null;
+    // Only the first MAX_JWKS_KEYS members are examined, usable or not: each costs a
+    // thumbprint and an import attempt, so counting only the usable ones would let a
+    // set of thousands of junk members (a 1 MB body holds ~20 000) burn seconds of CPU.
+    const examined = Math.min(members.length, MAX_JWKS_KEYS);
+    let skipped = members.length - examined;
+    for (let i = 0; i < examined; i++) {
+      const member = members[i];
+      const entry = isObject(member) ? await JwkKeySet.entry(member as JWK) : null;
       if (entry) entries.push(entry);
       else skipped++;
     }

@@ -8,6 +8,9 @@ import { BulwarkError } from '../core/errors.js';
 
 const MAX_DIGITS = 8;
 
+/** The longest delay setTimeout honours (2^31-1 ms, about 24.8 days). */
+const MAX_TIMER_MS = 2_147_483_647;
+
 /** Milliseconds per unit, by the unit's char code. */
 const UNIT_MS = new Float64Array(128).fill(-1);
 UNIT_MS[0x48 /* H */] = 3_600_000;
@@ -129,7 +132,10 @@ export class DeadlineQueue {
   private arm(at: number, ms: number): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timerAt = at;
-    this.timer = setTimeout(this.fire, Math.max(1, Math.ceil(ms)));
+    // Node runs a timer over 2^31-1 ms after 1 ms instead (a client's `99999999H` on a route
+    // without a maximum would spin the timer every millisecond): wait at most that long,
+    // expire() re-arms when it wakes before the earliest deadline.
+    this.timer = setTimeout(this.fire, Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(ms))));
     // Calls in flight keep the process alive through their sockets; a deadline alone does not.
     this.timer.unref();
   }
