@@ -45,6 +45,8 @@ export type ProviderVerifyResult =
 
 // Compact JWS: three base64url segments (the signature may be empty: `alg: none` is then
 // refused by the algorithm allow-list, with its own reason). No padding, no `+`/`/`, no JWE.
+/** NumericDate claims (RFC 7519 §4.1.4–6). */
+const TIME_CLAIMS = ['exp', 'nbf', 'iat'] as const;
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/;
 
 /**
@@ -292,6 +294,13 @@ export class CompiledProvider {
 
   private accept(payload: JWTPayload, header: JWTHeaderParameters, used: KeyCandidate, nowMs: number): ProviderVerifyResult {
     const kid = used.kid ?? loggableKid(header.kid);
+    // JSON numbers past ~1.8e308 parse to Infinity, which jose takes for a number: `exp: 1e400`
+    // would never expire (and `nbf: -1e400` never be early). RFC 7519 NumericDate is finite.
+    for (const claim of TIME_CLAIMS) {
+      const value = payload[claim];
+      if (typeof value === 'number' && !Number.isFinite(value))
+        return { ok: false, code: 'jwt.malformed', reason: `"${claim}" is not finite`, kid };
+    }
     const sub = payload.sub;
     if (sub === undefined) return { ok: false, code: 'jwt.claim_missing', reason: 'claim:sub', kid };
     if (typeof sub !== 'string' || sub === '') return { ok: false, code: 'jwt.malformed', reason: '"sub" is not a string', kid };

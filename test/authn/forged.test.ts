@@ -310,6 +310,15 @@ describe('claims of the wrong type or value', () => {
     }
   });
 
+  it('time claims past the range of a double (JSON 1e400 parses to Infinity) → jwt.malformed', async () => {
+    // JSON.stringify cannot write these: the payload text is spliced by hand.
+    const body = JSON.stringify({ iss: ISSUER, aud: AUDIENCE, sub: 'a' }).slice(0, -1);
+    for (const claims of ['"exp":1e400', `"exp":${nowSec() + 60},"nbf":-1e400`, `"exp":${nowSec() + 60},"iat":1e999`]) {
+      const token = signRaw({}, `${body},${claims}}`);
+      expect(await codeOf(token), claims).toBe('jwt.malformed');
+    }
+  });
+
   it('missing exp → jwt.claim_missing', async () => {
     const { exp: _exp, ...rest } = base();
     expect(await codeOf(signRaw({}, JSON.stringify(rest)))).toBe('jwt.claim_missing');
