@@ -4,6 +4,7 @@
  * allocates only what the token itself needs. `compileAuthn` owns the sources and
  * the verified-token cache; `close()` stops their watchers and timers.
  */
+import { wildcardSafe } from '../core/subject.js';
 import { errors as joseErrors, jwtVerify, type JWTHeaderParameters, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import type { DecisionRecord, Identity } from '../core/context.js';
 import { VerifiedTokenCache, type CachedToken, type CacheStats } from './cache.js';
@@ -304,7 +305,7 @@ export class CompiledProvider {
     const sub = payload.sub;
     if (sub === undefined) return { ok: false, code: 'jwt.claim_missing', reason: 'claim:sub', kid };
     if (typeof sub !== 'string' || sub === '') return { ok: false, code: 'jwt.malformed', reason: '"sub" is not a string', kid };
-    if (this.subject !== null && !this.subject.test(sub)) {
+    if (this.subject !== null && (!this.subject.test(sub) || !wildcardSafe(sub))) {
       return { ok: false, code: 'jwt.subject_mismatch', reason: 'subject pattern', kid };
     }
     const claims = deepFreeze(payload as Record<string, unknown>);

@@ -4,6 +4,7 @@
  * same way), gRPC methods, subject patterns and claim paths. None uses a
  * regex at request time and none allocates on a miss.
  */
+import { wildcardSafe } from '../core/subject.js';
 import { compileGlob, validateGlob, type CompiledGlob } from '../gateway/router.js';
 
 // ---------------------------------------------------------------------------
@@ -95,6 +96,7 @@ export class SubjectPattern {
 
   match(subject: string): boolean {
     if (this.#exact !== null) return subject === this.#exact;
+    if (!wildcardSafe(subject)) return false;
     const len = subject.length;
     // `pos`: index where the next unmatched segment starts (after its `/`), or len + 1 when none is left.
     let pos = 0;

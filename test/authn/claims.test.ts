@@ -162,6 +162,12 @@ describe('subject patterns', () => {
       'spiffe://prod.example/ns/web',
       'http://prod.example/ns/web/sa/a',
       'alice',
+      // Wildcards stand for names: never a dot segment or a control character.
+      'spiffe://prod.example/ns/a/sa/b/../../../../other',
+      'spiffe://prod.example/ns/../sa/x',
+      'spiffe://prod.example/ns/./sa/x',
+      'spiffe://prod.example/ns/web/sa/a\u0000b',
+      'spiffe://prod.example/ns/web\nx/sa/a',
     ];
     for (const sub of bad) expect((await h.run(await h.token({ sub }))).code, sub).toBe('jwt.subject_mismatch');
   });

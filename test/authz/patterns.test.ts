@@ -38,6 +38,13 @@ describe('SubjectPattern', () => {
     ['spiffe://td/ns/*/sa/web', 'spiffe://td/ns//sa/web', false],
     ['spiffe://td/ns/*/sa/web', 'spiffe://td/ns/a/b/sa/web', false],
     ['spiffe://td/**/sa/web', 'spiffe://td/ns/a/b/sa/web', true],
+    // wildcards stand for names: never a dot segment or a control character
+    ['spiffe://td/ns/billing/**', 'spiffe://td/ns/billing/../../admin', false],
+    ['spiffe://td/ns/*/sa/web', 'spiffe://td/ns/../sa/web', false],
+    ['spiffe://td/ns/*/sa/web', 'spiffe://td/ns/./sa/web', false],
+    ['user:*', 'user:bob\u0000', false],
+    ['user:*', 'user:b\nob', false],
+    ['spiffe://td/ns/*/sa/web', 'spiffe://td/ns/.well/sa/web', true],
     ['spiffe://td/**/sa/web', 'spiffe://td/sa/web', true],
     ['spiffe://td/**/sa/web', 'spiffe://td/sa/webx', false],
     ['**/admin', '/admin', true],
