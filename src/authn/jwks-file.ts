@@ -2,11 +2,13 @@
  * A JWKS read from a local file and reloaded when it changes. The directory is
  * watched rather than the file: editors and Kubernetes ConfigMaps replace files by
  * rename or by swapping a symlink, which a watch on the file itself would miss.
- * Events are debounced; a reload that reads the same bytes is a no-op, and a file
- * that is not a usable JWKS keeps the previous keys.
+ * When the path is a symlink into another directory, that directory is watched too
+ * (changes to the target itself happen there). Events are debounced; a reload that
+ * reads the same bytes is a no-op, and a file that is not a usable JWKS keeps the
+ * previous keys.
  */
 import { watch, type FSWatcher } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readFile, realpath, stat } from 'node:fs/promises';
 import { hash } from 'node:crypto';
 import { dirname } from 'node:path';
 import type { JWSHeaderParameters } from 'jose';
@@ -36,6 +38,9 @@ export class FileJwksKeySource extends JwksBackedSource {
   private readonly hooks: SourceHooks;
   private readonly debounceMs: number;
   private watcher: FSWatcher | null = null;
+  /** The directory of the file the path resolves to, when that is elsewhere, and its watcher. */
+  private targetDir: string | null = null;
+  private targetWatcher: FSWatcher | null = null;
   private debounce: NodeJS.Timeout | null = null;
   private contentHash: string | null = null;
   /** Reloads run one after another, never interleaved. */
@@ -77,6 +82,8 @@ export class FileJwksKeySource extends JwksBackedSource {
     this.closed = true;
     this.watcher?.close();
     this.watcher = null;
+    this.targetWatcher?.close();
+    this.targetWatcher = null;
     if (this.debounce) clearTimeout(this.debounce);
     this.debounce = null;
     this.clearListeners();
@@ -98,8 +105,26 @@ export class FileJwksKeySource extends JwksBackedSource {
     return next;
   }
 
+  /** Watches the directory the path resolves into, if it is not the path's own (a symlink elsewhere). */
+  private async followTarget(): Promise<void> {
+    const real = await realpath(this.path).catch(() => null);
+    const dir = real === null ? null : dirname(real);
+    if (this.closed || dir === this.targetDir) return;
+    this.targetWatcher?.close();
+    this.targetWatcher = null;
+    this.targetDir = dir;
+    if (dir === null || dir === dirname(this.path)) return;
+    try {
+      this.targetWatcher = watch(dir, { persistent: false }, () => this.schedule());
+      this.targetWatcher.on('error', (err) => this.reportError(err));
+    } catch (err) {
+      this.reportError(err);
+    }
+  }
+
   private async reload(initial: boolean): Promise<void> {
     if (this.closed) return;
+    await this.followTarget();
     try {
       const info = await stat(this.path);
       if (info.size > MAX_FILE_BYTES) throw new Error(`${this.path} is larger than ${MAX_FILE_BYTES} bytes`);

@@ -2,7 +2,7 @@
  * Key sources other than the remote JWKS: a watched JWKS file, PEM keys and
  * certificates, an HMAC secret, OIDC discovery (over a real HTTP server).
  */
-import { readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -86,6 +86,24 @@ describe('JWKS file', () => {
       await until(() => events.filter((e) => e.type === 'keys_error').length > errors);
       expect(await verdict(authn, 'f', t2)).toBe('allow');
     }
+  });
+
+  it('a path that is a symlink into another directory: changes to the target are seen', async () => {
+    const k1 = await makeKey('k1');
+    const k2 = await makeKey('k2');
+    const target = join(tempDir(), 'jwks.json');
+    const link = join(tempDir(), 'jwks.json');
+    writeFileSync(target, JSON.stringify(jwks(k1)));
+    symlinkSync(target, link);
+    const authn = compile({ f: { issuer: ISSUER, audiences: [AUDIENCE], jwksFile: link } });
+    await authn.ready();
+    const t1 = await mint(k1);
+    const t2 = await mint(k2);
+    expect(await verdict(authn, 'f', t1)).toBe('allow');
+    // Only the target changes: nothing happens in the link's own directory.
+    writeFileSync(target, JSON.stringify(jwks(k2)));
+    await until(async () => (await verdict(authn, 'f', t1)) === 'jwt.unknown_kid');
+    expect(await verdict(authn, 'f', t2)).toBe('allow');
   });
 
   it('a missing or invalid file at start: ready() rejects, tokens get jwt.jwks_unavailable, and the file appearing later fixes it', async () => {
