@@ -395,6 +395,11 @@ export class Gateway {
       }
     }
     const upstream = route.upstream;
+    if (!isH2 && wantsUpgrade(req)) {
+      // Admitted by every stage, but upgrades (WebSocket…) are not proxied: say so, not a silent downgrade.
+      this.respondProblem(req, res, ctx, new BulwarkError('request.upgrade_unsupported'), isH2, outcome);
+      return;
+    }
     if (upstream === null) {
       // Only a programmatic caller can get here: `serve` refuses routes without an upstream.
       this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), isH2, outcome);
@@ -600,6 +605,18 @@ export class Gateway {
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * An HTTP/1.1 upgrade request (RFC 9110 §7.8): `Upgrade` named in `Connection`. `h2c` is left
+ * out: a server may ignore an upgrade, and that one is served as the HTTP/1.1 request it also is.
+ */
+function wantsUpgrade(req: AnyRequest): boolean {
+  const upgrade = req.headers['upgrade'];
+  const connection = req.headers['connection'];
+  if (upgrade === undefined || connection === undefined) return false;
+  if (!/(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)) return false;
+  return !/^\s*h2c\s*$/i.test(upgrade);
 }
 
 function hasBody(req: AnyRequest, isH2: boolean): boolean {

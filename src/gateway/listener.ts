@@ -16,6 +16,8 @@ import {
 } from 'node:http2';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import type { ListenerConfig } from '../config/schema.js';
+import { BulwarkError } from '../core/errors.js';
+import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import { DEFAULT_LISTENER_LIMITS, listenerKey } from './runtime.js';
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
@@ -104,17 +106,13 @@ export class BoundListener {
       const http1 = createHttpServer(http1Options, handler as never);
       http1.maxHeadersCount = limits.maxHeaders + 1;
       http1.on('clientError', onClientError);
-      http1.on('upgrade', (req: IncomingMessage, socket: Socket) => {
-        // No upgrade (WebSocket) proxying yet: say so instead of hanging up silently.
-        const body = JSON.stringify({
-          type: 'urn:bulwark:problem:request.upgrade_unsupported',
-          title: 'Protocol upgrade not supported',
-          status: 501,
-          code: 'request.upgrade_unsupported',
-        });
-        void req;
+      // Upgrade requests (WebSocket…) go through the pipeline like any other: authentication and
+      // policy decide first, and only an admitted one hears that upgrades are not proxied (501).
+      // CONNECT never reaches 'request' in Node: answer it here (an authority-form target).
+      http1.on('connect', (_req: IncomingMessage, socket: Socket) => {
+        const body = renderProblem(new BulwarkError('request.authority_form'), undefined);
         socket.end(
-          `HTTP/1.1 501 Not Implemented\r\ncontent-type: application/problem+json\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+          `HTTP/1.1 400 Bad Request\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
         );
       });
       this.http1 = http1;

@@ -227,6 +227,47 @@ describe('HTTP/2 attacks', () => {
   });
 });
 
+describe('Upgrade and CONNECT', () => {
+  let upstream: TestUpstream;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    upstream = await startUpstream();
+    gw = await startGateway(config(upstream.origin, 'http'));
+  });
+  afterAll(async () => {
+    await gw.close();
+    await upstream.close();
+  });
+  const upgrade = (path: string, protocol: string) =>
+    rawRequest(
+      gw.port,
+      `GET ${path} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: ${protocol}\r\nConnection: close\r\n\r\n`,
+    );
+
+  it('an upgrade request is authenticated first: 401 without a token, nothing upstream', async () => {
+    const seen = upstream.requests.length;
+    const raw = await upgrade('/private/ws', 'websocket');
+    expect(statusOf(raw)).toBe(401);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('jwt.missing');
+    expect(upstream.requests.length).toBe(seen);
+  });
+
+  it('an admitted upgrade request hears that upgrades are not proxied (501); h2c is ignored and served', async () => {
+    const raw = await upgrade('/api/ws', 'websocket');
+    expect(statusOf(raw)).toBe(501);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('request.upgrade_unsupported');
+    const h2c = await upgrade('/api/x', 'h2c');
+    expect(statusOf(h2c)).toBe(200);
+    expect(upstream.requests.at(-1)!.headers['upgrade']).toBeUndefined();
+  });
+
+  it('CONNECT gets a problem (authority-form target), not a silent close', async () => {
+    const raw = await rawRequest(gw.port, 'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n');
+    expect(statusOf(raw)).toBe(400);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('request.authority_form');
+  });
+});
+
 describe('Expect', () => {
   let upstream: TestUpstream;
   let gw: TestGateway;

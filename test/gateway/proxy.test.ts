@@ -174,6 +174,7 @@ describe('HTTP/1.1 gateway', () => {
   it('refuses protocol upgrades with 501', async () => {
     const raw = await rawRequest(gw.port, 'GET /api/ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n');
     expect(statusOf(raw)).toBe(501);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('request.upgrade_unsupported');
   });
 });
 
