@@ -355,7 +355,10 @@ export async function auditCli(argv: readonly string[], io: CliIo = DEFAULT_IO):
     }
   } catch (error) {
     const known = error instanceof UsageError || (error as NodeJS.ErrnoException).code?.startsWith('ERR_PARSE_ARGS');
-    if (!known && (error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+    // A file system error (keygen --out into a missing or read-only directory, an existing file) is the
+    // user's to fix: a message, not a stack trace.
+    const fsError = typeof (error as NodeJS.ErrnoException).syscall === 'string';
+    if (!known && !fsError) throw error;
     const help = AUDIT_HELP[command ?? 'audit'] ?? AUDIT_HELP['audit'];
     io.stderr(`bulwark audit: ${(error as Error).message}\n\n${help}`);
     return AUDIT_EXIT.usage;

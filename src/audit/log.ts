@@ -454,11 +454,21 @@ class AuditLogImpl implements AuditLog {
     );
 
     const saved = await this.#loadCursors();
+    // No readable cursor file while the WAL holds earlier entries: it was lost or corrupted, not absent
+    // because the slot is new. Replaying everything still on disk (sinks are idempotent) beats losing it.
+    const lost = saved === null && this.#wal.firstIndex < this.#wal.nextIndex;
+    if (lost)
+      this.#logger.error({ slot: this.#slot.slot }, 'audit sink cursors unreadable; replaying the whole WAL to every sink');
     for (const runner of this.#runners) {
-      const cursor = saved[runner.key];
+      const cursor = saved?.[runner.key];
       // A sink new to this slot starts with the new chain; a known one resumes where it was (replay).
-      runner.cursor =
-        typeof cursor === 'number' ? Math.min(Math.max(cursor, this.#wal.firstIndex), this.#wal.nextIndex) : startIndex;
+      // A cursor past the WAL's end cannot have been saved by a sink: it is corrupt, so replay instead of skipping.
+      const valid = typeof cursor === 'number' && Number.isSafeInteger(cursor) && cursor >= 0 && cursor <= this.#wal.nextIndex;
+      runner.cursor = valid
+        ? Math.max(cursor, this.#wal.firstIndex)
+        : lost || cursor !== undefined
+          ? this.#wal.firstIndex
+          : startIndex;
     }
     this.#tailStart = this.#wal.nextIndex;
     await this.#commit();
@@ -483,7 +493,7 @@ class AuditLogImpl implements AuditLog {
     return Math.max(0, most);
   }
 
-  #loadCursors(): Promise<Record<string, number>> {
+  #loadCursors(): Promise<Record<string, unknown> | null> {
     return readCursors(this.#cursorFile);
   }
 
@@ -851,12 +861,26 @@ class AuditLogImpl implements AuditLog {
           continue;
         }
         const batch = await this.#entriesFor(r, end);
+        const reader = r.reader;
+        if (reader !== null && reader.skipped.length > 0) {
+          this.#logger.error(
+            { sink: r.sink.name, indexes: reader.skipped.splice(0) },
+            'audit WAL entries corrupted on disk (not JSON records); skipped: verify will report them missing',
+          );
+        }
         if (batch.length === 0) {
+          // Only corrupted lines were read: move past them.
+          if (reader !== null && reader.index > r.cursor) {
+            r.cursor = reader.index;
+            this.#cursorsDirty = true;
+            continue;
+          }
           await this.#waitForWork(r);
           continue;
         }
         await r.sink.write(batch);
-        r.cursor += batch.length;
+        // Read back from disk, the batch may have left out corrupted lines: the reader knows how far it got.
+        r.cursor = reader !== null ? reader.index : r.cursor + batch.length;
         r.delivered += batch.length;
         if (r.consecutiveFailures > 0)
           this.#logger.info({ sink: r.sink.name, failures: r.consecutiveFailures }, 'audit sink recovered');
@@ -1179,12 +1203,14 @@ async function openOnSlot(
   }
 }
 
-async function readCursors(file: string): Promise<Record<string, number>> {
+/** Saved sink cursors; null when the file is missing or unreadable. */
+async function readCursors(file: string): Promise<Record<string, unknown> | null> {
   try {
-    const parsed = JSON.parse(await readFile(file, 'utf8')) as { sinks?: Record<string, number> };
-    return parsed.sinks ?? {};
+    const parsed = JSON.parse(await readFile(file, 'utf8')) as { sinks?: unknown } | null;
+    const sinks = parsed?.sinks;
+    return typeof sinks === 'object' && sinks !== null && !Array.isArray(sinks) ? (sinks as Record<string, unknown>) : null;
   } catch {
-    return {};
+    return null;
   }
 }
 
@@ -1234,5 +1260,9 @@ async function holdsUndelivered(wal: Wal, cursorFile: string, sinkKeys: readonly
   const record = JSON.parse(last) as Record<string, unknown>;
   if (record['kind'] !== 'checkpoint' || record['final'] !== true) return true;
   const cursors = await readCursors(cursorFile);
-  return sinkKeys.some((k) => typeof cursors[k] === 'number' && cursors[k] < wal.nextIndex);
+  if (cursors === null) return wal.firstIndex < wal.nextIndex;
+  return sinkKeys.some((k) => {
+    const cursor = cursors[k];
+    return typeof cursor === 'number' && cursor < wal.nextIndex;
+  });
 }

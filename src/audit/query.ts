@@ -31,7 +31,11 @@ const UNIT_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_00
 /** `1h`, `30m`, `2d` before `now`, or an RFC 3339 timestamp. Null when it is neither. */
 export function parseSince(text: string, now = Date.now()): Date | null {
   const m = DURATION.exec(text);
-  if (m !== null) return new Date(now - Number(m[1]) * (UNIT_MS[m[2] as string] as number));
+  if (m !== null) {
+    // Beyond the Date range (`99999999999999d`) is not a time either.
+    const date = new Date(now - Number(m[1]) * (UNIT_MS[m[2] as string] as number));
+    return Number.isNaN(date.getTime()) ? null : date;
+  }
   const ms = Date.parse(text);
   return Number.isNaN(ms) || !/^\d{4}-\d{2}-\d{2}/.test(text) ? null : new Date(ms);
 }
@@ -78,7 +82,10 @@ export async function queryAudit(source: AuditSource, query: AuditQuery = {}): P
   for await (const row of readSource(source, where)) {
     let record: Record<string, unknown>;
     try {
-      record = JSON.parse(row.line) as Record<string, unknown>;
+      const parsed: unknown = JSON.parse(row.line);
+      // Lines that are JSON but not records (`null`, `42`, `[…]`) are as foreign as unparseable ones.
+      if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) continue;
+      record = parsed as Record<string, unknown>;
     } catch {
       continue;
     }

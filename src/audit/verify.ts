@@ -731,6 +731,14 @@ class Verifier {
           state,
         );
     }
+    // Nothing to verify is not "intact": every chain begins with a start record, so a store without a
+    // single record was emptied (or is not an audit store at all).
+    if (this.#records === 0)
+      this.#issue({
+        code: 'store.empty',
+        severity: 'error',
+        message: 'the store holds no records: emptied, or not an audit store',
+      });
     if (this.#selfDeclared && !this.#trustedChecked)
       this.#issue({
         code: 'verify.unanchored',

@@ -85,6 +85,16 @@ function segmentName(first: number): string {
   return `wal-${String(first).padStart(20, '0')}.jsonl`;
 }
 
+function parseRecord(line: string): Record<string, unknown> | null {
+  if (line.length === 0 || line.charCodeAt(0) !== 0x7b /* { */) return null;
+  try {
+    const value: unknown = JSON.parse(line);
+    return typeof value === 'object' && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : null;
+  } catch {
+    return null;
+  }
+}
+
 function parses(line: string): boolean {
   if (line.length === 0 || line.charCodeAt(0) !== 0x7b /* { */) return false;
   try {
@@ -461,6 +471,13 @@ export class Wal {
 export class WalReader {
   readonly #wal: Wal;
   #index: number;
+  /**
+   * Indexes of lines passed over because they are not JSON records (bytes corrupted on disk). Their
+   * content is gone; handing them on would fail every batch holding them, forever (SQL stores need the
+   * id, a webhook body must stay JSON), and stall the sink — and so the WAL and the gateway — behind them.
+   * The caller reports and clears these.
+   */
+  readonly skipped: number[] = [];
   #segment: Segment | null = null;
   #offset = 0;
 
@@ -486,8 +503,8 @@ export class WalReader {
         const skip = this.#index - segment.first;
         if (skip > 0) this.#offset = await this.#skipLines(segment, skip);
       }
-      const got = await this.#readLines(segment, Math.min(max - out.length, limit - this.#index), out);
-      if (got === 0) {
+      const consumed = await this.#readLines(segment, Math.min(max - out.length, limit - this.#index), out);
+      if (consumed === 0) {
         // End of this segment: move to the next (its first is our index), or stop when there is none yet.
         const next = this.#wal.segmentFor(this.#index);
         if (next === segment) break;
@@ -519,6 +536,7 @@ export class WalReader {
     }
   }
 
+  /** Reads up to `max` lines into `out` (leaving out unparseable ones, see `skipped`); returns the lines consumed. */
   async #readLines(segment: Segment, max: number, out: WalEntry[]): Promise<number> {
     const handle = await open(segment.path, 'r');
     try {
@@ -535,7 +553,14 @@ export class WalReader {
           // The line stays bytes until a sink asks for the string (a file sink writes the bytes as they are).
           const entry = new ChunkEntry(buffer, start, nl, undefined);
           entry.index = this.#index;
-          out.push(entry);
+          // Parsed once here (SQL sinks and the file sink's resume need the record anyway): a corrupted
+          // line is found before any sink is handed it.
+          const record = parseRecord(entry.line);
+          if (record === null) this.skipped.push(this.#index);
+          else {
+            entry.record = record;
+            out.push(entry);
+          }
           this.#index++;
           got++;
           start = nl + 1;

@@ -10,7 +10,7 @@
  * saved after every file batch, starts at most one batch back) is skipped up to
  * and including that record.
  */
-import { mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
+import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { entryBytes, writeAll, type WalEntry } from '../wal.js';
 import { recordOf, type AuditSink } from './sink.js';
@@ -84,6 +84,15 @@ async function lastLine(path: string): Promise<string | null> {
   }
 }
 
+async function exists(path: string): Promise<boolean> {
+  try {
+    await access(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export class FileSink implements AuditSink {
   readonly name: string;
   readonly batchSize: number;
@@ -92,6 +101,10 @@ export class FileSink implements AuditSink {
   #handle: FileHandle | null = null;
   #size = 0;
   #openedAt = 0;
+  /** Inode of the open live file: a different one (or none) at the path means the file was removed or replaced. */
+  #ino = 0;
+  /** Stamp (ms) of the last rotated name: names are unique by it, so a rename never replaces a rotated file. */
+  #rotatedAt = 0;
   /** Id of the last record already in the file when opened: the replay skips through it once. */
   #resumeAfter: string | null = null;
 
@@ -122,8 +135,11 @@ export class FileSink implements AuditSink {
 
   async #openLive(): Promise<void> {
     const path = this.#options.path;
+    // The directory may have been removed while running: recreate it rather than fail every retry.
+    await mkdir(dirname(path), { recursive: true });
     this.#handle = await open(path, 'a', 0o640);
-    const info = await stat(path);
+    const info = await this.#handle.stat();
+    this.#ino = info.ino;
     this.#size = info.size;
     if (info.size > 0) {
       // A crash mid-append leaves a line without its newline: cut it (it was never acknowledged; the
@@ -155,8 +171,22 @@ export class FileSink implements AuditSink {
     await handle.datasync();
     await handle.close();
     this.#handle = null;
-    await rename(path, rotatedName(path, new Date()));
+    // Two rotations within one millisecond (small rotateBytes, fast batches) would get the same name, and
+    // rename() would silently replace the first rotated file: take the next free millisecond instead.
+    let at = Math.max(Date.now(), this.#rotatedAt + 1);
+    while (await exists(rotatedName(path, new Date(at)))) at++;
+    await rename(path, rotatedName(path, new Date(at)));
+    this.#rotatedAt = at;
     await this.#openLive();
+  }
+
+  /** Whether the open handle is still the file at the path (not removed, or renamed away by someone else). */
+  async #stillLive(): Promise<boolean> {
+    try {
+      return (await stat(this.#options.path)).ino === this.#ino;
+    } catch {
+      return false;
+    }
   }
 
   async write(batch: readonly WalEntry[]): Promise<void> {
@@ -168,6 +198,11 @@ export class FileSink implements AuditSink {
       this.#resumeAfter = null;
     }
     if (from >= batch.length) return;
+    // Appending to a file that was deleted (or its directory) would acknowledge records nobody can read.
+    if (this.#handle !== null && !(await this.#stillLive())) {
+      await this.#handle.close().catch(() => {});
+      this.#handle = null;
+    }
     if (this.#handle === null) await this.#openLive();
     await this.#rotateIfDue();
     // The bytes the WAL wrote, as they are (a few views for a whole batch): one writev, no encoding.

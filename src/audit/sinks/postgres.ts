@@ -107,7 +107,15 @@ export class PostgresSink implements AuditSink {
       const values = rowOf(entry);
       for (let k = 0; k < 13; k++) (columns[k] as unknown[])[i] = values[k];
     });
-    await (this.#pool as PgPool).query(this.#insert, columns);
+    try {
+      await (this.#pool as PgPool).query(this.#insert, columns);
+    } catch (error) {
+      // The table (or its schema) was dropped while running: create it again on the retry rather than
+      // fail until a restart. Verify still shows the loss (the new table's chains start mid-way).
+      const code = (error as { code?: string }).code;
+      if (code === '42P01' || code === '3F000') this.#ready = false;
+      throw error;
+    }
   }
 
   async close(): Promise<void> {
