@@ -3,6 +3,8 @@ import { connect, type Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
 import {
   bodyOf,
+  h2Frame,
+  hpackLiterals,
   rawRequest,
   startGateway,
   startUpstream,
@@ -175,25 +177,6 @@ describe('HTTP/1.1 attacks', () => {
   });
 });
 
-// HTTP/2 frames by hand: Node's client will not send protocol errors.
-function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-}
-
-/** HPACK literal header fields without indexing (names and values under 127 bytes). */
-function headerBlock(fields: [string, string][]): Buffer {
-  return Buffer.concat(
-    fields.map(([name, value]) =>
-      Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]),
-    ),
-  );
-}
-
 describe('HTTP/2 attacks', () => {
   it('closes a connection after a connection error instead of leaving it half-open', async () => {
     const upstream = await startUpstream();
@@ -203,7 +186,7 @@ describe('HTTP/2 attacks', () => {
       socket.on('error', () => {});
       socket.on('data', () => {});
       const ended = serverCloses(socket, 4000);
-      const get = headerBlock([
+      const get = hpackLiterals([
         [':method', 'GET'],
         [':scheme', 'http'],
         [':authority', 'a'],
@@ -212,10 +195,10 @@ describe('HTTP/2 attacks', () => {
       socket.write(
         Buffer.concat([
           Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
-          frame(4, 0, 0), // SETTINGS
-          frame(4, 1, 0), // SETTINGS ack
-          frame(1, 5, 1, get), // HEADERS, END_STREAM | END_HEADERS
-          frame(0, 1, 1, Buffer.from('abc')), // DATA on the stream just closed: a connection error (GOAWAY)
+          h2Frame(4, 0, 0), // SETTINGS
+          h2Frame(4, 1, 0), // SETTINGS ack
+          h2Frame(1, 5, 1, get), // HEADERS, END_STREAM | END_HEADERS
+          h2Frame(0, 1, 1, Buffer.from('abc')), // DATA on the stream just closed: a connection error (GOAWAY)
         ]),
       );
       expect(await ended).toBe('closed');

@@ -4,6 +4,7 @@ import { connect, type Socket } from 'node:net';
 import type { ClientHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { encodeGrpcFrame } from '../../src/grpc/framing.js';
+import { h2Frame, hpackLiterals } from '../helpers/net.js';
 import {
   echoClient,
   rawGrpcCall,
@@ -223,20 +224,7 @@ function rawH2Exchange(
     const socket: Socket = connect(port, '127.0.0.1');
     const frames: { type: number; flags: number; stream: number }[] = [];
     let buf = Buffer.alloc(0);
-    const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
-      const head = Buffer.alloc(9);
-      head.writeUIntBE(payload.length, 0, 3);
-      head[3] = type;
-      head[4] = flags;
-      head.writeUInt32BE(stream, 5);
-      return Buffer.concat([head, payload]);
-    };
-    // HPACK "literal header field without indexing, new name", no Huffman: names and values as they are.
-    const block = Buffer.concat(
-      fields.map(([n, v]) =>
-        Buffer.concat([Buffer.from([0x00, n.length]), Buffer.from(n), Buffer.from([v.length]), Buffer.from(v)]),
-      ),
-    );
+    const block = hpackLiterals(fields);
     const timer = setTimeout(() => socket.destroy(), waitMs);
     socket.on('error', reject);
     socket.on('close', () => {
@@ -256,8 +244,8 @@ function rawH2Exchange(
     socket.write(
       Buffer.concat([
         Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n'),
-        frame(4, 0, 0, Buffer.alloc(0)),
-        frame(1, 0x4 | 0x1, 1, block), // END_HEADERS | END_STREAM
+        h2Frame(4, 0, 0, Buffer.alloc(0)),
+        h2Frame(1, 0x4 | 0x1, 1, block), // END_HEADERS | END_STREAM
       ]),
     );
   });

@@ -131,3 +131,22 @@ export function tempFile(name: string, content: string): string {
   writeFileSync(file, content);
   return file;
 }
+
+/** One HTTP/2 frame by hand (RFC 9113 §4.1): for the protocol errors Node's client will not send. */
+export function h2Frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(stream, 5);
+  return Buffer.concat([head, payload]);
+}
+
+/** An HPACK block of literal fields without indexing, new names, no Huffman (names and values under 127 bytes). */
+export function hpackLiterals(fields: readonly (readonly [string, string])[]): Buffer {
+  return Buffer.concat(
+    fields.map(([name, value]) =>
+      Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]),
+    ),
+  );
+}
