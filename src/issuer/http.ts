@@ -260,20 +260,25 @@ export class IssuerHttp {
     if (grant === 'client_credentials') {
       if (auth === null)
         throw new BulwarkError('issuer.invalid_client', undefined, { context: { reason: 'no client authentication' } });
-      const audience = form.get('audience') ?? form.get('resource');
+      // Both `audience` and `resource` (RFC 8707) name targets: every one asked for is checked, so
+      // a `resource` beside an `audience` is never silently dropped from the check.
+      const targets = [form.get('audience'), form.get('resource')].flatMap((t) =>
+        t === undefined ? [] : t.split(' ').filter((a) => a !== ''),
+      );
       set = await this.issuer.clientCredentials({
         clientId: auth.id,
         clientSecret: auth.secret,
         scope: form.get('scope'),
-        audience: audience === undefined ? undefined : audience.split(' ').filter((a) => a !== ''),
+        audience: targets.length === 0 ? undefined : targets,
       });
     } else if (grant === 'refresh_token') {
       const token = form.get('refresh_token');
       if (token === undefined) throw invalid('refresh_token missing');
       let clientId: string | undefined;
       if (auth !== null) {
-        // A client that authenticates must authenticate correctly, whatever the token.
-        await this.issuer.verifyClient(auth.id, auth.secret);
+        // A client that authenticates must authenticate correctly, whatever the token, and
+        // may only use the grants it was registered for.
+        await this.issuer.verifyClient(auth.id, auth.secret, 'refresh_token');
         clientId = auth.id;
       }
       set = await this.issuer.refresh(token, { clientId, client: attributesOf(req) });
@@ -297,7 +302,8 @@ export class IssuerHttp {
       throw new BulwarkError('issuer.csrf', undefined, { context: { reason: 'origin not allowed' } });
     if (req.headers['sec-fetch-site'] === 'cross-site')
       throw new BulwarkError('issuer.csrf', undefined, { context: { reason: 'cross-site request' } });
-    const header = req.headers[browser.csrfHeader];
+    // Node lowercases incoming header names; the configured name may be written `X-CSRF-Token`.
+    const header = req.headers[browser.csrfHeader.toLowerCase()];
     if (!issuer.csrfValid(cookie(cookies, browser.csrfCookieName), typeof header === 'string' ? header : undefined))
       throw new BulwarkError('issuer.csrf', undefined, { context: { reason: 'CSRF token missing or wrong' } });
     const token = cookie(cookies, browser.cookieName);

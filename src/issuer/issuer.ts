@@ -491,9 +491,14 @@ export class Issuer {
     return browser;
   }
 
-  /** Authenticates a client (refresh or revocation requests that carry client credentials). */
-  async verifyClient(clientId: string, secret: string): Promise<void> {
-    await this.authenticate(clientId, secret);
+  /**
+   * Authenticates a client (refresh or revocation requests that carry client credentials);
+   * with `grant`, the client must also be registered for that grant (`unauthorized_client`).
+   */
+  async verifyClient(clientId: string, secret: string, grant?: 'client_credentials' | 'refresh_token'): Promise<void> {
+    const client = await this.authenticate(clientId, secret);
+    if (grant !== undefined && !client.grants.has(grant))
+      throw this.refused('issuer.unauthorized_client', 'grant not allowed for client', client.record.id);
   }
 
   // ---------------------------------------------------------------------------

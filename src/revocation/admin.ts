@@ -141,9 +141,11 @@ export async function handleRevocationAdmin(
   list: RevocationList,
   options: RevocationAdminOptions = {},
 ): Promise<boolean> {
-  const url = new URL(req.url ?? '/', 'http://admin');
-  const path = url.pathname;
-  if (path !== REVOCATIONS_PATH && !path.startsWith(`${REVOCATIONS_PATH}/`)) return false;
+  // The raw path, exactly as isRevocationAdminPath saw it: `new URL` would resolve dot segments
+  // (`/revocations/../healthz`, `%2e%2e`), so the listener would route here a request this
+  // handler then disowns, and nothing would ever answer it.
+  const path = (req.url ?? '/').split('?')[0]!;
+  if (!isRevocationAdminPath(path)) return false;
   if (!authorized(req, res, options.token)) return true;
   try {
     if (path === REVOCATIONS_PATH) {

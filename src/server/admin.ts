@@ -29,7 +29,15 @@ export function createAdminServer(state: AdminState): Server {
     if (isRevocationAdminPath(req.url)) {
       const r = state.revocation?.();
       if (r != null) {
-        void handleRevocationAdmin(req, res, r.list, r.token === undefined ? {} : { token: r.token });
+        // A request routed here must be answered even if the handler disowns it or fails.
+        handleRevocationAdmin(req, res, r.list, r.token === undefined ? {} : { token: r.token }).then(
+          (handled) => {
+            if (!handled && !res.headersSent) json(res, 404, { status: 404, code: 'admin.not_found' });
+          },
+          () => {
+            if (!res.headersSent) json(res, 500, { status: 500, code: 'admin.internal' });
+          },
+        );
         return;
       }
     }
