@@ -802,7 +802,11 @@ const SENSITIVE_KEY = /secret|passw|passphrase|token|private|credential|api[-_]?
 /** `key`/`signingKey` etc. hold key material unless the value is plainly a file path. */
 const KEY_LIKE = /key$/i;
 const FILE_PATH = /^(?!-----)[^\s]*(?:[\\/][^\s]*|\.(?:pem|key|crt|cer|der|p12|pfx|jwk|jwks|json))$/i;
-const URL_USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#@\s]*@/i;
+// Greedy up to the last `@` of the authority: a password written with a raw `@` (`u:p@ss@host`,
+// which Redis and PostgreSQL clients accept) is redacted whole.
+const URL_USERINFO = /^([a-z][a-z0-9+.-]*:\/\/)[^/?#\s]*@/i;
+const URL_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i;
+const QUERY_PARAM = /([?&])([^=&#]*)=([^&#]*)/g;
 
 function redactValue(value: unknown, key: string | undefined): unknown {
   if (key !== undefined) {
@@ -817,9 +821,23 @@ function redactValue(value: unknown, key: string | undefined): unknown {
     for (const [k, v] of Object.entries(value)) out[k] = redactValue(v, k);
     return out;
   }
-  // Credentials in a URL (`https://user:pass@host`) are secrets whatever the key is called.
-  if (typeof value === 'string') return value.replace(URL_USERINFO, `$1${REDACTED}@`);
+  // Credentials in a URL (`https://user:pass@host`, `?password=…`) are secrets whatever the key is called.
+  if (typeof value === 'string' && URL_SCHEME.test(value)) {
+    return value
+      .replace(URL_USERINFO, `$1${REDACTED}@`)
+      .replace(QUERY_PARAM, (whole: string, sep: string, name: string) =>
+        SENSITIVE_KEY.test(decodeName(name)) ? `${sep}${name}=${REDACTED}` : whole,
+      );
+  }
   return value;
+}
+
+function decodeName(name: string): string {
+  try {
+    return decodeURIComponent(name.replace(/\+/g, ' '));
+  } catch {
+    return name;
+  }
 }
 
 export function redactConfig(config: BulwarkConfig): unknown {

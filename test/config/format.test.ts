@@ -56,6 +56,11 @@ describe('redactConfig', () => {
         nested: [{ db_password: { anything: 'x' } }],
       },
       upstreams: { app: { endpoints: ['https://user:pass@app.internal:8443'] } },
+      stores: {
+        pg: 'postgres://u:p@ss@db.internal:5432/audit',
+        redis: 'redis://cache.internal:6379/0?password=hunter3&db=2',
+        other: 'https://idp.example/jwks?client%5Fsecret=abc&kid=k1',
+      },
     } as unknown as BulwarkConfig;
     expect(redactConfig(config)).toEqual({
       listeners: [{ port: 1, tls: { cert: '/etc/tls/cert.pem', key: '/etc/tls/key.pem' } }],
@@ -69,6 +74,11 @@ describe('redactConfig', () => {
         nested: [{ db_password: '[redacted]' }],
       },
       upstreams: { app: { endpoints: ['https://[redacted]@app.internal:8443'] } },
+      stores: {
+        pg: 'postgres://[redacted]@db.internal:5432/audit',
+        redis: 'redis://cache.internal:6379/0?password=[redacted]&db=2',
+        other: 'https://idp.example/jwks?client%5Fsecret=[redacted]&kid=k1',
+      },
     });
     expect((config as unknown as { auth: { password: string } }).auth.password).toBe('hunter2');
   });
