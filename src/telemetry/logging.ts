@@ -132,6 +132,16 @@ const FIELD_IDS: Readonly<Record<AccessLogField, F>> = {
 };
 
 const MAX_USER_AGENT = 256;
+/** Client-chosen values (an HTTP/2 `:method`, a path, a token's tenant) are capped so a line stays small. */
+const MAX_METHOD = 32;
+const MAX_PATH = 2048;
+const MAX_HOST = 256;
+const MAX_TENANT = 256;
+
+/** `value`, cut to `max` UTF-16 units (no copy when it fits, the usual case). */
+function bounded(value: string, max: number): string {
+  return value.length > max ? value.slice(0, max) : value;
+}
 
 /**
  * One JSON line per request with the configured fields. The field list is
@@ -172,11 +182,11 @@ export class AccessLogger {
           if (ctx.trace !== null) line['span_id'] = ctx.trace.spanId;
           break;
         case F.method:
-          line['method'] = ctx.method;
+          line['method'] = bounded(ctx.method, MAX_METHOD);
           break;
         case F.path:
           // The canonical path, never the raw target: no query string, nothing a client smuggled.
-          if (ctx.path !== '') line['path'] = ctx.path;
+          if (ctx.path !== '') line['path'] = bounded(ctx.path, MAX_PATH);
           break;
         case F.route:
           line['route'] = ctx.route === null ? null : ctx.route.id;
@@ -194,14 +204,14 @@ export class AccessLogger {
           line['protocol'] = ctx.protocol;
           break;
         case F.host:
-          if (ctx.host !== '') line['host'] = ctx.host;
+          if (ctx.host !== '') line['host'] = bounded(ctx.host, MAX_HOST);
           break;
         case F.client_address:
           line['client_address'] = ctx.peerAddress;
           break;
         case F.user_agent: {
           const ua = ctx.headers['user-agent'];
-          if (typeof ua === 'string') line['user_agent'] = ua.length > MAX_USER_AGENT ? ua.slice(0, MAX_USER_AGENT) : ua;
+          if (typeof ua === 'string') line['user_agent'] = bounded(ua, MAX_USER_AGENT);
           break;
         }
         case F.decision:
@@ -211,7 +221,7 @@ export class AccessLogger {
           if (ctx.identity !== null) line['subject_hash'] = this.mask(ctx.identity.subject);
           break;
         case F.tenant:
-          if (ctx.identity?.tenant !== undefined) line['tenant'] = ctx.identity.tenant;
+          if (ctx.identity?.tenant !== undefined) line['tenant'] = bounded(ctx.identity.tenant, MAX_TENANT);
           break;
         case F.upstream:
           if (info?.upstream != null) line['upstream'] = info.upstream;

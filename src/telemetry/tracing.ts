@@ -15,6 +15,8 @@
  */
 import { createHash, randomFillSync } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
 import type { IncomingHttpHeaders } from 'node:http';
 import {
   ROOT_CONTEXT,
@@ -128,6 +130,10 @@ const headerGetter: TextMapGetter<IncomingHttpHeaders> = {
 /** Appends to the gateway's flat [name, value, …] upstream header list. */
 const flatSetter: TextMapSetter<string[]> = {
   set(carrier, key, value) {
+    // W3CTraceContextPropagator writes `tracestate` whenever the context has a TraceState, even
+    // one that parsed to nothing (a client's over-long or all-invalid header): an empty header is
+    // no list at all (W3C: omit it), so nothing is sent rather than `tracestate: `.
+    if (value === '') return;
     carrier.push(key, value);
   },
 };
@@ -329,6 +335,9 @@ export function ratioUpperBound(ratio: number): number {
   const r = typeof ratio !== 'number' || Number.isNaN(ratio) ? 0 : ratio >= 1 ? 1 : ratio <= 0 ? 0 : ratio;
   return r === 1 ? 0x100000000 : Math.floor(r * 0xffffffff);
 }
+
+/** Longest string attribute a span keeps (the SDK truncates past it); a path's worth, not a body's. */
+export const MAX_ATTRIBUTE_LENGTH = 2048;
 
 const POOL_BYTES = 8192;
 
@@ -601,7 +610,8 @@ class OtelServerSpan implements ServerSpan {
       if (rpc !== null) {
         span.setAttribute(ATTR_RPC_SERVICE, rpc.service);
         span.setAttribute(ATTR_RPC_METHOD, rpc.method);
-        span.updateName(`${rpc.service}/${rpc.method}`);
+        // The name is not covered by the SDK's attribute limit: a kilobytes-long path keeps the generic one.
+        if (rpc.service.length + rpc.method.length < MAX_ATTRIBUTE_LENGTH) span.updateName(`${rpc.service}/${rpc.method}`);
       }
       const grpcStatus = info?.grpcStatus ?? null;
       if (grpcStatus !== null) {
@@ -726,20 +736,44 @@ function toTraceContext(sc: SpanContext): NonNullable<RequestContext['trace']> {
     : { traceId: sc.traceId, spanId: sc.spanId, sampled: (sc.traceFlags & 1) === 1, traceState: state };
 }
 
+/** How long past the export timeout a batch's outcome may still arrive before it is reported as failed. */
+const EXPORT_GRACE_MS = 1000;
+
+/** The error reported for a batch whose export never answered; `code` is stable, the message is not. */
+export class ExportTimeoutError extends Error {
+  readonly code = 'telemetry.export_timeout';
+  constructor() {
+    super('trace export got no outcome within the export timeout');
+  }
+}
+
 /** Reports every export batch's outcome before passing it on. */
 class ObservedExporter implements SpanExporter {
   private readonly inner: SpanExporter;
   private readonly onExport: (spans: number, error: Error | null) => void;
-  constructor(inner: SpanExporter, onExport: (spans: number, error: Error | null) => void) {
+  private readonly deadlineMs: number;
+  constructor(inner: SpanExporter, onExport: (spans: number, error: Error | null) => void, timeoutMs: number) {
     this.inner = inner;
     this.onExport = onExport;
+    this.deadlineMs = timeoutMs + EXPORT_GRACE_MS;
   }
   export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+    // A collector that accepts the request and then trickles its answer never lets the socket
+    // idle out, so the OTLP exporter never calls back (the batch processor just gives up waiting):
+    // without this deadline such an outage would be neither counted nor logged. One timer per batch.
+    let reported = false;
+    const count = spans.length; // the timer keeps the count, not the spans
+    const timer = setTimeout(() => {
+      reported = true;
+      this.onExport(count, new ExportTimeoutError());
+    }, this.deadlineMs);
+    timer.unref();
     this.inner.export(spans, (result) => {
-      this.onExport(
-        spans.length,
-        result.code === ExportResultCode.SUCCESS ? null : (result.error ?? new Error('span export failed')),
-      );
+      clearTimeout(timer);
+      if (!reported) {
+        reported = true;
+        this.onExport(count, result.code === ExportResultCode.SUCCESS ? null : (result.error ?? new Error('span export failed')));
+      }
       resultCallback(result);
     });
   }
@@ -801,18 +835,23 @@ export class DecidedSampler implements Sampler {
 export function createTracing(config: ResolvedTelemetryConfig, options: TracingOptions = {}): Tracing {
   const traces = config.traces;
   if (traces.exporter === 'none') return new PassiveTracing();
+  // Our own agent, destroyed on shutdown: a send in flight to a collector that never finishes its
+  // answer would otherwise keep the process alive after it has stopped (bin/ waits for the loop).
+  let agent: HttpAgent | undefined;
   let exporter: SpanExporter =
     options.exporter ??
     (traces.exporter === 'console'
       ? new ConsoleSpanExporter()
       : new OTLPTraceExporter({
+          httpAgentOptions: (protocol: string) =>
+            (agent = protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })),
           url: traces.endpoint,
           headers: { ...traces.headers },
           timeoutMillis: traces.timeoutMs,
           // The exporter types this as an enum whose values are these very strings.
           compression: traces.compression as OtlpExporterOptions['compression'],
         }));
-  if (options.onExport !== undefined) exporter = new ObservedExporter(exporter, options.onExport);
+  if (options.onExport !== undefined) exporter = new ObservedExporter(exporter, options.onExport, traces.timeoutMs);
   // Console output is for a developer watching: show each span as it ends.
   const processor: SpanProcessor =
     options.simpleProcessor === true || traces.exporter === 'console'
@@ -833,9 +872,18 @@ export function createTracing(config: ResolvedTelemetryConfig, options: TracingO
     }),
     // Explicit, so OTEL_TRACES_SAMPLER in the environment cannot quietly override the config.
     sampler: new DecidedSampler(ids, createSampler(traces.sampler)),
+    // url.path, server.address, http.request.method_original come from the client (an HTTP/2
+    // :method or a path can be kilobytes): cap every span's strings so the queue's memory is too.
+    spanLimits: { attributeValueLengthLimit: MAX_ATTRIBUTE_LENGTH },
     spanProcessors: [processor],
   });
-  return new SdkTracing(provider, new TracingRuntime(provider.getTracer('bulwark', VERSION), traces, options, ids));
+  return new SdkTracing(
+    provider,
+    new TracingRuntime(provider.getTracer('bulwark', VERSION), traces, options, ids),
+    // A flush (each batch times out after timeoutMs) then the exporter's stop (waits for its sends).
+    2 * traces.timeoutMs + EXPORT_GRACE_MS,
+    () => agent?.destroy(),
+  );
 }
 
 class SdkTracing implements Tracing {
@@ -843,9 +891,17 @@ class SdkTracing implements Tracing {
   private readonly provider: BasicTracerProvider;
   private readonly runtime: TracingRuntime;
 
-  constructor(provider: BasicTracerProvider, runtime: TracingRuntime) {
+  /** The longest a flush or shutdown may take; past it the caller goes on and the spans are lost. */
+  private readonly stopMs: number;
+
+  /** Releases what the exporter holds open (its sockets), once stopped. */
+  private readonly release: () => void;
+
+  constructor(provider: BasicTracerProvider, runtime: TracingRuntime, stopMs: number, release: () => void) {
     this.provider = provider;
     this.runtime = runtime;
+    this.stopMs = stopMs;
+    this.release = release;
   }
 
   startServerSpan(ctx: RequestContext): ServerSpan {
@@ -891,13 +947,25 @@ class SdkTracing implements Tracing {
   }
 
   // Export failures are reported through `onExport`; flushing and stopping never throw at the caller.
+  // Bounded too: the OTLP exporter's stop waits for every send in flight, and a collector that
+  // trickles its answer keeps a send open for ever (the socket never idles out); `release` then
+  // closes those sockets, which otherwise kept a SIGTERM'd gateway from ever exiting.
   forceFlush(): Promise<void> {
-    return this.provider.forceFlush().catch(() => {});
+    return within(this.provider.forceFlush(), this.stopMs);
   }
 
   shutdown(): Promise<void> {
-    return this.provider.shutdown().catch(() => {});
+    return within(this.provider.shutdown(), this.stopMs).then(this.release);
   }
+}
+
+/** Settles when `work` does or after `ms`, whichever is first; never rejects. */
+function within(work: Promise<void>, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<void>((resolve) => {
+    timer = setTimeout(resolve, ms);
+  });
+  return Promise.race([work.catch(() => {}), deadline]).finally(() => clearTimeout(timer));
 }
 
 /** `exporter: none`: no spans; the caller's trace id is still read for the logs. */
