@@ -31,7 +31,9 @@ function post(path: string, body: string, headers: Record<string, string> = {}):
     path,
     headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
     clientAddress: '127.0.0.1',
-    body: [Buffer.from(body)],
+    body: (async function* () {
+      yield Buffer.from(body);
+    })(),
   });
 }
 
