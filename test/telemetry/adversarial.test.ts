@@ -138,7 +138,8 @@ describe('a collector that never finishes answering', () => {
     }
   }
 
-  it('is reported as a failed export once the timeout has passed, and only once', async () => {
+  /** A tracer (export timeout 100 ms) that has handed one span to a silent exporter. */
+  function oneSpanExported(): { exporter: SilentExporter; outcomes: [number, Error | null][] } {
     const exporter = new SilentExporter();
     const outcomes: [number, Error | null][] = [];
     const tracing = createTracing(resolveTelemetryConfig({ traces: { exporter: 'otlp', timeoutMs: 100 } }), {
@@ -149,6 +150,11 @@ describe('a collector that never finishes answering', () => {
     open.push(tracing);
     const ctx = makeContext();
     tracing.startServerSpan(ctx).end(ctx, 200);
+    return { exporter, outcomes };
+  }
+
+  it('is reported as a failed export once the timeout has passed, and only once', async () => {
+    const { exporter, outcomes } = oneSpanExported();
     expect(exporter.late).toHaveLength(1);
     expect(outcomes).toHaveLength(0);
     await new Promise((resolve) => setTimeout(resolve, 1300));
@@ -162,16 +168,7 @@ describe('a collector that never finishes answering', () => {
   });
 
   it('an export that answers in time is reported once, with its own outcome', async () => {
-    const exporter = new SilentExporter();
-    const outcomes: [number, Error | null][] = [];
-    const tracing = createTracing(resolveTelemetryConfig({ traces: { exporter: 'otlp', timeoutMs: 100 } }), {
-      exporter,
-      simpleProcessor: true,
-      onExport: (spans, error) => outcomes.push([spans, error]),
-    });
-    open.push(tracing);
-    const ctx = makeContext();
-    tracing.startServerSpan(ctx).end(ctx, 200);
+    const { exporter, outcomes } = oneSpanExported();
     exporter.late[0]!({ code: ExportResultCode.SUCCESS });
     await new Promise((resolve) => setTimeout(resolve, 1300));
     expect(outcomes).toEqual([[1, null]]);
