@@ -23,8 +23,22 @@ export interface RequestLike {
   readonly socket?: { readonly remoteAddress?: string | undefined; readonly remotePort?: number | undefined } | null;
 }
 
+/** The message came over an HTTP/1 connection (see `RequestLike.http1`). */
+function overHttp1(req: RequestLike): boolean {
+  return req.http1 ?? req instanceof IncomingMessage;
+}
+
+/**
+ * Whether `req` is an HTTP/2 stream: the one test everything downstream relies on (Host rules,
+ * Transfer-Encoding, the response path). An HTTP/1 line claiming `HTTP/2.0` is not one; `admit`
+ * refuses it (`request.http_version`).
+ */
+export function isHttp2(req: RequestLike): boolean {
+  return req.httpVersionMajor === 2 && !overHttp1(req);
+}
+
 export function contextFor(req: RequestLike, secure: boolean): RequestContext {
-  const isH2 = req.httpVersionMajor === 2;
+  const isH2 = isHttp2(req);
   const protocol: Protocol = isH2 ? (secure ? 'h2' : 'h2c') : req.httpVersionMinor === 0 ? 'http/1.0' : 'http/1.1';
   const incomingId = req.headers['x-request-id'];
   const socket = req.socket;
@@ -51,12 +65,11 @@ export function admit(
   settings: ListenerSettings,
   runtime: Runtime,
 ): BulwarkError | CompiledRoute {
-  // Such a message would pass for an HTTP/2 stream below (Host rules, the Transfer-Encoding check).
-  if (req.httpVersionMajor !== 1 && (req.http1 ?? req instanceof IncomingMessage))
-    return new BulwarkError('request.http_version');
+  // HTTP/1 framing with a request line claiming HTTP/2.0 or 0.9: nothing else here may guess its rules.
+  if (req.httpVersionMajor !== 1 && overHttp1(req)) return new BulwarkError('request.http_version');
   const raw = req.rawHeaders;
   if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
-  const isH2 = req.httpVersionMajor === 2;
+  const isH2 = ctx.protocol === 'h2' || ctx.protocol === 'h2c';
   const target = canonicalizeTarget(
     {
       method: ctx.method,

@@ -243,14 +243,8 @@ export class Gateway {
   }
 
   private handle(req: AnyRequest, res: AnyResponse, listener: BoundListener): void {
-    // Node's HTTP/1 parser also accepts `HTTP/2.0` (and `HTTP/0.9`) request lines; everything below
-    // reads `httpVersionMajor === 2` as "an HTTP/2 stream", so such a request would be handled as
-    // one (and crash the process on its missing stream). Only HTTP/1.0 and 1.1 come this way.
-    if (req.httpVersionMajor !== 1 && !(req instanceof Http2ServerRequest)) {
-      this.refuseHttpVersion(req as IncomingMessage, res as ServerResponse);
-      return;
-    }
-    const isH2 = req.httpVersionMajor === 2;
+    // Not `httpVersionMajor === 2`: Node's HTTP/1 parser takes `HTTP/2.0` lines too (admit() refuses them).
+    const isH2 = req instanceof Http2ServerRequest;
     // A request pipelined behind a response that announced `Connection: close` (RFC 9112 §9.6:
     // no further request on that connection is processed): its answer could never be sent.
     if (!isH2 && this.closing.has((req as IncomingMessage).socket)) return;
@@ -442,7 +436,14 @@ export class Gateway {
     const issuer = runtime.issuer;
     outcome.upstream = 'issuer';
     if (issuer === null) {
-      this.respondProblem(req, res, ctx, new BulwarkError('upstream.no_healthy_endpoint'), req.httpVersionMajor === 2, outcome);
+      this.respondProblem(
+        req,
+        res,
+        ctx,
+        new BulwarkError('upstream.no_healthy_endpoint'),
+        req instanceof Http2ServerRequest,
+        outcome,
+      );
       return;
     }
     void respondToAdmitted(issuer, ctx, req, res as unknown as ServerResponse).then((response) => {
@@ -551,21 +552,6 @@ export class Gateway {
       // Stop reading an unwanted body; the socket closes after the response.
       (req as IncomingMessage).resume();
     }
-  }
-
-  /** An HTTP/1 message claiming another version: answered like a parser error, before any stage. */
-  private refuseHttpVersion(req: IncomingMessage, res: ServerResponse): void {
-    const problem = new BulwarkError('request.http_version');
-    const body = renderProblem(problem, undefined);
-    res.shouldKeepAlive = false;
-    this.closing.add(req.socket);
-    res.writeHead(problem.status, {
-      'content-type': PROBLEM_CONTENT_TYPE,
-      'content-length': Buffer.byteLength(body),
-      connection: 'close',
-    });
-    res.end(body);
-    this.logger.debug({ code: 'request.http_version' }, 'client error');
   }
 
   private clientError(error: NodeJS.ErrnoException & { code?: string }, socket: Socket): void {
