@@ -95,16 +95,6 @@ function parseRecord(line: string): Record<string, unknown> | null {
   }
 }
 
-function parses(line: string): boolean {
-  if (line.length === 0 || line.charCodeAt(0) !== 0x7b /* { */) return false;
-  try {
-    JSON.parse(line);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Chunk size: many records per chunk, so a commit is a handful of `writev` vectors. */
 const CHUNK_BYTES = 1 << 20;
 
@@ -319,7 +309,7 @@ export class Wal {
         if (end === 0) return { count: 0, lastLine: null, validBytes: 0 };
         const start = buffer.lastIndexOf(0x0a, end - 2) + 1;
         const line = buffer.toString('utf8', start, end - 1);
-        if (parses(line)) {
+        if (parseRecord(line) !== null) {
           let count = 0;
           for (let i = buffer.indexOf(0x0a); i !== -1 && i < end; i = buffer.indexOf(0x0a, i + 1)) count++;
           return { count, lastLine: line, validBytes: end };

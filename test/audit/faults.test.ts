@@ -82,35 +82,28 @@ async function reopen(dir: string, sink: AuditSink): Promise<AuditLog> {
   return log;
 }
 
+/** Leaves `count` events undelivered, damages the cursor file, reopens: the ids a fresh sink then missed. */
+async function missedAfter(count: number, damage: (cursorFile: string) => void): Promise<string[]> {
+  const dir = setup();
+  const ids = await leaveInWal(dir, count);
+  damage(join(dir, 'wal', 'slot-0', 'cursors.json'));
+  const sink = new CollectingSink();
+  const log = await reopen(dir, sink);
+  await log.flush({ timeoutMs: 5_000 });
+  return ids.filter((id) => !sink.ids.includes(id));
+}
+
 describe('WAL cursor file lost or corrupted', () => {
   it('cursors.json deleted: the next start replays the WAL instead of skipping to the new chain', async () => {
-    const dir = setup();
-    const ids = await leaveInWal(dir, 30);
-    rmSync(join(dir, 'wal', 'slot-0', 'cursors.json'));
-    const sink = new CollectingSink();
-    const log = await reopen(dir, sink);
-    await log.flush({ timeoutMs: 5_000 });
-    expect(ids.filter((id) => !sink.ids.includes(id))).toEqual([]);
+    expect(await missedAfter(30, (file) => rmSync(file))).toEqual([]);
   });
 
   it('a cursor past the end of the WAL (corrupted) replays rather than skips', async () => {
-    const dir = setup();
-    const ids = await leaveInWal(dir, 30);
-    writeFileSync(join(dir, 'wal', 'slot-0', 'cursors.json'), JSON.stringify({ v: 1, sinks: { collect: 1e9 } }));
-    const sink = new CollectingSink();
-    const log = await reopen(dir, sink);
-    await log.flush({ timeoutMs: 5_000 });
-    expect(ids.filter((id) => !sink.ids.includes(id))).toEqual([]);
+    expect(await missedAfter(30, (file) => writeFileSync(file, JSON.stringify({ v: 1, sinks: { collect: 1e9 } })))).toEqual([]);
   });
 
   it('garbage in cursors.json replays too', async () => {
-    const dir = setup();
-    const ids = await leaveInWal(dir, 10);
-    writeFileSync(join(dir, 'wal', 'slot-0', 'cursors.json'), '\u0000\u0001garbage');
-    const sink = new CollectingSink();
-    const log = await reopen(dir, sink);
-    await log.flush({ timeoutMs: 5_000 });
-    expect(ids.filter((id) => !sink.ids.includes(id))).toEqual([]);
+    expect(await missedAfter(10, (file) => writeFileSync(file, '\u0000\u0001garbage'))).toEqual([]);
   });
 });
 
