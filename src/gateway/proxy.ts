@@ -67,8 +67,8 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     attempt: UpstreamAttempt,
     retriesLeft: number,
     deadline: number,
+    totalMs: number,
   ) {
-    const totalMs = Math.max(1, deadline - performance.now());
     this.res = res;
     this.request = request;
     this.retriesLeft = retriesLeft;
@@ -150,11 +150,14 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   private retried(failure: BulwarkError): boolean {
     const request = this.request;
     if (!isRetryable(failure, request.method, request.body !== null)) return false;
-    if (this.deadline - performance.now() < 1) return false;
+    const remaining = this.deadline - performance.now();
+    if (remaining < 1) return false;
     const { res, hooks, endpoint, retriesLeft, deadline } = this;
     // Another endpoint when there is one: the one that just failed is the likeliest to fail again.
     // Deferred: this runs inside undici's error path for the pool the retry may reuse.
-    queueMicrotask(() => dispatchAttempt(request, res, hooks, request.upstream.pick(endpoint), retriesLeft - 1, deadline));
+    queueMicrotask(() =>
+      dispatchAttempt(request, res, hooks, request.upstream.pick(endpoint), retriesLeft - 1, deadline, remaining),
+    );
     return true;
   }
 
@@ -256,7 +259,8 @@ export function forward(request: ForwardRequest, res: ClientResponse, hooks: Exc
   const upstream = request.upstream;
   // Once more for a stale pooled connection; with several endpoints, up to three get a turn.
   const retries = upstream.endpoints.length > 2 ? 2 : 1;
-  dispatchAttempt(request, res, hooks, upstream.pick(), retries, performance.now() + request.timeouts.totalMs);
+  const totalMs = request.timeouts.totalMs;
+  dispatchAttempt(request, res, hooks, upstream.pick(), retries, performance.now() + totalMs, totalMs);
 }
 
 function dispatchAttempt(
@@ -266,6 +270,8 @@ function dispatchAttempt(
   endpoint: Endpoint | null,
   retriesLeft: number,
   deadline: number,
+  /** What is left of the budget now (`deadline` minus the present, read once by the caller). */
+  totalMs: number,
 ): void {
   if (endpoint === null) {
     const error = new BulwarkError('upstream.no_healthy_endpoint');
@@ -276,7 +282,7 @@ function dispatchAttempt(
   const ctx = request.ctx;
   const attempt = request.telemetry.startUpstream(request.span, request.upstream.name, endpoint.origin, request.method);
   attempt.inject(request.headers);
-  const exchange = new ProxyExchange(res, endpoint, request, hooks, attempt, retriesLeft, deadline);
+  const exchange = new ProxyExchange(res, endpoint, request, hooks, attempt, retriesLeft, deadline, totalMs);
   const path = ctx.query === '' ? ctx.path : ctx.path + '?' + ctx.query;
   endpoint.pool.dispatch(
     {
