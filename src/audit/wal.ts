@@ -148,18 +148,17 @@ export class LineChunks {
 }
 
 /**
- * The bytes of `entries[from…]`, newlines included, as few buffers as possible:
+ * The bytes of `entries`, newlines included, as few buffers as possible:
  * adjacent lines of one chunk are one view; lines without bytes (read back from
  * disk) are encoded.
  */
-export function entryBytes(entries: readonly WalEntry[], from = 0): Buffer[] {
+export function entryBytes(entries: readonly WalEntry[]): Buffer[] {
   const out: Buffer[] = [];
   let buffer: Buffer | undefined;
   let start = 0;
   let end = 0;
   let text = '';
-  for (let i = from; i < entries.length; i++) {
-    const entry = entries[i] as WalEntry;
+  for (const entry of entries) {
     if (entry.buffer === undefined) {
       if (buffer !== undefined) out.push(buffer.subarray(start, end));
       buffer = undefined;

@@ -6,14 +6,13 @@
  * `audit verify --file audit.jsonl` finds the rotated files by itself.
  *
  * Idempotency: a file cannot `ON CONFLICT`, so on open the sink reads its last
- * line, and the first batch it is given after a restart (which, with the cursor
- * saved after every file batch, starts at most one batch back) is skipped up to
- * and including that record.
+ * line and hands that record's id to the log (`takeResumePoint`), which starts
+ * the replay after it.
  */
 import { access, mkdir, open, readdir, rename, stat, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, extname, join } from 'node:path';
 import { entryBytes, writeAll, type WalEntry } from '../wal.js';
-import { recordOf, type AuditSink } from './sink.js';
+import type { AuditSink } from './sink.js';
 
 export interface FileSinkOptions {
   path: string;
@@ -96,7 +95,7 @@ async function exists(path: string): Promise<boolean> {
 export class FileSink implements AuditSink {
   readonly name: string;
   readonly batchSize: number;
-  readonly exactCursor = true;
+  readonly exactCursor = false;
   readonly #options: FileSinkOptions;
   #handle: FileHandle | null = null;
   #size = 0;
@@ -105,7 +104,7 @@ export class FileSink implements AuditSink {
   #ino = 0;
   /** Stamp (ms) of the last rotated name: names are unique by it, so a rename never replaces a rotated file. */
   #rotatedAt = 0;
-  /** Id of the last record already in the file when opened: the replay skips through it once. */
+  /** Id of the last record already in the file when opened, until the log takes it. */
   #resumeAfter: string | null = null;
 
   constructor(options: FileSinkOptions) {
@@ -189,15 +188,14 @@ export class FileSink implements AuditSink {
     }
   }
 
+  takeResumePoint(): string | null {
+    const id = this.#resumeAfter;
+    this.#resumeAfter = null;
+    return id;
+  }
+
   async write(batch: readonly WalEntry[]): Promise<void> {
-    let from = 0;
-    if (this.#resumeAfter !== null) {
-      const resumeAfter = this.#resumeAfter;
-      const at = batch.findIndex((entry) => recordOf(entry)['id'] === resumeAfter);
-      if (at !== -1) from = at + 1;
-      this.#resumeAfter = null;
-    }
-    if (from >= batch.length) return;
+    if (batch.length === 0) return;
     // Appending to a file that was deleted (or its directory) would acknowledge records nobody can read.
     if (this.#handle !== null && !(await this.#stillLive())) {
       await this.#handle.close().catch(() => {});
@@ -206,7 +204,7 @@ export class FileSink implements AuditSink {
     if (this.#handle === null) await this.#openLive();
     await this.#rotateIfDue();
     // The bytes the WAL wrote, as they are (a few views for a whole batch): one writev, no encoding.
-    const data = entryBytes(batch, from);
+    const data = entryBytes(batch);
     const handle = this.#handle as FileHandle;
     let written: number;
     try {

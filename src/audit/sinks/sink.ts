@@ -3,7 +3,7 @@
  * batch at a time (the next batch only after the previous one resolved), and
  * must be idempotent by record id: after a crash the WAL re-sends what a sink
  * may already hold (SQL stores use `ON CONFLICT (id) DO NOTHING`; the file sink
- * skips what its tail already has; a webhook receiver dedups by id).
+ * names its last line, `takeResumePoint`; a webhook receiver dedups by id).
  *
  * `write` resolving means the batch is stored as durably as the sink can make
  * it: the WAL segment holding it may then be deleted. A rejection is retried
@@ -16,10 +16,18 @@ export interface AuditSink {
   readonly name: string;
   readonly batchSize: number;
   /**
-   * Sinks that cannot deduplicate on their own (files) need the cursor saved
-   * after every batch, so a replay re-sends at most the last batch.
+   * Sinks that can neither deduplicate nor read back what they hold (stdout) have
+   * the cursor saved after every batch, so a replay re-sends at most the last
+   * batch. Others have it saved once a second: it costs a file write and a rename.
    */
   readonly exactCursor: boolean;
+  /**
+   * For a store that cannot `ON CONFLICT` but can read back what it holds (a
+   * file): the id of the newest record it had when it opened, given once. The log
+   * moves the sink's cursor past that record in the WAL, so a replay after a
+   * crash starts right after it however far the saved cursor lagged.
+   */
+  takeResumePoint?(): string | null;
   /**
    * `write` reads each entry's indexed columns (`columnsOf`: the SQL stores). The log then takes
    * them as it builds each record; without it, `columnsOf` has to parse the line.
