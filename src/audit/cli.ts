@@ -9,6 +9,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadPublicKey } from './keys.js';
+import { AUDIT_DECISIONS } from './event.js';
 import { parseSince, queryAudit, type AuditQuery } from './query.js';
 import type { AuditSource } from './sources.js';
 import { verifyAudit, type VerifyIssue, type VerifyReport } from './verify.js';
@@ -71,7 +72,7 @@ Exit codes: 0 intact, 1 tampered or truncated, 2 usage error or unreadable store
 `,
   query: `Usage: bulwark audit query (--file F | --sqlite F | --postgres URL [--table T])
                            [--since 1h|TIME] [--until TIME] [--subject S] [--tenant T]
-                           [--decision allow|deny|error] [--route R] [--action A]
+                           [--decision allow|deny|limit|error] [--route R] [--action A]
                            [--kind request|event|gap|checkpoint|start] [--request-id ID]
                            [--limit N] [--json]
 
@@ -279,7 +280,8 @@ async function queryCommand(argv: string[], io: CliIo): Promise<number> {
     query[field] = date;
   }
   if (values.decision !== undefined) {
-    if (!['allow', 'deny', 'error'].includes(values.decision)) throw new UsageError('--decision expects allow, deny or error');
+    if (!(AUDIT_DECISIONS as readonly string[]).includes(values.decision))
+      throw new UsageError('--decision expects allow, deny, limit or error');
     query.decision = values.decision as AuditQuery['decision'];
   }
   if (values.kind !== undefined) {

@@ -17,7 +17,24 @@ import type { RequestContext } from '../core/context.js';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
-export type AuditDecision = 'allow' | 'deny' | 'error';
+/**
+ * `deny`: a stage or the gateway refused the request (authentication, RBAC, no route, a
+ * malformed or bypassing path); `limit`: a rate, concurrency or overload limit refused it;
+ * `error`: it was admitted (or could not be judged) and failed: upstream, internal, client gone.
+ */
+export type AuditDecision = 'allow' | 'deny' | 'limit' | 'error';
+export const AUDIT_DECISIONS: readonly AuditDecision[] = ['allow', 'deny', 'limit', 'error'];
+
+/** The verdict of a refusal that no stage recorded (admission, routing, the gateway's own gates), by its code. */
+function refusalOf(code: string): AuditDecision {
+  if (code.startsWith('ratelimit.')) return 'limit';
+  if (code === 'request.aborted') return 'error';
+  // Deny by default is a decision: no route, and every request shape the normalizer refuses.
+  if (code.startsWith('request.') || code.startsWith('route.') || code.startsWith('jwt.') || code.startsWith('rbac.'))
+    return 'deny';
+  if (code.startsWith('issuer.')) return 'deny';
+  return 'error';
+}
 
 /** One stage's verdict as recorded (a compact copy of the context's DecisionRecord). */
 export interface AuditStageDecision {
@@ -280,13 +297,13 @@ export function eventFromContext(
   let policy: string | null = null;
   let rule: string | null = null;
   if (deciding !== null) {
-    decision = 'deny';
+    decision = deciding.stage === 'ratelimit' ? 'limit' : 'deny';
     stage = deciding.stage;
     reason = deciding.code;
     policy = detailString(deciding.detail, POLICY_KEYS);
     rule = detailString(deciding.detail, RULE_KEYS);
   } else if (outcome.error !== undefined) {
-    decision = 'error';
+    decision = refusalOf(outcome.error.code);
     stage = outcome.error.stage ?? null;
     reason = outcome.error.code;
   } else if (lastAllow !== null) {

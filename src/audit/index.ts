@@ -4,7 +4,7 @@ export type { CliIo } from './cli.js';
 export { canonicalize, CanonicalizationError } from './canonical.js';
 export { GENESIS_HASH, hashInput, signatureInput } from './chain.js';
 export { AuditClock, formatTimestamp, parseTimestamp, UuidV7, UUID_V7 } from './clock.js';
-export { AUDIT_SCHEMA_VERSION, compileExtraFields, eventFromContext, NO_EXTRAS } from './event.js';
+export { AUDIT_DECISIONS, AUDIT_SCHEMA_VERSION, compileExtraFields, eventFromContext, NO_EXTRAS } from './event.js';
 export type {
   AuditDecision,
   AuditInput,

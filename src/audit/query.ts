@@ -8,6 +8,7 @@
  * records are genuine (verify also checks the SQL columns agree with them).
  */
 import { formatTimestamp } from './clock.js';
+import type { AuditDecision } from './event.js';
 import { readSource, type AuditSource } from './sources.js';
 
 export interface AuditQuery {
@@ -16,7 +17,7 @@ export interface AuditQuery {
   until?: string | Date;
   subject?: string;
   tenant?: string;
-  decision?: 'allow' | 'deny' | 'error';
+  decision?: AuditDecision;
   route?: string;
   action?: string;
   kind?: 'request' | 'event' | 'gap' | 'checkpoint' | 'start';

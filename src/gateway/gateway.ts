@@ -9,7 +9,15 @@ import type { Logger } from '../telemetry/logger.js';
 import { createTelemetry, type ServerSpan, type Telemetry } from '../telemetry/index.js';
 import { InFlightGate, overloadedError, releaseLimits } from '../limits/index.js';
 import type { AuditLog } from '../audit/index.js';
-import { forwardGrpc, GrpcHealthService, grpcPoolFor, isGrpcRequest, sendGrpcDenial } from '../grpc/index.js';
+import {
+  forwardGrpc,
+  GrpcHealthService,
+  grpcPoolFor,
+  GrpcStatus,
+  grpcStatusFor,
+  isGrpcRequest,
+  sendGrpcDenial,
+} from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { upstreamRequestHeaders } from './headers.js';
@@ -40,6 +48,8 @@ class Outcome {
   code: string | null = null;
   upstream: string | null = null;
   bytes = -1;
+  /** The gRPC status the client got (gRPC calls only; set when it is decided, before the stream closes). */
+  grpcStatus: number | null = null;
 }
 
 /**
@@ -254,6 +264,7 @@ export class Gateway {
     const span = this.telemetry.startRequest(ctx);
     const outcome = new Outcome();
     const grpc = isH2 && isGrpcRequest(req);
+    const health = grpc && this.grpcHealth.handles(ctx.rawTarget);
     let released = false;
     let closed = false;
     let abandoned = false; // queued behind another response when the client left: nothing reached it
@@ -276,6 +287,8 @@ export class Gateway {
       closed = true;
       release();
       const status = res.headersSent && !abandoned ? res.statusCode : 499;
+      // A call whose status was never decided ended with the client's reset: CANCELLED, as the client saw it.
+      if (grpc && outcome.grpcStatus === null && !health) outcome.grpcStatus = GrpcStatus.CANCELLED;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
       if (this.audit !== null) this.recordAudit(req, ctx, status, outcome);
     });
@@ -291,7 +304,7 @@ export class Gateway {
       socket.once('close', gone);
       res.once('close', () => socket.off('close', gone));
     }
-    if (grpc && this.grpcHealth.handles(ctx.rawTarget)) {
+    if (health) {
       this.grpcHealth.serve((req as Http2ServerRequest).stream, req.headers);
       return;
     }
@@ -464,6 +477,7 @@ export class Gateway {
         bytesOut: outcome.bytes,
         clientIp: ctx.clientAddress,
         ...(outcome.code === null ? {} : { error: { code: outcome.code } }),
+        ...(outcome.grpcStatus === null ? {} : { grpcStatus: outcome.grpcStatus }),
       }),
     );
     if (result.status === 'rejected') this.telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
@@ -481,7 +495,8 @@ export class Gateway {
   ): void {
     if (!grpc) return this.respondProblem(req, res, ctx, error, isH2, outcome);
     outcome.code = error.code;
-    if (!res.headersSent && !res.destroyed) sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId);
+    if (!res.headersSent && !res.destroyed && sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId))
+      outcome.grpcStatus = grpcStatusFor(error);
   }
 
   private proxyGrpc(
@@ -506,6 +521,7 @@ export class Gateway {
       stripMetadata: null,
       extraHeaders: null,
       forwarded: { for: trusted ? `${xff}, ${peer}` : peer, proto: ctx.secure ? 'https' : 'http' },
+      onStatus: (status) => (outcome.grpcStatus = status),
       onDone: (_status, error) => {
         release();
         if (error !== undefined) {

@@ -112,6 +112,11 @@ export interface ForwardGrpcOptions {
   forwarded?: { readonly for: string; readonly proto: string };
   /** Once per call, when the client stream has closed: the gRPC status the client got, and the error behind it. */
   onDone(status: number, error?: BulwarkError): void;
+  /**
+   * The status, as soon as it is decided and before it is sent (so before the server
+   * response's 'close', which comes ahead of `onDone`); not called for a client's cancel.
+   */
+  onStatus?(status: number): void;
 }
 
 /**
@@ -579,6 +584,7 @@ class GrpcProxyCall implements DeadlineEntry {
   private settle(status: number, error: BulwarkError | undefined): void {
     this.status = status;
     this.error = error;
+    this.options.onStatus?.(status);
     deadlines.remove(this);
   }
 

@@ -110,6 +110,25 @@ describe('eventFromContext', () => {
       error: { code: 'upstream.timeout', stage: 'forward' },
     });
     expect(failed).toMatchObject({ decision: 'error', stage: 'forward', reason: 'upstream.timeout', grpcMethod: null });
+    // Refusals no stage recorded take their verdict from the code: deny by default is a deny.
+    const verdict = (code: string, status: number) =>
+      eventFromContext(ctx, { status, latencyMs: 1, bytesIn: 0, bytesOut: 0, clientIp: '1.2.3.4', error: { code } }).decision;
+    expect(verdict('route.not_found', 404)).toBe('deny');
+    expect(verdict('request.path_encoded_slash', 400)).toBe('deny');
+    expect(verdict('request.http_version', 400)).toBe('deny');
+    expect(verdict('issuer.invalid_client', 401)).toBe('deny');
+    expect(verdict('ratelimit.overloaded', 503)).toBe('limit');
+    expect(verdict('request.aborted', 499)).toBe('error');
+    expect(verdict('gateway.internal', 500)).toBe('error');
+    expect(verdict('audit.unavailable', 503)).toBe('error');
+    const limited = context();
+    limited.decisions.push({ stage: 'ratelimit', outcome: 'deny', code: 'ratelimit.exceeded', detail: { policy: 'per-client' } });
+    expect(eventFromContext(limited, { status: 429, latencyMs: 1, bytesIn: 0, bytesOut: 0, clientIp: '1.2.3.4' })).toMatchObject({
+      decision: 'limit',
+      stage: 'ratelimit',
+      reason: 'ratelimit.exceeded',
+      policy: 'per-client',
+    });
     const allowed = eventFromContext(ctx, {
       status: 200,
       latencyMs: 1,

@@ -1,0 +1,156 @@
+/**
+ * The gRPC status a client gets is what the gateway's span (`rpc.grpc.status_code`) and
+ * audit record (`grpcStatus`) say, whoever decided it: the upstream, a denial, the
+ * gateway's deadline or the client's own cancel.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { SpanKind, SpanStatusCode } from '@opentelemetry/api';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createAuditLog, type AuditLog, type AuditSink, type WalEntry } from '../../src/audit/index.js';
+import { parseConfig } from '../../src/config/load.js';
+import { Gateway } from '../../src/gateway/gateway.js';
+import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import { createLogger } from '../../src/telemetry/logger.js';
+import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
+import { auditConfig } from '../audit/helpers.js';
+import { echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
+
+const lines: string[] = [];
+const sink: AuditSink = {
+  name: 'memory',
+  batchSize: 1000,
+  exactCursor: false,
+  open: async () => {},
+  write: async (batch: readonly WalEntry[]) => void lines.push(...batch.map((e) => e.line)),
+  close: async () => {},
+};
+
+describe('gRPC outcome in spans and audit', () => {
+  const exporter = new InMemorySpanExporter();
+  const dir = mkdtempSync(join(tmpdir(), 'bulwark-grpc-outcome-'));
+  let upstream: EchoUpstream;
+  let gateway: Gateway;
+  let telemetry: Telemetry;
+  let audit: AuditLog;
+  let client: EchoClientInstance;
+
+  beforeAll(async () => {
+    upstream = await startEchoUpstream();
+    const loaded = parseConfig(
+      `version: 1
+listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
+upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
+telemetry: { traces: { exporter: otlp } }
+routes:
+  - { id: echo, match: { path: { prefix: /test.Echo/ } }, upstream: echo, auth: { public: true } }
+`,
+      'grpc.yaml',
+      { checks: CONFIG_CHECKS },
+    );
+    const logger = createLogger({ level: 'silent' });
+    telemetry = createTelemetry(loaded.config, { logger, role: 'single', spanExporter: exporter, simpleSpanProcessor: true });
+    audit = await createAuditLog(auditConfig(dir), { logger, sinks: [sink] });
+    gateway = new Gateway({ logger, telemetry, audit });
+    await gateway.start(loaded.config, loaded.hash);
+    client = echoClient([...gateway.ports().values()][0]!);
+  });
+  afterAll(async () => {
+    client.close();
+    await gateway.stop(1000);
+    await audit.close();
+    await telemetry.shutdown();
+    await upstream.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    exporter.reset();
+    lines.length = 0;
+  });
+
+  /** One unary call; the status the client saw (0 for OK). */
+  function unary(metadata: Record<string, string>, options: grpc.CallOptions = {}, cancelAfterMs?: number): Promise<number> {
+    const md = new grpc.Metadata();
+    for (const [k, v] of Object.entries(metadata)) md.set(k, v);
+    return new Promise((resolve) => {
+      const call = client.Unary(Buffer.from('ping'), md, options, (err) => resolve(err === null ? 0 : err.code));
+      if (cancelAfterMs !== undefined) setTimeout(() => call.cancel(), cancelAfterMs);
+    });
+  }
+
+  /** The server span and the request audit record of the single call just made. */
+  async function observed(
+    path: string,
+  ): Promise<{ span: ReturnType<InMemorySpanExporter['getFinishedSpans']>[number]; record: Record<string, unknown> }> {
+    let record: Record<string, unknown> | undefined;
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      await audit.flush();
+      record = lines
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .find((r) => r['kind'] === 'request' && r['path'] === path);
+      const span = exporter.getFinishedSpans().find((s) => s.kind === SpanKind.SERVER);
+      if (record !== undefined && span !== undefined) return { span, record };
+      if (Date.now() > deadline) throw new Error(`no span or audit record for ${path}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
+  it('OK from the upstream', async () => {
+    expect(await unary({})).toBe(grpc.status.OK);
+    const { span, record } = await observed('/test.Echo/Unary');
+    expect(span.attributes['rpc.grpc.status_code']).toBe(0);
+    expect(span.status.code).not.toBe(SpanStatusCode.ERROR);
+    expect(record).toMatchObject({ grpcStatus: 0, grpcMethod: '/test.Echo/Unary', status: 200, decision: 'allow' });
+  });
+
+  it.each([
+    ['NOT_FOUND, a client error', grpc.status.NOT_FOUND, false],
+    ['PERMISSION_DENIED, a client error', grpc.status.PERMISSION_DENIED, false],
+    ['UNAVAILABLE, a server error', grpc.status.UNAVAILABLE, true],
+    ['INTERNAL, a server error', grpc.status.INTERNAL, true],
+  ])('the upstream answers %s', async (_name, code, serverError) => {
+    expect(await unary({ 'x-status': String(code) })).toBe(code);
+    const { span, record } = await observed('/test.Echo/Unary');
+    expect(span.attributes['rpc.grpc.status_code']).toBe(code);
+    expect(span.status.code === SpanStatusCode.ERROR).toBe(serverError);
+    expect(record['grpcStatus']).toBe(code);
+  });
+
+  it('a denial: the status the gateway sent', async () => {
+    const md = new grpc.Metadata();
+    const code = await new Promise<number>((resolve) =>
+      client.makeUnaryRequest(
+        '/other.Service/Call',
+        (b: Buffer) => b,
+        (b: Buffer) => b,
+        Buffer.from('x'),
+        md,
+        {},
+        (err) => resolve(err === null ? 0 : err.code),
+      ),
+    );
+    expect(code).not.toBe(grpc.status.OK);
+    const { span, record } = await observed('/other.Service/Call');
+    expect(span.attributes['rpc.grpc.status_code']).toBe(code);
+    expect(record).toMatchObject({ grpcStatus: code, decision: 'deny', reason: 'route.not_found' });
+  });
+
+  it("the gateway's deadline: DEADLINE_EXCEEDED", async () => {
+    expect(await unary({ 'x-delay-ms': '2000' }, { deadline: Date.now() + 200 })).toBe(grpc.status.DEADLINE_EXCEEDED);
+    const { span, record } = await observed('/test.Echo/Unary');
+    // The gateway enforces the client's grpc-timeout itself and says so in the status it sends.
+    expect(span.attributes['rpc.grpc.status_code']).toBe(grpc.status.DEADLINE_EXCEEDED);
+    expect(record['grpcStatus']).toBe(grpc.status.DEADLINE_EXCEEDED);
+  });
+
+  it("the client's cancel: CANCELLED", async () => {
+    expect(await unary({ 'x-delay-ms': '2000' }, {}, 100)).toBe(grpc.status.CANCELLED);
+    const { span, record } = await observed('/test.Echo/Unary');
+    expect(span.attributes['rpc.grpc.status_code']).toBe(grpc.status.CANCELLED);
+    expect(record['grpcStatus']).toBe(grpc.status.CANCELLED);
+  });
+});
