@@ -15,8 +15,14 @@ export type { ConfigCheck, ConfigIssue, LoadedConfig } from './config/load.js';
 export type { BulwarkConfig } from './config/schema.js';
 export { Gateway } from './gateway/gateway.js';
 export { Bulwark, createBulwark } from './adapters/bulwark.js';
-export type { BulwarkOptions, BulwarkRequestState, Evaluation } from './adapters/bulwark.js';
+export type { BulwarkOptions, BulwarkRequestState, CompletionInfo, Evaluation } from './adapters/bulwark.js';
 export { bulwarkFastify } from './adapters/fastify.js';
+// Audit (src/audit): the tamper-evident log on its own (createBulwark opens one from `audit`), and its verifier.
+export { createAuditLog, verifyAudit } from './audit/index.js';
+export type { AuditInput, AuditLog, AuditLogOptions, AuditSink, AuditSource, VerifyReport } from './audit/index.js';
+// Telemetry (src/telemetry): the engine's traces, metrics and logs (createBulwark builds one from `telemetry`).
+export { createLogger, createTelemetry, Telemetry } from './telemetry/index.js';
+export type { Logger, TelemetryOptions } from './telemetry/index.js';
 // gRPC (src/grpc): grpc-js interceptors for services, statuses and health for any adapter.
 export {
   bearerTokenInterceptor,

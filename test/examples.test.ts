@@ -45,7 +45,9 @@ function keyEnv(file: string): Record<string, string> {
   }
   return env;
 }
-const allKeyEnv = Object.assign({}, ...configs.map(keyEnv)) as Record<string, string>;
+// The library examples' audit log (`${BULWARK_EXAMPLE_DATA:-.data}`): this test's own place too.
+const dataDir = join(keysDir, 'data');
+const allKeyEnv = { ...Object.assign({}, ...configs.map(keyEnv)), BULWARK_EXAMPLE_DATA: dataDir } as Record<string, string>;
 
 beforeAll(async () => {
   if (!existsSync(join(ROOT, 'dist', 'index.js'))) throw new Error('examples run from dist/: build first (npm run build)');
@@ -108,7 +110,7 @@ interface Service {
 function startExample(name: string): Promise<Service> {
   const child = spawn(process.execPath, [join(EXAMPLES, name, 'server.js')], {
     cwd: ROOT,
-    env: { ...process.env, ...allKeyEnv, PORT: '0', HOST: '127.0.0.1' },
+    env: { ...process.env, ...allKeyEnv, BULWARK_EXAMPLE_DATA: join(dataDir, name), PORT: '0', HOST: '127.0.0.1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let out = '';
@@ -217,5 +219,31 @@ describe.each(['node-http', 'express', 'fastify'])('examples/%s/server.js', (nam
   it('stops cleanly on SIGTERM', async () => {
     service.child.kill('SIGTERM');
     expect(await service.exited).toBe(0);
+  });
+
+  it("audited every request it answered, and the service's business events, in a chain that verifies", async () => {
+    const dir = join(dataDir, name);
+    const files = readdirSync(dir).filter((f) => /^audit-\d+\.jsonl$/.test(f));
+    expect(files.length).toBeGreaterThan(0);
+    const records = files.flatMap((f) =>
+      readFileSync(join(dir, f), 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Record<string, unknown>),
+    );
+    const requests = records.filter((r) => r['kind'] === 'request');
+    const verdict = (path: string, status: number) => requests.find((r) => r['path'] === path && r['status'] === status);
+    expect(verdict('/healthz', 200)).toMatchObject({ decision: 'allow', route: 'health' });
+    expect(verdict('/orders', 401)).toMatchObject({ decision: 'deny', stage: 'authn' });
+    expect(verdict('/orders', 403)).toMatchObject({ decision: 'deny', stage: 'authz' });
+    expect(verdict('/admin', 404)).toMatchObject({ decision: 'deny', reason: 'route.not_found' });
+    expect(verdict('/orders', 201)).toMatchObject({ decision: 'allow', subject: 'carl', roles: ['clerk'] });
+    const created = records.find((r) => r['action'] === 'order.created');
+    expect(created).toMatchObject({ kind: 'event', subject: 'carl' });
+    expect((created!['details'] as { requestId: string }).requestId).toBe(verdict('/orders', 201)!['requestId']);
+    const verified = spawnSync(process.execPath, [BIN, 'audit', 'verify', '--file', ...files.map((f) => join(dir, f))], {
+      encoding: 'utf8',
+    });
+    expect(verified.status).toBe(0);
   });
 });

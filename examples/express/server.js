@@ -33,6 +33,9 @@ app.get('/orders/:id', (req, res) => {
   res.json({ ...order, caller: req.bulwark.identity.subject });
 });
 app.post('/orders', (req, res) => {
+  const { identity, requestId } = req.bulwark;
+  // A business event, in the same tamper-evident chain as Bulwark's own decisions.
+  bulwark.audit.record({ action: 'order.created', subject: identity.subject, resource: 'order:new', details: { requestId } });
   res.status(201).json({ created: true, by: req.bulwark.identity.subject, requestId: req.bulwark.requestId });
 });
 

@@ -30,9 +30,12 @@ app.get('/orders/:id', async (request, reply) => {
   if (!order) return reply.code(404).send({ error: 'not found' });
   return { ...order, caller: request.bulwark.identity.subject };
 });
-app.post('/orders', async (request, reply) =>
-  reply.code(201).send({ created: true, by: request.bulwark.identity.subject, requestId: request.bulwark.requestId }),
-);
+app.post('/orders', async (request, reply) => {
+  const { identity, requestId } = request.bulwark;
+  // A business event, in the same tamper-evident chain as Bulwark's own decisions.
+  bulwark.audit.record({ action: 'order.created', subject: identity.subject, resource: 'order:new', details: { requestId } });
+  return reply.code(201).send({ created: true, by: identity.subject, requestId });
+});
 
 await app.listen({ port: Number(process.env.PORT ?? 3000), host: process.env.HOST ?? '127.0.0.1' });
 const { address, port } = app.server.address();

@@ -31,6 +31,8 @@ const server = http.createServer(
     if (pathname === '/orders' && req.method === 'GET') return send(res, 200, { orders: ORDERS, caller: identity.subject });
     if (pathname === '/orders' && req.method === 'POST') {
       req.resume(); // a real service would read the body here
+      // A business event, in the same tamper-evident chain as Bulwark's own decisions.
+      bulwark.audit.record({ action: 'order.created', subject: identity.subject, resource: 'order:new', details: { requestId } });
       return send(res, 201, { created: true, by: identity.subject, requestId });
     }
     const match = /^\/orders\/([^/]+)$/.exec(pathname);

@@ -9,6 +9,8 @@ import { LIBRARY_CHECKS } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
 import { respondToAdmitted } from '../issuer/http.js';
 import type { Issuer } from '../issuer/issuer.js';
+import { createAuditLog, type AuditLog } from '../audit/index.js';
+import { createLogger, createTelemetry, type Logger, type ServerSpan, type Telemetry } from '../telemetry/index.js';
 
 export interface BulwarkOptions {
   /** A config file path, or the config itself (validated exactly like a file). */
@@ -19,6 +21,28 @@ export interface BulwarkOptions {
   paths?: Partial<PathPolicyConfig>;
   /** Whether the service is reached over TLS (sets the scheme used for absolute-form targets). */
   secure?: boolean;
+  /**
+   * Where the engine logs (pino; a child is used, so the config's `telemetry.logs.level` does not
+   * change yours). Default: JSON lines on stdout.
+   */
+  logger?: Logger;
+  /**
+   * The audit log to record every decision into. Default: one opened from the config's `audit`
+   * section (closed by `close()`), none without it. Pass your own to share it (yours to close).
+   */
+  audit?: AuditLog | null;
+  /** Traces, metrics and access log. Default: one built from the config's `telemetry` section (shut down by `close()`). */
+  telemetry?: Telemetry;
+}
+
+/** How a response ended, for `complete`. */
+export interface CompletionInfo {
+  /** Response body bytes sent; -1 (default) when unknown. */
+  bytes?: number;
+  /** gRPC calls: the status the client got. */
+  grpcStatus?: number | null;
+  /** The reason code when the request failed after it was allowed (default: the denial's, if any). */
+  code?: string | null;
 }
 
 /** What handlers see on `req.bulwark` once a request is allowed. */
@@ -43,14 +67,31 @@ export class Bulwark {
   private readonly runtime: Runtime;
   private readonly settings: ListenerSettings;
   private readonly secure: boolean;
+  /** Every decision, once its response is over; business events with `audit.record(…)`. Null without an `audit` section. */
+  readonly audit: AuditLog | null;
+  readonly telemetry: Telemetry;
+  private readonly owned: { audit: boolean; telemetry: boolean };
+  /** Requests evaluated and not yet completed: their server spans (one entry per request, dropped by `complete`). */
+  private readonly spans = new WeakMap<RequestContext, ServerSpan>();
+  private readonly unavailable = new BulwarkError('audit.unavailable');
 
   // Routes with `issuer: true` are answered by the issuer, not the application.
   private readonly issuerRoutes: ReadonlySet<string>;
 
-  private constructor(runtime: Runtime, settings: ListenerSettings, secure: boolean) {
+  private constructor(
+    runtime: Runtime,
+    settings: ListenerSettings,
+    secure: boolean,
+    audit: AuditLog | null,
+    telemetry: Telemetry,
+    owned: { audit: boolean; telemetry: boolean },
+  ) {
     this.runtime = runtime;
     this.settings = settings;
     this.secure = secure;
+    this.audit = audit;
+    this.telemetry = telemetry;
+    this.owned = owned;
     this.issuerRoutes = new Set(runtime.config.routes.filter((r) => r.issuer === true).map((r) => r.id));
   }
 
@@ -59,7 +100,8 @@ export class Bulwark {
     return this.runtime.issuer?.issuer ?? null;
   }
 
-  private issuerServes(ctx: RequestContext, req: IncomingMessage, res: ServerResponse): boolean {
+  /** Adapters: answers an allowed request of an `issuer: true` route (true), or leaves it to the application. */
+  issuerServes(ctx: RequestContext, req: IncomingMessage, res: ServerResponse): boolean {
     const issuer = this.runtime.issuer;
     if (issuer === null || ctx.route === null || !this.issuerRoutes.has(ctx.route.id)) return false;
     void respondToAdmitted(issuer, ctx, req, res);
@@ -71,7 +113,6 @@ export class Bulwark {
       typeof options.config === 'string'
         ? await loadConfigFile(options.config, { checks: LIBRARY_CHECKS })
         : parseConfig(JSON.stringify(options.config, null, 2), '<inline config>', { checks: LIBRARY_CHECKS });
-    const runtime = await compileRuntime(loaded.config, loaded.hash, null);
     const listener: ListenerConfig = {
       port: 0,
       address: '127.0.0.1',
@@ -79,12 +120,43 @@ export class Bulwark {
       trustedProxies: options.trustedProxies ?? [],
       ...(options.paths === undefined ? {} : { paths: options.paths as PathPolicyConfig }),
     };
-    return new Bulwark(runtime, new ListenerSettings(listener), options.secure ?? false);
+    const settings = new ListenerSettings(listener);
+    const logger = (options.logger ?? createLogger()).child({ component: 'bulwark' });
+    const config = loaded.config;
+    const owned = { audit: options.audit === undefined, telemetry: options.telemetry === undefined };
+    const telemetry = options.telemetry ?? createTelemetry(config, { logger, role: 'single' });
+    // Telemetry applies the config's log level (default info) to our child; without one in the
+    // config, the application's logger decides how chatty the engine is.
+    if (options.logger !== undefined && config.telemetry?.logs?.level === undefined) logger.level = options.logger.level;
+    let audit: AuditLog | null = null;
+    try {
+      audit =
+        options.audit !== undefined
+          ? options.audit
+          : config.audit === undefined
+            ? null
+            : await createAuditLog(config.audit, { logger });
+      const runtime = await compileRuntime(config, loaded.hash, null, {
+        issuer: { onEvent: (event) => logger.debug(event, event.type) },
+      });
+      return new Bulwark(runtime, settings, options.secure ?? false, audit, telemetry, owned);
+    } catch (err) {
+      if (owned.audit) await audit?.close();
+      if (owned.telemetry) await telemetry.shutdown();
+      throw err;
+    }
   }
 
-  /** Runs the pipeline for one request. Never throws for a client's mistake. */
+  /**
+   * Runs the pipeline for one request. Never throws for a client's mistake. Once the
+   * response is over (sent, failed or abandoned), call `complete(ctx, status)`: it frees
+   * the request's concurrency slots, ends its span and records its audit event.
+   */
   async evaluate(req: RequestLike): Promise<Evaluation> {
     const ctx = contextFor(req, this.secure);
+    this.spans.set(ctx, this.telemetry.startRequest(ctx));
+    // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
+    if (this.audit !== null && !this.audit.accepting()) return { ctx, error: this.unavailable };
     const admitted = admit(req, ctx, this.settings, this.runtime);
     if (admitted instanceof BulwarkError) return { ctx, error: admitted };
     ctx.stripHeaders = this.runtime.ownedHeaders;
@@ -92,30 +164,67 @@ export class Bulwark {
     try {
       return { ctx, error: await admitted.pipeline.run(ctx) };
     } catch (err) {
+      this.telemetry.requestLogger(ctx).error({ err }, 'internal error');
       return { ctx, error: new BulwarkError('gateway.internal', undefined, { cause: err }) };
     }
   }
 
-  /** Sends a denial exactly as the gateway would: same status, headers and RFC 7807 body. */
-  sendProblem(res: ServerResponse, error: BulwarkError, ctx: RequestContext): void {
+  /**
+   * The end of an evaluated request: `status` the HTTP status sent (499 when the client
+   * left first). Frees its concurrency slots, finishes its span, metrics and access line,
+   * and records its audit event. Only the first call per request counts.
+   */
+  complete(evaluation: Evaluation, status: number, info: CompletionInfo = {}): void {
+    const { ctx, error } = evaluation;
+    const span = this.spans.get(ctx);
+    if (span === undefined) return;
+    this.spans.delete(ctx);
+    releaseLimits(ctx);
+    const code = info.code !== undefined ? info.code : (error?.code ?? null);
+    const grpcStatus = info.grpcStatus ?? null;
+    const bytes = info.bytes ?? -1;
+    this.telemetry.finishRequest(ctx, span, status, bytes, { code, grpcStatus });
+    const audit = this.audit;
+    if (audit === null) return;
+    const length = ctx.headers['content-length'];
+    const result = audit.record(
+      audit.fromContext(ctx, {
+        status,
+        latencyMs: Number(process.hrtime.bigint() - ctx.startedAt) / 1e6,
+        upstream: null,
+        bytesIn: typeof length === 'string' && /^\d+$/.test(length) ? Number(length) : -1,
+        bytesOut: bytes,
+        clientIp: ctx.clientAddress,
+        ...(code === null ? {} : { error: { code } }),
+        ...(grpcStatus === null ? {} : { grpcStatus }),
+      }),
+    );
+    if (result.status === 'rejected') this.telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
+  }
+
+  /** Prometheus text of the engine's metrics (mount it where your service exposes metrics); null when disabled. */
+  async metrics(): Promise<{ contentType: string; body: string } | null> {
+    const metrics = this.telemetry.admin.metrics;
+    return metrics === null ? null : metrics();
+  }
+
+  /** Sends a denial exactly as the gateway would: same status, headers and RFC 7807 body. Returns the body bytes sent. */
+  sendProblem(res: ServerResponse, error: BulwarkError, ctx: RequestContext): number {
     const { status, headers, body } = problemResponse(error, ctx);
     res.writeHead(status, headers);
-    res.end(ctx.method === 'HEAD' ? undefined : body);
+    if (ctx.method === 'HEAD') {
+      res.end();
+      return 0;
+    }
+    res.end(body);
+    return headers['content-length'] as number;
   }
 
   /** node:http: wraps a handler; it runs only for allowed requests, with `req.bulwark` set. */
   protect<Req extends IncomingMessage, Res extends ServerResponse>(
     handler: (req: Req & { bulwark: BulwarkRequestState }, res: Res) => void,
   ) {
-    return (req: Req, res: Res): void => {
-      void this.evaluate(req).then(({ ctx, error }) => {
-        res.once('close', () => releaseLimits(ctx));
-        if (error !== null) return this.sendProblem(res, error, ctx);
-        setLimitHeaders(res, ctx);
-        if (this.issuerServes(ctx, req, res)) return;
-        handler(attach(req, ctx), res);
-      });
-    };
+    return (req: Req, res: Res): void => this.serve(req, req, res, (ctx) => handler(attach(req, ctx), res));
   }
 
   /** Express / Connect middleware. Mount it before your routes. */
@@ -123,20 +232,74 @@ export class Bulwark {
     return (req: IncomingMessage & { originalUrl?: string }, res: ServerResponse, next: (err?: unknown) => void): void => {
       // Express rewrites req.url under a mount path; policy must see what the client sent.
       const view = req.originalUrl === undefined || req.originalUrl === req.url ? req : withUrl(req, req.originalUrl);
-      this.evaluate(view).then(({ ctx, error }) => {
-        res.once('close', () => releaseLimits(ctx));
-        if (error !== null) return this.sendProblem(res, error, ctx);
-        setLimitHeaders(res, ctx);
-        if (this.issuerServes(ctx, req, res)) return;
+      this.serve(req, view, res, (ctx) => {
         attach(req, ctx);
         next();
-      }, next);
+      });
     };
+  }
+
+  /**
+   * One node:http exchange: evaluate, then deny, answer an issuer route, or hand the request
+   * to `allowed`; `complete` when the response is over, however it ends.
+   */
+  private serve(req: IncomingMessage, view: RequestLike, res: ServerResponse, allowed: (ctx: RequestContext) => void): void {
+    let evaluation: Evaluation | null = null;
+    let gone = false;
+    let problemBytes = -1;
+    const finish = () => {
+      gone = true;
+      if (evaluation === null) return;
+      const bytes = problemBytes >= 0 ? problemBytes : bytesOf(res);
+      this.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
+    };
+    // Listening before the stages run: a client that leaves meanwhile still frees its slots and is audited.
+    onResponseOver(req, res, finish);
+    void this.evaluate(view).then((e) => {
+      evaluation = e;
+      if (gone) return finish();
+      if (e.error !== null) {
+        problemBytes = this.sendProblem(res, e.error, e.ctx);
+        return;
+      }
+      setLimitHeaders(res, e.ctx);
+      if (this.issuerServes(e.ctx, req, res)) return;
+      allowed(e.ctx);
+    });
   }
 
   async close(): Promise<void> {
     await retireRuntime(this.runtime, null, 0);
+    if (this.owned.audit) await this.audit?.close();
+    if (this.owned.telemetry) await this.telemetry.shutdown();
   }
+}
+
+/**
+ * Calls `over` once when the response ends (finished, failed or the client gone). A response
+ * queued behind a pipelined one has no socket yet, and Node gives it no 'close' of its own
+ * when the connection goes first: the socket's 'close' stands in.
+ */
+export function onResponseOver(req: IncomingMessage, res: ServerResponse, over: () => void): void {
+  let called = false;
+  const once = () => {
+    if (called) return;
+    called = true;
+    over();
+  };
+  res.once('close', once);
+  if (res.socket === null && req.socket !== null) {
+    const socket = req.socket;
+    socket.once('close', once);
+    res.once('close', () => socket.off('close', once));
+  }
+}
+
+/** The body bytes a response announced, -1 when it did not (chunked). */
+function bytesOf(res: ServerResponse): number {
+  const length = res.getHeader('content-length');
+  const n = typeof length === 'number' ? length : typeof length === 'string' ? Number(length) : NaN;
+  return Number.isSafeInteger(n) && n >= 0 ? n : -1;
 }
 
 function withUrl(req: IncomingMessage, url: string): RequestLike {

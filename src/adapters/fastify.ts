@@ -1,6 +1,7 @@
-import type { IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { problemResponse } from '../engine/admission.js';
-import type { Bulwark, BulwarkRequestState } from './bulwark.js';
+import { rateLimitHeaders } from '../limits/index.js';
+import { onResponseOver, type Bulwark, type BulwarkRequestState, type Evaluation } from './bulwark.js';
 
 /** The few Fastify types the plugin touches, so Fastify stays an optional peer. */
 interface FastifyLikeRequest {
@@ -8,9 +9,12 @@ interface FastifyLikeRequest {
   bulwark?: BulwarkRequestState;
 }
 interface FastifyLikeReply {
+  raw: ServerResponse;
   code(status: number): FastifyLikeReply;
   headers(values: Record<string, string | number>): FastifyLikeReply;
   send(body: Buffer): unknown;
+  hijack(): unknown;
+  getHeader(name: string): unknown;
 }
 interface FastifyLikeInstance {
   decorateRequest(name: string, value: unknown): unknown;
@@ -25,12 +29,35 @@ export async function bulwarkFastify(instance: FastifyLikeInstance, options: { b
   const { bulwark } = options;
   instance.decorateRequest('bulwark', null);
   instance.addHook('onRequest', async (request, reply) => {
-    const { ctx, error } = await bulwark.evaluate(request.raw);
+    const res = reply.raw;
+    let evaluation: Evaluation | null = null;
+    let gone = false;
+    let problemBytes = -1;
+    const finish = () => {
+      gone = true;
+      if (evaluation === null) return;
+      // Fastify keeps its headers until it writes them all at once: ask the reply, not the raw response.
+      const length = Number(reply.getHeader('content-length') ?? res.getHeader('content-length') ?? NaN);
+      const bytes = problemBytes >= 0 ? problemBytes : Number.isSafeInteger(length) ? length : -1;
+      bulwark.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
+    };
+    // Before the stages run: a client that leaves meanwhile still frees its slots and is audited.
+    onResponseOver(request.raw, res, finish);
+    evaluation = await bulwark.evaluate(request.raw);
+    const { ctx, error } = evaluation;
+    if (gone) {
+      finish();
+      return reply.hijack();
+    }
     if (error !== null) {
       const { status, headers, body } = problemResponse(error, ctx);
+      problemBytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(body);
       // A Buffer, so Fastify sends our content-type untouched (it appends a charset to strings).
       return reply.code(status).headers(headers).send(Buffer.from(body));
     }
+    const limits = rateLimitHeaders(ctx);
+    if (limits !== null) reply.headers(limits);
+    if (bulwark.issuerServes(ctx, request.raw, res)) return reply.hijack();
     request.bulwark = { requestId: ctx.requestId, identity: ctx.identity, route: ctx.route, decisions: ctx.decisions };
     return undefined;
   });

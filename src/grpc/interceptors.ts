@@ -24,11 +24,16 @@ import type { BulwarkRequestState, Evaluation } from '../adapters/bulwark.js';
 import type { Identity, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import type { RequestLike } from '../engine/admission.js';
-import { GRPC_CONTENT_TYPE, grpcMessageFor, grpcStatusFor } from './status.js';
+import { GRPC_CONTENT_TYPE, grpcMessageFor, GrpcStatus, grpcStatusFor } from './status.js';
 
 /** What the interceptor needs of the engine: `Bulwark` from `createBulwark` satisfies it. */
 export interface GrpcEngine {
   evaluate(req: RequestLike): Promise<Evaluation>;
+  /**
+   * Once per call, when its status is sent (or the client cancelled): frees its concurrency
+   * slots, ends its span, records its audit event. `status` is the HTTP status (200).
+   */
+  complete?(evaluation: Evaluation, status: number, info: { grpcStatus: number }): void;
 }
 
 export interface BulwarkGrpcInterceptorOptions {
@@ -64,11 +69,20 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
   const secure = options.secure ?? false;
   const onDecision = options.onDecision;
   return (method: ServerMethodDefinition<unknown, unknown>, call: ServerInterceptingCallInterface): ServerInterceptingCall => {
+    let evaluation: Evaluation | null = null;
+    let ended = -1; // the gRPC status the call ended with, once it has
+    const end = (status: number) => {
+      if (ended !== -1) return;
+      ended = status;
+      if (evaluation !== null) engine.complete?.(evaluation, 200, { grpcStatus: status });
+    };
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
         const request = requestLikeFor(method.path, metadata, call, secure);
         engine.evaluate(request).then(
-          ({ ctx, error }) => {
+          (result) => {
+            evaluation = result;
+            const { ctx, error } = result;
             if (onDecision !== undefined) {
               try {
                 onDecision(ctx, error);
@@ -76,7 +90,12 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
                 // An observer's bug must not change the verdict.
               }
             }
-            if (error !== null) return deny(call, error, ctx.requestId);
+            // Cancelled (or past its deadline) while the stages ran: nobody to answer, no handler to start.
+            if (ended !== -1) return engine.complete?.(result, 200, { grpcStatus: ended });
+            if (error !== null) {
+              deny(call, error, ctx.requestId);
+              return end(grpcStatusFor(error));
+            }
             states.set(metadata, {
               requestId: ctx.requestId,
               identity: ctx.identity,
@@ -85,12 +104,30 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
             });
             next(metadata);
           },
-          () => deny(call, new BulwarkError('gateway.internal'), undefined),
+          () => {
+            deny(call, new BulwarkError('gateway.internal'), undefined);
+            end(GrpcStatus.INTERNAL);
+          },
         );
       })
+      // grpc-js reports every stream close here, also after a status: `end` keeps the first. A status
+      // grpc-js sent itself (the deadline) does not pass through `sendStatus` below.
+      .withOnCancel(() => end(pastDeadline(call) ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED))
       .build();
-    return new ServerInterceptingCall(call, { start: (next) => next(listener) });
+    return new ServerInterceptingCall(call, {
+      start: (next) => next(listener),
+      sendStatus: (status, next) => {
+        next(status);
+        end(status.code);
+      },
+    });
   };
+}
+
+function pastDeadline(call: Pick<ServerInterceptingCallInterface, 'getDeadline'>): boolean {
+  const deadline = call.getDeadline();
+  const ms = deadline instanceof Date ? deadline.getTime() : deadline;
+  return Number.isFinite(ms) && Date.now() >= ms;
 }
 
 function deny(call: ServerInterceptingCallInterface, error: BulwarkError, requestId: string | undefined): void {
