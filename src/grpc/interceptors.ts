@@ -124,10 +124,17 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
   };
 }
 
+/**
+ * The server's deadline counts from the call's arrival, a little after the client's: a client
+ * that gives up at its own deadline resets the stream just before ours. Within this margin the
+ * cancel is the deadline, as the client itself reports it.
+ */
+const DEADLINE_MARGIN_MS = 20;
+
 function pastDeadline(call: Pick<ServerInterceptingCallInterface, 'getDeadline'>): boolean {
   const deadline = call.getDeadline();
   const ms = deadline instanceof Date ? deadline.getTime() : deadline;
-  return Number.isFinite(ms) && Date.now() >= ms;
+  return Number.isFinite(ms) && Date.now() >= ms - DEADLINE_MARGIN_MS;
 }
 
 function deny(call: ServerInterceptingCallInterface, error: BulwarkError, requestId: string | undefined): void {

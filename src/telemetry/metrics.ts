@@ -32,6 +32,27 @@ const STATUS_CLASSES = ['none', '1xx', '2xx', '3xx', '4xx', '5xx'] as const;
 /** A stable reason code (`jwt.expired`); anything else is not a label value. */
 const CODE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$/;
 
+/** gRPC status names by code (the `grpc_code` label, as grpc-go and Envoy name them). */
+const GRPC_CODE_NAMES: readonly string[] = [
+  'OK',
+  'CANCELLED',
+  'UNKNOWN',
+  'INVALID_ARGUMENT',
+  'DEADLINE_EXCEEDED',
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'PERMISSION_DENIED',
+  'RESOURCE_EXHAUSTED',
+  'FAILED_PRECONDITION',
+  'ABORTED',
+  'OUT_OF_RANGE',
+  'UNIMPLEMENTED',
+  'INTERNAL',
+  'UNAVAILABLE',
+  'DATA_LOSS',
+  'UNAUTHENTICATED',
+];
+
 export function statusClassIndex(status: number): number {
   return status >= 100 && status < 600 ? Math.floor(status / 100) : 0;
 }
@@ -153,6 +174,7 @@ export class BulwarkMetrics {
   private readonly requestDuration: FastHistogram;
   private readonly responseBytes: FastCounter;
   private readonly rejections: Children2<CounterCell>;
+  private readonly grpcCalls: Children2<CounterCell>;
   private readonly authn: Children2<Children<CounterCell>>;
   private readonly authz: Children2<Children<CounterCell>>;
   private readonly ratelimit: Children2<CounterCell>;
@@ -200,6 +222,15 @@ export class BulwarkMetrics {
       ),
     );
     this.rejections = new Children2(cap, (route, code) => rejections.child(route, CODE.test(code) ? code : OVERFLOW_LABEL));
+    // Every gRPC call is an HTTP 200 whatever its outcome: the status class cannot tell a failing call.
+    const grpcCalls = register(
+      new FastCounter(
+        'bulwark_grpc_requests_total',
+        'gRPC calls by route id and the gRPC status the client got (OK, NOT_FOUND, UNAVAILABLE, …).',
+        ['route', 'grpc_code'],
+      ),
+    );
+    this.grpcCalls = new Children2(cap, (route, code) => grpcCalls.child(route, code));
 
     // --- pipeline stages (from each request's DecisionRecords) ---------------
     const authn = register(
@@ -517,6 +548,13 @@ export class BulwarkMetrics {
   /** Stops the runtime observers (event-loop histogram, GC observer). */
   close(): void {
     this.runtime?.close();
+  }
+
+  /** A gRPC call's final status (after `recordRequest` for the same request). */
+  recordGrpc(ctx: RequestContext, grpcStatus: number): void {
+    if (!this.enabled) return;
+    const series = this.routeSeries(ctx.route === null ? UNMATCHED_ROUTE : ctx.route.id);
+    this.grpcCalls.get(series.label, GRPC_CODE_NAMES[grpcStatus] ?? OVERFLOW_LABEL).inc();
   }
 
   private routeSeries(routeId: string): RouteSeries {

@@ -165,6 +165,8 @@ export class Telemetry {
     const ms = Number(process.hrtime.bigint() - ctx.startedAt) / 1e6;
     const code = info?.code ?? null;
     this.metrics.recordRequest(ctx, status, ms / 1000, bytes, code);
+    const grpcStatus = info?.grpcStatus ?? null;
+    if (grpcStatus !== null) this.metrics.recordGrpc(ctx, grpcStatus);
     this.access.log(ctx, status, ms, bytes, info);
     span.end(ctx, status, info);
   }

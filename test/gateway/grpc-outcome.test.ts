@@ -17,6 +17,7 @@ import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { auditConfig } from '../audit/helpers.js';
+import { parsePrometheus, valueOf } from '../telemetry/helpers.js';
 import { echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
 
 const lines: string[] = [];
@@ -46,6 +47,8 @@ listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
 upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
 telemetry: { traces: { exporter: otlp } }
 routes:
+  # The gateway's own deadline for calls: shorter than the client's, so it is the gateway that ends them.
+  - { id: short, match: { path: { exact: /test.Echo/ClientStream } }, upstream: echo, auth: { public: true }, timeouts: { totalMs: 150 } }
   - { id: echo, match: { path: { prefix: /test.Echo/ } }, upstream: echo, auth: { public: true } }
 `,
       'grpc.yaml',
@@ -140,11 +143,31 @@ routes:
   });
 
   it("the gateway's deadline: DEADLINE_EXCEEDED", async () => {
-    expect(await unary({ 'x-delay-ms': '2000' }, { deadline: Date.now() + 200 })).toBe(grpc.status.DEADLINE_EXCEEDED);
-    const { span, record } = await observed('/test.Echo/Unary');
-    // The gateway enforces the client's grpc-timeout itself and says so in the status it sends.
+    // A client stream the client never ends: only the route's 150 ms deadline can end it.
+    const code = await new Promise<number>((resolve) => {
+      const call = client.ClientStream(new grpc.Metadata(), { deadline: Date.now() + 10_000 }, (err) =>
+        resolve(err === null ? 0 : err.code),
+      );
+      call.write(Buffer.from('first'));
+    });
+    expect(code).toBe(grpc.status.DEADLINE_EXCEEDED);
+    const { span, record } = await observed('/test.Echo/ClientStream');
     expect(span.attributes['rpc.grpc.status_code']).toBe(grpc.status.DEADLINE_EXCEEDED);
-    expect(record['grpcStatus']).toBe(grpc.status.DEADLINE_EXCEEDED);
+    expect(record).toMatchObject({ grpcStatus: grpc.status.DEADLINE_EXCEEDED, route: 'short' });
+  });
+
+  it('counts calls by the gRPC status the client got (bulwark_grpc_requests_total)', async () => {
+    const families = parsePrometheus(await telemetry.metrics.metrics());
+    const count = (route: string, code: string) =>
+      valueOf(families, 'bulwark_grpc_requests_total', { route, grpc_code: code }) ?? 0;
+    // The tests above, in order: OK, NOT_FOUND, PERMISSION_DENIED, UNAVAILABLE, INTERNAL, a denial, the deadline.
+    expect(count('echo', 'OK')).toBe(1);
+    for (const code of ['NOT_FOUND', 'PERMISSION_DENIED', 'UNAVAILABLE', 'INTERNAL'])
+      expect([code, count('echo', code)]).toEqual([code, 1]);
+    expect(count('short', 'DEADLINE_EXCEEDED')).toBe(1);
+    expect(count('unmatched', 'UNIMPLEMENTED')).toBe(1);
+    // Every one of them an HTTP 200: the status class alone would count them all as successes.
+    expect(valueOf(families, 'bulwark_http_request_duration_seconds_count', { route: 'echo', status_class: '2xx' })).toBe(5);
   });
 
   it("the client's cancel: CANCELLED", async () => {
