@@ -281,6 +281,17 @@ export class Masker {
    * JSON.stringify of the result is its canonical form (false when an object
    * has integer-like keys, which JS cannot order canonically).
    */
+  /**
+   * A top-level record field (`subject`, `tenant`, `clientIp`) as the field rules mask it,
+   * for the values that also leave in spans and logs; null when no rule covers the field.
+   */
+  field(name: string, value: string): string | null {
+    for (const rule of this.#rules.fields) {
+      if (rule.segments.length === 1 && rule.segments[0] === name) return this.#apply(rule, name, value).value;
+    }
+    return null;
+  }
+
   apply(record: Record<string, unknown>): boolean {
     const rules = this.#rules;
     const headers = record['headers'];

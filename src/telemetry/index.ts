@@ -18,8 +18,8 @@ export type {
   TelemetryCheckInput,
   TelemetryConfig,
 } from './schema.js';
-export { createTracing, hashIdentity, NOOP_SERVER_SPAN, routeTemplate } from './tracing.js';
-export type { ClientSpan, EndInfo, RouteLike, ServerSpan, Tracing, TracingOptions } from './tracing.js';
+export { createTracing, hashIdentity, NO_FIELD_MASK, NOOP_SERVER_SPAN, routeTemplate } from './tracing.js';
+export type { ClientSpan, EndInfo, FieldMask, IdentityField, RouteLike, ServerSpan, Tracing, TracingOptions } from './tracing.js';
 export { BulwarkMetrics, OVERFLOW_LABEL, STAGE_IDS, UNMATCHED_ROUTE } from './metrics.js';
 export type { KeySourceEvent, MetricSources, MetricsOptions } from './metrics.js';
 export { AccessLogger, applyLogLevel, requestBindings, RequestLogger, requestLogger } from './logging.js';

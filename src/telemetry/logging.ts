@@ -14,7 +14,7 @@
 import type { Logger } from 'pino';
 import type { RequestContext } from '../core/context.js';
 import type { AccessLogField, LogLevel, ResolvedTelemetryConfig } from './schema.js';
-import { hashIdentity } from './tracing.js';
+import { hashIdentity, NO_FIELD_MASK, type FieldMask } from './tracing.js';
 
 export interface RequestBindings {
   request_id: string;
@@ -151,13 +151,10 @@ export class AccessLogger {
   readonly enabled: boolean;
   private readonly logger: Logger;
   private readonly fields: readonly F[];
-  private readonly mask: (value: string) => string;
+  private readonly mask: FieldMask;
 
-  constructor(
-    base: Logger,
-    config: ResolvedTelemetryConfig['logs']['accessLog'],
-    mask: (value: string) => string = hashIdentity,
-  ) {
+  /** `mask`: the audit masking rules; a masked field never reaches the log in clear. */
+  constructor(base: Logger, config: ResolvedTelemetryConfig['logs']['accessLog'], mask: FieldMask = NO_FIELD_MASK) {
     this.enabled = config.enabled;
     // Its own level: an operator who quiets the rest to `warn` still asked for an access log;
     // `silent` still means no output at all.
@@ -207,7 +204,7 @@ export class AccessLogger {
           if (ctx.host !== '') line['host'] = bounded(ctx.host, MAX_HOST);
           break;
         case F.client_address:
-          line['client_address'] = ctx.peerAddress;
+          line['client_address'] = this.mask('clientIp', ctx.peerAddress) ?? ctx.peerAddress;
           break;
         case F.user_agent: {
           const ua = ctx.headers['user-agent'];
@@ -218,10 +215,12 @@ export class AccessLogger {
           line['decision'] = info?.code ?? 'allow';
           break;
         case F.subject_hash:
-          if (ctx.identity !== null) line['subject_hash'] = this.mask(ctx.identity.subject);
+          if (ctx.identity !== null)
+            line['subject_hash'] = this.mask('subject', ctx.identity.subject) ?? hashIdentity(ctx.identity.subject);
           break;
         case F.tenant:
-          if (ctx.identity?.tenant !== undefined) line['tenant'] = bounded(ctx.identity.tenant, MAX_TENANT);
+          if (ctx.identity?.tenant !== undefined)
+            line['tenant'] = this.mask('tenant', ctx.identity.tenant) ?? bounded(ctx.identity.tenant, MAX_TENANT);
           break;
         case F.upstream:
           if (info?.upstream != null) line['upstream'] = info.upstream;

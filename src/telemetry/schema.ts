@@ -20,7 +20,7 @@
  *     timeoutMs: 10000
  *     sampler: { ratio: 0.1, parentBased: true }
  *     propagators: [tracecontext, baggage]      # + b3 (single header), b3multi
- *     identityAttributes: false     # enduser.id / bulwark.tenant, hashed
+ *     identityAttributes: false     # enduser.id / bulwark.tenant, masked per audit.masking (else hashed)
  *     batch: { maxQueueSize: 2048, maxExportBatchSize: 512, scheduledDelayMs: 5000 }
  *   metrics:
  *     enabled: true
@@ -153,7 +153,8 @@ export const TracesSchema = Closed(
     identityAttributes: Type.Optional(
       Type.Boolean({
         default: false,
-        description: 'Add the caller identity (subject as `enduser.id`, tenant) to server spans, hashed, never in clear.',
+        description:
+          'Add the caller identity (subject as `enduser.id`, tenant) to server spans, never in clear: as the `audit.masking` rule for the `subject` / `tenant` field writes it (an `hmac:` pseudonym joins the audit record), else hashed.',
       }),
     ),
     batch: Type.Optional(BatchSchema),
@@ -265,7 +266,7 @@ export const LogsSchema = Closed(
               uniqueItems: true,
               default: [...DEFAULT_ACCESS_LOG_FIELDS],
               description:
-                'Fields of an access line. There is no field for headers, query strings or credentials; `subject_hash` is a hash, `client_address` is personal data.',
+                'Fields of an access line. There is no field for headers, query strings or credentials. `subject_hash`, `tenant` and `client_address` follow the `audit.masking` rules for `subject`, `tenant` and `clientIp` when there are some; without one, `subject_hash` is a hash and `client_address` is personal data.',
             }),
           ),
         },

@@ -22,7 +22,17 @@ import { BulwarkMetrics, type MetricSources } from './metrics.js';
 import { startOtlpMetrics, type OtlpMetricsPusher } from './otlp-metrics.js';
 import { LocalProfiler } from './profiling.js';
 import { resolveTelemetryConfig, type ResolvedTelemetryConfig, type TelemetryConfig } from './schema.js';
-import { createTracing, hashIdentity, type ClientSpan, type RouteLike, type ServerSpan, type Tracing } from './tracing.js';
+import {
+  createTracing,
+  NO_FIELD_MASK,
+  type ClientSpan,
+  type FieldMask,
+  type RouteLike,
+  type ServerSpan,
+  type Tracing,
+} from './tracing.js';
+import { compileMasking, Masker } from '../audit/mask.js';
+import type { MaskingConfig } from '../audit/schema.js';
 
 export type TelemetryRole = 'single' | 'primary' | 'worker';
 
@@ -30,14 +40,16 @@ export type TelemetryRole = 'single' | 'primary' | 'worker';
 export interface TelemetryInput {
   telemetry?: TelemetryConfig | undefined;
   routes?: readonly RouteLike[] | undefined;
+  /** Its masking rules for `subject`, `tenant` and `clientIp` also apply to spans and the access log. */
+  audit?: { masking?: MaskingConfig | undefined } | undefined;
 }
 
 export interface TelemetryOptions {
   logger: Logger;
   /** Default: `worker` in a cluster worker, else `single`. A cluster primary must say `primary`. */
   role?: TelemetryRole;
-  /** Masks identity values in spans and the access log (pass the audit masker). Default: truncated SHA-256. */
-  mask?: (value: string) => string;
+  /** Masks identity values in spans and the access log. Default: the input's audit masking rules (hashed where none). */
+  mask?: FieldMask;
   /** Tests: export spans here instead of the configured exporter. */
   spanExporter?: SpanExporter;
   /** Tests: export each span when it ends instead of batching. */
@@ -93,7 +105,8 @@ export class Telemetry {
   readonly metrics: BulwarkMetrics;
   private readonly logger: Logger;
   private readonly options: TelemetryOptions;
-  private readonly mask: (value: string) => string;
+  private mask: FieldMask;
+  private masking: string;
   private readonly profiler = new LocalProfiler();
   private readonly requests: WorkerRequests | null;
   private readonly profiles: ProfileSource;
@@ -110,7 +123,8 @@ export class Telemetry {
     this.options = options;
     this.logger = options.logger;
     this.role = options.role ?? (cluster.isWorker ? 'worker' : 'single');
-    this.mask = options.mask ?? hashIdentity;
+    this.masking = JSON.stringify(input.audit?.masking ?? null);
+    this.mask = options.mask ?? fieldMaskOf(input.audit?.masking);
     this.config = resolveTelemetryConfig(input.telemetry);
     applyLogLevel(this.logger, this.config.logs.level);
     const worker = this.role === 'worker' && cluster.worker !== undefined ? String(cluster.worker.id) : '0';
@@ -184,6 +198,12 @@ export class Telemetry {
   async reload(input: TelemetryInput): Promise<void> {
     const next = resolveTelemetryConfig(input.telemetry);
     const previous = this.config;
+    const masking = JSON.stringify(input.audit?.masking ?? null);
+    const maskChanged = this.options.mask === undefined && masking !== this.masking;
+    if (maskChanged) {
+      this.masking = masking;
+      this.mask = fieldMaskOf(input.audit?.masking);
+    }
     this.config = next;
     applyLogLevel(this.logger, next.logs.level);
     if (
@@ -196,6 +216,7 @@ export class Telemetry {
         'a change of telemetry.metrics.enabled, defaultMetrics or requestDurationBuckets takes effect on restart',
       );
     if (
+      maskChanged ||
       JSON.stringify(next.traces) !== JSON.stringify(previous.traces) ||
       next.serviceName !== previous.serviceName ||
       JSON.stringify(next.resourceAttributes) !== JSON.stringify(previous.resourceAttributes)
@@ -288,6 +309,15 @@ export class Telemetry {
 
 async function clusterMetricsJson(metrics: BulwarkMetrics, requests: WorkerRequests, timeoutMs: number): Promise<unknown[]> {
   return (await clusterRegistry(metrics.registry, requests, timeoutMs)).getMetricsAsJSON();
+}
+
+const IDENTITY_FIELDS: ReadonlySet<string> = new Set(['subject', 'tenant', 'clientIp']);
+
+/** The audit masking rules for the identity fields, as a FieldMask; no work per value when none covers them. */
+function fieldMaskOf(masking: MaskingConfig | undefined): FieldMask {
+  if (masking?.fields?.some((f) => IDENTITY_FIELDS.has(f.path)) !== true) return NO_FIELD_MASK;
+  const masker = new Masker(compileMasking(masking));
+  return (field, value) => masker.field(field, value);
 }
 
 export function createTelemetry(input: TelemetryInput, options: TelemetryOptions): Telemetry {

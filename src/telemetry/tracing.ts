@@ -188,6 +188,12 @@ export function hashIdentity(value: string): string {
   return 'sha256:' + createHash('sha256').update(value).digest('hex').slice(0, 16);
 }
 
+/** The audit record field an identity value is: its masking rule applies wherever the value leaves. */
+export type IdentityField = 'subject' | 'tenant' | 'clientIp';
+/** A value as the audit masking rules write its field (`hmac:…`, `[redacted]`, `****1234`); null when no rule covers it. */
+export type FieldMask = (field: IdentityField, value: string) => string | null;
+export const NO_FIELD_MASK: FieldMask = () => null;
+
 /**
  * A route's template for `http.route`: the configured path pattern (globs are
  * already templates, `{id}`), never the request's path.
@@ -205,8 +211,8 @@ export interface RouteLike {
 }
 
 export interface TracingOptions {
-  /** Masks identity attributes (use the audit masker when there is one). Default: `hashIdentity`. */
-  mask?: (value: string) => string;
+  /** The audit masking rules for identity fields; a field without a rule is hashed (`hashIdentity`). */
+  mask?: FieldMask;
   /** Routes of the config snapshot, for `http.route` templates. */
   routes?: readonly RouteLike[];
   /** Replaces the configured `otlp`/`console` exporter (tests: an InMemorySpanExporter); `none` stays none. */
@@ -281,7 +287,7 @@ class TracingRuntime {
   readonly extractBaggage: boolean;
   readonly stripHeaders: ReadonlySet<string>;
   readonly identity: boolean;
-  readonly mask: (value: string) => string;
+  readonly mask: FieldMask;
   templates: ReadonlyMap<string, string>;
   readonly ids: FastIds;
   /** The root sampler's threshold on a trace id's folded 32 bits (TraceIdRatioBasedSampler's). */
@@ -325,7 +331,7 @@ class TracingRuntime {
     // Client-sent baggage is only replaced when we re-inject it; otherwise it passes as it came.
     this.stripHeaders = new Set(this.extractBaggage ? [...TRACE_HEADERS, 'baggage'] : TRACE_HEADERS);
     this.identity = config.identityAttributes;
-    this.mask = options.mask ?? hashIdentity;
+    this.mask = options.mask ?? NO_FIELD_MASK;
     this.templates = templatesOf(options.routes ?? []);
   }
 }
@@ -600,8 +606,10 @@ class OtelServerSpan implements ServerSpan {
     const code = info?.code ?? null;
     if (code !== null) span.setAttribute('bulwark.decision.code', code);
     if (runtime.identity && ctx.identity !== null) {
-      span.setAttribute(ATTR_ENDUSER_ID, runtime.mask(ctx.identity.subject));
-      if (ctx.identity.tenant !== undefined) span.setAttribute('bulwark.tenant', runtime.mask(ctx.identity.tenant));
+      // Never in clear: the audit rule for the field when there is one (the same pseudonym joins the two), else a hash.
+      const { subject, tenant } = ctx.identity;
+      span.setAttribute(ATTR_ENDUSER_ID, runtime.mask('subject', subject) ?? hashIdentity(subject));
+      if (tenant !== undefined) span.setAttribute('bulwark.tenant', runtime.mask('tenant', tenant) ?? hashIdentity(tenant));
     }
     let failed = status >= 500;
     if (this.grpc) {
