@@ -268,19 +268,14 @@ export class Masker {
     const keys =
       segment === '*' ? Object.keys(container) : Object.prototype.hasOwnProperty.call(container, segment) ? [segment] : [];
     for (const key of keys) {
-      if (last) container[key] = this.#apply(rule, key, container[key]);
-      else this.#applyPath(container[key], segments, index + 1, rule);
+      if (last) {
+        // Nothing to hide in an absent value (an anonymous request's subject): null stays null, not "[redacted]".
+        const value = container[key];
+        if (value !== null && value !== undefined) container[key] = this.#apply(rule, key, value);
+      } else this.#applyPath(container[key], segments, index + 1, rule);
     }
   }
 
-  /**
-   * Masks a record in place (a fresh object built for writing, never caller
-   * data): configured rules first, then the never-raw sweep over everything.
-   * The record's own keys must already be in canonical order (as the log
-   * builds them); nested objects are reordered as needed. Returns whether
-   * JSON.stringify of the result is its canonical form (false when an object
-   * has integer-like keys, which JS cannot order canonically).
-   */
   /**
    * A top-level record field (`subject`, `tenant`, `clientIp`) as the field rules mask it,
    * for the values that also leave in spans and logs; null when no rule covers the field.
@@ -292,6 +287,14 @@ export class Masker {
     return null;
   }
 
+  /**
+   * Masks a record in place (a fresh object built for writing, never caller
+   * data): configured rules first, then the never-raw sweep over everything.
+   * The record's own keys must already be in canonical order (as the log
+   * builds them); nested objects are reordered as needed. Returns whether
+   * JSON.stringify of the result is its canonical form (false when an object
+   * has integer-like keys, which JS cannot order canonically).
+   */
   apply(record: Record<string, unknown>): boolean {
     const rules = this.#rules;
     const headers = record['headers'];

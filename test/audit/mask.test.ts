@@ -189,6 +189,27 @@ describe('masking', () => {
     expect(a['subject']).toBe('alice');
   });
 
+  it('an absent value stays absent: an anonymous request is not "[redacted]"', () => {
+    const config: MaskingConfig = {
+      hmacKey: HMAC_KEY,
+      fields: [
+        { path: 'subject', action: 'hash' },
+        { path: 'tenant', action: 'redact' },
+        { path: 'claims.email', action: 'partial', keep: 2 },
+      ],
+      headers: {},
+      query: {},
+    };
+    expect(mask({ subject: null, tenant: null, claims: { email: null } }, config)).toEqual({
+      subject: null,
+      tenant: null,
+      claims: { email: null },
+    });
+    const masked = mask({ subject: 'alice', tenant: 'acme', claims: { email: 'a@b.example' } }, config);
+    expect(masked['subject']).toMatch(/^hmac:/);
+    expect(masked['tenant']).toBe(REDACTED);
+  });
+
   it('header and query rules by name (headers case-insensitive)', () => {
     const masked = mask(
       { headers: { 'x-api-key': 'abcd1234efgh5678', 'x-tenant-hint': 'acme' }, query: { email: 'alice@example.com', page: '2' } },
