@@ -8,7 +8,10 @@
 import { generateKeyPairSync } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { ConfigError, formatIssues, loadConfigFile } from '../config/load.js';
 import { loadPublicKey } from './keys.js';
+import { compileMasking, Masker, REDACTED } from './mask.js';
+import type { MaskingConfig } from './schema.js';
 import { AUDIT_DECISIONS } from './event.js';
 import { parseSince, queryAudit, type AuditQuery } from './query.js';
 import type { AuditSource } from './sources.js';
@@ -74,10 +77,15 @@ Exit codes: 0 intact, 1 tampered or truncated, 2 usage error or unreadable store
                            [--since 1h|TIME] [--until TIME] [--subject S] [--tenant T]
                            [--decision allow|deny|limit|error] [--route R] [--action A]
                            [--kind request|event|gap|checkpoint|start] [--request-id ID]
-                           [--limit N] [--json]
+                           [--config FILE] [--limit N] [--json]
 
 Lists matching records (the newest --limit, default 100), oldest first.
 Records are shown as stored; run \`bulwark audit verify\` to know they are genuine.
+
+      --config FILE     the gateway config that wrote the store: --subject and --tenant
+                        are masked by its audit.masking rules before they are compared,
+                        so \`--subject alice\` finds alice's records under a hash rule
+                        (her hmac: pseudonym); a redacted field cannot be searched
 
 ${SOURCE_HELP}
 `,
@@ -243,6 +251,27 @@ function formatRecord(r: Record<string, unknown>): string {
   }
 }
 
+/** `--subject` / `--tenant` as the config's masking rules wrote them into the store. */
+async function maskQuery(query: AuditQuery, configFile: string): Promise<void> {
+  let masking: MaskingConfig | undefined;
+  try {
+    masking = (await loadConfigFile(configFile)).config.audit?.masking;
+  } catch (error) {
+    throw new UsageError(
+      `--config ${configFile}: ${error instanceof ConfigError ? formatIssues(error.issues) : (error as Error).message}`,
+    );
+  }
+  const masker = new Masker(compileMasking(masking));
+  for (const field of ['subject', 'tenant'] as const) {
+    const value = query[field];
+    if (value === undefined) continue;
+    const masked = masker.field(field, value);
+    if (masked === REDACTED)
+      throw new UsageError(`--${field}: the config redacts ${field} in the audit log, so it cannot be searched`);
+    if (masked !== null) query[field] = masked;
+  }
+}
+
 async function queryCommand(argv: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseArgs({
     args: argv,
@@ -258,6 +287,7 @@ async function queryCommand(argv: string[], io: CliIo): Promise<number> {
       kind: { type: 'string' },
       'request-id': { type: 'string' },
       limit: { type: 'string' },
+      config: { type: 'string' },
     },
     allowPositionals: true,
     strict: true,
@@ -295,6 +325,7 @@ async function queryCommand(argv: string[], io: CliIo): Promise<number> {
   }
   if (values.subject !== undefined) query.subject = values.subject;
   if (values.tenant !== undefined) query.tenant = values.tenant;
+  if (values.config !== undefined) await maskQuery(query, values.config);
   if (values.route !== undefined) query.route = values.route;
   if (values.action !== undefined) query.action = values.action;
   if (values['request-id'] !== undefined) query.requestId = values['request-id'];

@@ -122,6 +122,62 @@ describe('bulwark audit query', () => {
   });
 });
 
+describe('bulwark audit query --config: searching masked fields', () => {
+  it('--subject alice finds her records under a hash rule (her pseudonym); a redacted field cannot be searched', async () => {
+    const masked = join(dir, 'masked');
+    const hmacKey = 'query-test-hmac-key-0123456789abcdef';
+    const masking = {
+      hmacKey,
+      fields: [
+        { path: 'subject', action: 'hash' as const },
+        { path: 'tenant', action: 'redact' as const },
+      ],
+      headers: {},
+      query: {},
+    };
+    const store = join(masked, 'audit.jsonl');
+    const log = await createAuditLog(auditConfig(masked, { masking, sinks: [{ file: { path: store } }] }), {
+      logger: silentLogger(),
+    });
+    log.record({ action: 'payment.refund', subject: 'alice', tenant: 'acme', resource: 'order:1' });
+    log.record({ action: 'payment.refund', subject: 'bob', tenant: 'acme', resource: 'order:2' });
+    await log.close();
+    const config = join(masked, 'gateway.yaml');
+    writeFileSync(
+      config,
+      `version: 1
+audit:
+  wal: { dir: ./wal }
+  masking:
+    hmacKey: \${TEST_AUDIT_HMAC_KEY}
+    fields: [{ path: subject, action: hash }, { path: tenant, action: redact }]
+  sinks: [{ file: { path: ./audit.jsonl } }]
+routes:
+  - { id: r, match: { path: { prefix: / } }, auth: { public: true } }
+`,
+    );
+    process.env['TEST_AUDIT_HMAC_KEY'] = hmacKey;
+    try {
+      // Stored as a pseudonym: the raw name matches nothing.
+      expect((await cli('query', '--file', store, '--subject', 'alice', '--json')).out.trim()).toBe('');
+      const found = await cli('query', '--file', store, '--config', config, '--subject', 'alice', '--json');
+      expect(found.code).toBe(0);
+      const rows = found.out
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as Rec);
+      expect(rows).toHaveLength(1);
+      expect(rows[0]).toMatchObject({ action: 'payment.refund', resource: 'order:1' });
+      expect(String(rows[0]!['subject'])).toMatch(/^hmac:/);
+      const redacted = await cli('query', '--file', store, '--config', config, '--tenant', 'acme');
+      expect(redacted.code).toBe(2);
+      expect((await cli('query', '--file', store, '--config', join(masked, 'missing.yaml'), '--subject', 'a')).code).toBe(2);
+    } finally {
+      delete process.env['TEST_AUDIT_HMAC_KEY'];
+    }
+  });
+});
+
 describe('bulwark audit keygen', () => {
   it('writes an Ed25519 pair that verify accepts', async () => {
     const out = join(dir, 'new-key.pem');
