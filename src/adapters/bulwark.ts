@@ -244,28 +244,23 @@ export class Bulwark {
    * to `allowed`; `complete` when the response is over, however it ends.
    */
   private serve(req: IncomingMessage, view: RequestLike, res: ServerResponse, allowed: (ctx: RequestContext) => void): void {
-    let evaluation: Evaluation | null = null;
-    let gone = false;
-    let problemBytes = -1;
-    const finish = () => {
-      gone = true;
-      if (evaluation === null) return;
-      const bytes = problemBytes >= 0 ? problemBytes : bytesOf(res);
-      this.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
-    };
-    // Listening before the stages run: a client that leaves meanwhile still frees its slots and is audited.
-    onResponseOver(req, res, finish);
+    const exchange = this.track(req, res);
     void this.evaluate(view).then((e) => {
-      evaluation = e;
-      if (gone) return finish();
-      if (e.error !== null) {
-        problemBytes = this.sendProblem(res, e.error, e.ctx);
-        return;
-      }
+      if (!exchange.evaluated(e)) return;
+      if (e.error !== null) return exchange.denied(this.sendProblem(res, e.error, e.ctx));
       setLimitHeaders(res, e.ctx);
       if (this.issuerServes(e.ctx, req, res)) return;
       allowed(e.ctx);
     });
+  }
+
+  /**
+   * Adapters: call before `evaluate`. The request is completed when its response is over,
+   * also when the client leaves while the stages still run (its slots are freed then, and it
+   * is audited as 499). `bytes` reads the body size the application announced.
+   */
+  track(req: IncomingMessage, res: ServerResponse, bytes: () => number = () => bytesOf(res)): Exchange {
+    return new Exchange(this, req, res, bytes);
   }
 
   async close(): Promise<void> {
@@ -275,12 +270,51 @@ export class Bulwark {
   }
 }
 
+/** One request's end, whenever it comes: before its evaluation is done or after. */
+export class Exchange {
+  private readonly bulwark: Bulwark;
+  private readonly res: ServerResponse;
+  private readonly bytes: () => number;
+  private evaluation: Evaluation | null = null;
+  private gone = false;
+  private problemBytes = -1;
+
+  constructor(bulwark: Bulwark, req: IncomingMessage, res: ServerResponse, bytes: () => number) {
+    this.bulwark = bulwark;
+    this.res = res;
+    this.bytes = bytes;
+    onResponseOver(req, res, () => this.finish());
+  }
+
+  /** Records the evaluation; false when the client has left already (nothing more to send). */
+  evaluated(evaluation: Evaluation): boolean {
+    this.evaluation = evaluation;
+    if (!this.gone) return true;
+    this.finish();
+    return false;
+  }
+
+  /** The denial's problem body was sent: its size (the application's own header says nothing here). */
+  denied(bytes: number): void {
+    this.problemBytes = bytes;
+  }
+
+  private finish(): void {
+    this.gone = true;
+    const evaluation = this.evaluation;
+    if (evaluation === null) return;
+    const res = this.res;
+    const bytes = this.problemBytes >= 0 ? this.problemBytes : this.bytes();
+    this.bulwark.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
+  }
+}
+
 /**
  * Calls `over` once when the response ends (finished, failed or the client gone). A response
  * queued behind a pipelined one has no socket yet, and Node gives it no 'close' of its own
  * when the connection goes first: the socket's 'close' stands in.
  */
-export function onResponseOver(req: IncomingMessage, res: ServerResponse, over: () => void): void {
+function onResponseOver(req: IncomingMessage, res: ServerResponse, over: () => void): void {
   let called = false;
   const once = () => {
     if (called) return;
@@ -296,7 +330,7 @@ export function onResponseOver(req: IncomingMessage, res: ServerResponse, over: 
 }
 
 /** The body bytes a response announced, -1 when it did not (chunked). */
-function bytesOf(res: ServerResponse): number {
+export function bytesOf(res: { getHeader(name: string): unknown }): number {
   const length = res.getHeader('content-length');
   const n = typeof length === 'number' ? length : typeof length === 'string' ? Number(length) : NaN;
   return Number.isSafeInteger(n) && n >= 0 ? n : -1;

@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { problemResponse } from '../engine/admission.js';
 import { rateLimitHeaders } from '../limits/index.js';
-import { onResponseOver, type Bulwark, type BulwarkRequestState, type Evaluation } from './bulwark.js';
+import { bytesOf, type Bulwark, type BulwarkRequestState } from './bulwark.js';
 
 /** The few Fastify types the plugin touches, so Fastify stays an optional peer. */
 interface FastifyLikeRequest {
@@ -30,28 +30,17 @@ export async function bulwarkFastify(instance: FastifyLikeInstance, options: { b
   instance.decorateRequest('bulwark', null);
   instance.addHook('onRequest', async (request, reply) => {
     const res = reply.raw;
-    let evaluation: Evaluation | null = null;
-    let gone = false;
-    let problemBytes = -1;
-    const finish = () => {
-      gone = true;
-      if (evaluation === null) return;
-      // Fastify keeps its headers until it writes them all at once: ask the reply, not the raw response.
-      const length = Number(reply.getHeader('content-length') ?? res.getHeader('content-length') ?? NaN);
-      const bytes = problemBytes >= 0 ? problemBytes : Number.isSafeInteger(length) ? length : -1;
-      bulwark.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
-    };
-    // Before the stages run: a client that leaves meanwhile still frees its slots and is audited.
-    onResponseOver(request.raw, res, finish);
-    evaluation = await bulwark.evaluate(request.raw);
+    // Fastify keeps its headers until it writes them all at once: ask the reply, not the raw response.
+    const exchange = bulwark.track(request.raw, res, () => {
+      const announced = bytesOf(reply);
+      return announced >= 0 ? announced : bytesOf(res);
+    });
+    const evaluation = await bulwark.evaluate(request.raw);
+    if (!exchange.evaluated(evaluation)) return reply.hijack();
     const { ctx, error } = evaluation;
-    if (gone) {
-      finish();
-      return reply.hijack();
-    }
     if (error !== null) {
       const { status, headers, body } = problemResponse(error, ctx);
-      problemBytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(body);
+      exchange.denied(ctx.method === 'HEAD' ? 0 : Buffer.byteLength(body));
       // A Buffer, so Fastify sends our content-type untouched (it appends a charset to strings).
       return reply.code(status).headers(headers).send(Buffer.from(body));
     }

@@ -18,7 +18,7 @@ import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { auditConfig } from '../audit/helpers.js';
 import { parsePrometheus, valueOf } from '../telemetry/helpers.js';
-import { echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
+import { unaryStatus, echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
 
 const lines: string[] = [];
 const sink: AuditSink = {
@@ -74,15 +74,8 @@ routes:
     lines.length = 0;
   });
 
-  /** One unary call; the status the client saw (0 for OK). */
-  function unary(metadata: Record<string, string>, options: grpc.CallOptions = {}, cancelAfterMs?: number): Promise<number> {
-    const md = new grpc.Metadata();
-    for (const [k, v] of Object.entries(metadata)) md.set(k, v);
-    return new Promise((resolve) => {
-      const call = client.Unary(Buffer.from('ping'), md, options, (err) => resolve(err === null ? 0 : err.code));
-      if (cancelAfterMs !== undefined) setTimeout(() => call.cancel(), cancelAfterMs);
-    });
-  }
+  const unary = (metadata: Record<string, string>, options: grpc.CallOptions = {}, cancelAfterMs?: number) =>
+    unaryStatus(client, metadata, options, cancelAfterMs);
 
   /** The server span and the request audit record of the single call just made. */
   async function observed(

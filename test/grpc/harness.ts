@@ -83,6 +83,21 @@ export function echoClient(port: number, options: grpc.ChannelOptions = {}): Ech
 }
 
 /** `count` messages of `size` bytes, each starting with its index (u32 BE). */
+/** One unary call with these metadata; the status the client saw (0 for OK). `cancelAfterMs`: the client cancels then. */
+export function unaryStatus(
+  client: EchoClientInstance,
+  metadata: Record<string, string>,
+  options: grpc.CallOptions = {},
+  cancelAfterMs?: number,
+): Promise<number> {
+  const md = new grpc.Metadata();
+  for (const [k, v] of Object.entries(metadata)) md.set(k, v);
+  return new Promise((resolve) => {
+    const call = client.Unary(Buffer.from('ping'), md, options, (err) => resolve(err === null ? 0 : err.code));
+    if (cancelAfterMs !== undefined) setTimeout(() => call.cancel(), cancelAfterMs);
+  });
+}
+
 export function numbered(index: number, size: number): Buffer {
   const b = Buffer.alloc(Math.max(4, size), index & 0xff);
   b.writeUInt32BE(index, 0);

@@ -15,7 +15,7 @@ import { createBulwark, type Bulwark } from '../../src/adapters/bulwark.js';
 import { bulwarkGrpcInterceptor } from '../../src/grpc/interceptors.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry } from '../../src/telemetry/index.js';
-import { ECHO_SERVICE, echoClient, type EchoClientInstance } from './harness.js';
+import { ECHO_SERVICE, echoClient, unaryStatus, type EchoClientInstance } from './harness.js';
 
 describe('gRPC interceptor: the call lifecycle', () => {
   const dir = mkdtempSync(join(tmpdir(), 'bulwark-grpc-lifecycle-'));
@@ -74,14 +74,8 @@ describe('gRPC interceptor: the call lifecycle', () => {
   });
   beforeEach(() => exporter.reset());
 
-  function unary(metadata: Record<string, string>, options: grpc.CallOptions = {}, cancelAfterMs?: number): Promise<number> {
-    const md = new grpc.Metadata();
-    for (const [k, v] of Object.entries(metadata)) md.set(k, v);
-    return new Promise((resolve) => {
-      const call = client.Unary(Buffer.from('ping'), md, options, (err) => resolve(err === null ? 0 : err.code));
-      if (cancelAfterMs !== undefined) setTimeout(() => call.cancel(), cancelAfterMs);
-    });
-  }
+  const unary = (metadata: Record<string, string>, options: grpc.CallOptions = {}, cancelAfterMs?: number) =>
+    unaryStatus(client, metadata, options, cancelAfterMs);
 
   async function lastRequestRecord(): Promise<Record<string, unknown>> {
     await bulwark.audit!.flush();
