@@ -70,6 +70,8 @@ export function checkRouteAuth(
   authn: AuthnConfig | undefined,
   path: Path,
   report: AuthnReport,
+  /** The route's path match: a `tenant` requirement reading a parameter needs the glob to capture it. */
+  pathMatch?: { exact: string } | { prefix: string } | { glob: string },
 ): void {
   if ('public' in requirement) return;
   const defined = Object.keys(authn?.providers ?? {});
@@ -78,6 +80,18 @@ export function checkRouteAuth(
     const known = defined.length > 0 ? `; defined: ${defined.join(', ')}` : '; no authn providers are defined';
     report(at, 'config.authn_unknown_provider', `unknown authn provider "${name}"${didYouMean(name, defined)}${known}`);
   };
+  if ('tenant' in requirement) {
+    for (const [tenant, name] of Object.entries(requirement.tenant.providers))
+      check(name, [...path, 'tenant', 'providers', tenant]);
+    const from = requirement.tenant.from;
+    if ('param' in from && (pathMatch === undefined || !('glob' in pathMatch) || !pathMatch.glob.includes(`{${from.param}}`)))
+      report(
+        [...path, 'tenant', 'from', 'param'],
+        'config.authn_tenant_param',
+        `the route's path must be a glob capturing {${from.param}} (e.g. /tenants/{${from.param}}/**) for the tenant to come from it`,
+      );
+    return;
+  }
   if ('provider' in requirement) check(requirement.provider, [...path, 'provider']);
   else if ('anyOf' in requirement) requirement.anyOf.forEach((n, i) => check(n, [...path, 'anyOf', i]));
   else if ('allOf' in requirement) requirement.allOf.forEach((n, i) => check(n, [...path, 'allOf', i]));

@@ -1,7 +1,7 @@
 /** JWT authentication: the public names, listed (no `export *`). */
 export { compileAuthn, CompiledProvider, MAX_KEY_CANDIDATES, AUTHN_VALID, tokenShapeProblem } from './provider.js';
 export type { AuthnOptions, AuthnStats, CompiledAuthn, ProviderVerifyResult } from './provider.js';
-export { createAuthnStage, forwardedHeaderNames, AUTHN_STAGE_ID, AUTHN_ANONYMOUS } from './stage.js';
+export { createAuthnStage, forwardedHeaderNames, AUTHN_STAGE_ID, AUTHN_ANONYMOUS, TenantAuthnStage } from './stage.js';
 export { authnChecks, checkRouteAuth, resolveAuthnPaths, RESERVED_FORWARD_HEADERS } from './checks.js';
 export type { AuthnReport } from './checks.js';
 export { countHeader, compileTokenSource, MAX_TOKEN_LENGTH, withoutQueryParams } from './token.js';

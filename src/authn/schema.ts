@@ -59,6 +59,11 @@ const ProviderName = Type.String({
   description: 'Provider name: letters, digits, `_`, `.`, `-`.',
 });
 
+const TenantName = Type.String({
+  pattern: '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$',
+  description: 'Tenant id: letters, digits, `_`, `.`, `-`.',
+});
+
 // RFC 9110 token characters; names are compared lower-case.
 const HEADER_NAME_PATTERN = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$";
 const HeaderName = (description: string) => Type.String({ pattern: HEADER_NAME_PATTERN, description });
@@ -313,8 +318,44 @@ export const RouteAuthSchema = Type.Union(
       }),
     }),
     Closed({ public: Type.Literal(true, { description: 'No authentication, said explicitly.' }) }),
+    Closed({
+      tenant: Closed(
+        {
+          from: Type.Union(
+            [
+              Closed({
+                param: Type.String({
+                  pattern: '^[A-Za-z_][A-Za-z0-9_]*$',
+                  description: "A parameter of the route's path glob (`/tenants/{tenant}/**`).",
+                }),
+              }),
+              Closed({
+                host: Type.String({
+                  pattern: '^[a-z0-9.-]*\\{tenant\\}[a-z0-9.-]*$',
+                  maxLength: 253,
+                  description: 'A host template with one `{tenant}` label: `{tenant}.api.example.com` (lower-case, no port).',
+                }),
+              }),
+              Closed({ header: HeaderName('A request header naming the tenant (`x-tenant-id`).') }),
+            ],
+            { description: 'Where the request says which tenant it acts for.' },
+          ),
+          providers: Type.Record(TenantName, ProviderName, {
+            minProperties: 1,
+            additionalProperties: false,
+            description: "Tenant → the provider whose tokens alone may act for it (the tenant's own identity provider).",
+          }),
+        },
+        {
+          description:
+            "Each tenant its own provider: the request's tenant (path parameter, host or header) picks the only provider that may authenticate it. An unknown tenant is a 404; a token whose tenant claim names another tenant is a 401 (`jwt.tenant_mismatch`). The identity's tenant is the request's.",
+        },
+      ),
+    }),
   ],
-  { description: 'Who may call the route: exactly one of `provider`, `anyOf`, `allOf`, `optional`, `public`.' },
+  {
+    description: 'Who may call the route: exactly one of `provider`, `anyOf`, `allOf`, `optional`, `tenant`, `public`.',
+  },
 );
 
 export type AlgorithmName = Static<typeof AlgorithmSchema>;

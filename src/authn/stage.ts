@@ -11,6 +11,7 @@
  *   first provider's, upstream headers are everyone's.
  * - `optional`: like `anyOf`, but no token at all is an anonymous pass; a token
  *   that fails is still a 401.
+ * - `tenant`: the request's tenant (path parameter, host, header) picks its own provider.
  * - `public`: no stage at all (`null`).
  *
  * Encrypted tokens (JWE) are verified by providers with `decrypt`; a JWE hides its `iss`,
@@ -21,7 +22,7 @@
  * parameters from `ctx.query`, the query the gateway forwards upstream (and audit records).
  */
 import { decodeJwt } from 'jose';
-import type { DecisionRecord, RequestContext } from '../core/context.js';
+import type { DecisionRecord, Identity, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { CONTINUE, type Decision, type Stage } from '../core/stage.js';
 import { tokenDigest, type CachedToken } from './cache.js';
@@ -78,6 +79,15 @@ export function createAuthnStage(requirement: RouteAuthConfig, authn: CompiledAu
   let mode: Mode;
   let names: readonly string[];
   if ('public' in requirement) return null;
+  if ('tenant' in requirement) {
+    const stages = new Map<string, AuthnStage>();
+    for (const [tenant, name] of Object.entries(requirement.tenant.providers)) {
+      const provider = authn.providers.get(name);
+      if (provider === undefined) throw new TypeError(`unknown authn provider "${name}"`);
+      stages.set(tenant, new AuthnStage('one', [provider], authn));
+    }
+    return new TenantAuthnStage(tenantSource(requirement.tenant.from), stages);
+  }
   if ('provider' in requirement) [mode, names] = ['one', [requirement.provider]];
   else if ('anyOf' in requirement) [mode, names] = ['any', requirement.anyOf];
   else if ('allOf' in requirement) [mode, names] = ['all', requirement.allOf];
@@ -89,6 +99,100 @@ export function createAuthnStage(requirement: RouteAuthConfig, authn: CompiledAu
   });
   if (providers.length === 0) throw new TypeError('an authn requirement needs at least one provider');
   return new AuthnStage(mode, providers, authn);
+}
+
+type TenantFrom = Extract<RouteAuthConfig, { tenant: unknown }>['tenant']['from'];
+
+/** Reads the tenant a request acts for; null when it names none (or names it twice). */
+function tenantSource(from: TenantFrom): (ctx: RequestContext) => string | null {
+  if ('param' in from) {
+    const name = from.param;
+    return (ctx) => ctx.route?.params[name] ?? null;
+  }
+  if ('header' in from) {
+    const name = from.header.toLowerCase();
+    return (ctx) => {
+      const value = ctx.headers[name];
+      return typeof value === 'string' && value !== '' ? value : null;
+    };
+  }
+  const at = from.host.indexOf('{tenant}');
+  const prefix = from.host.slice(0, at);
+  const suffix = from.host.slice(at + '{tenant}'.length);
+  return (ctx) => {
+    const host = ctx.host;
+    if (host.length <= prefix.length + suffix.length || !host.startsWith(prefix) || !host.endsWith(suffix)) return null;
+    const label = host.slice(prefix.length, host.length - suffix.length);
+    // One DNS label: `a.b.api.example.com` is not tenant `a.b`.
+    return label.includes('.') ? null : label;
+  };
+}
+
+const MAX_TENANT_DETAIL = 128;
+
+/**
+ * `tenant`: each tenant its own provider. The request's tenant picks the one provider that
+ * may authenticate it, so a token from another tenant's identity provider never passes here,
+ * whatever it claims. The identity then acts for that tenant: a tenant claim naming another
+ * is refused, and an identity without one takes the request's (authz tenant isolation and
+ * rate limits by tenant see the same value).
+ */
+export class TenantAuthnStage implements Stage {
+  readonly id = AUTHN_STAGE_ID;
+  private readonly tenantOf: (ctx: RequestContext) => string | null;
+  private readonly stages: ReadonlyMap<string, AuthnStage>;
+  /** The identity bound to a tenant, per cached identity: no copy per request. */
+  private readonly bound = new WeakMap<Identity, Identity>();
+
+  constructor(tenantOf: (ctx: RequestContext) => string | null, stages: ReadonlyMap<string, AuthnStage>) {
+    this.tenantOf = tenantOf;
+    this.stages = stages;
+  }
+
+  run(ctx: RequestContext): Decision | Promise<Decision> {
+    const tenant = this.tenantOf(ctx);
+    // `Object.hasOwn` semantics: a Map, so `__proto__` and friends are just unknown tenants.
+    const stage = tenant === null ? undefined : this.stages.get(tenant);
+    if (stage === undefined) return this.unknown(ctx, tenant);
+    const decision = stage.run(ctx);
+    return decision instanceof Promise ? decision.then((d) => this.bind(ctx, tenant!, d)) : this.bind(ctx, tenant!, decision);
+  }
+
+  /**
+   * `bulwark explain --claims`: the identity is given (no token to verify); the request's
+   * tenant still has to be known here and the identity must act for it.
+   */
+  assume(ctx: RequestContext, identity: Identity): Decision {
+    const tenant = this.tenantOf(ctx);
+    if (tenant === null || !this.stages.has(tenant)) return this.unknown(ctx, tenant);
+    ctx.identity = identity;
+    return this.bind(ctx, tenant, CONTINUE);
+  }
+
+  private unknown(ctx: RequestContext, tenant: string | null): BulwarkError {
+    const detail = { tenant: tenant === null ? null : tenant.slice(0, MAX_TENANT_DETAIL) };
+    ctx.decisions.push({ stage: AUTHN_STAGE_ID, outcome: 'deny', code: 'authn.unknown_tenant', detail });
+    // For the client, a tenant that does not exist here is a resource that does not.
+    return new BulwarkError('route.not_found', undefined, { context: detail });
+  }
+
+  private bind(ctx: RequestContext, tenant: string, decision: Decision): Decision {
+    const identity = ctx.identity;
+    if (decision !== CONTINUE || identity === null || identity.tenant === tenant) return decision;
+    if (identity.tenant !== undefined) {
+      const detail = { provider: identity.provider, kid: identity.keyId, reason: 'tenant claim names another tenant' };
+      ctx.decisions.push({ stage: AUTHN_STAGE_ID, outcome: 'deny', code: 'jwt.tenant_mismatch', detail });
+      ctx.identity = null;
+      return authnDenial('jwt.tenant_mismatch', detail);
+    }
+    let bound = this.bound.get(identity);
+    if (bound === undefined || bound.tenant !== tenant) {
+      bound = { ...identity, tenant };
+      this.bound.set(identity, bound);
+    }
+    ctx.identity = bound;
+    return decision;
+  }
 }
 
 function groupBySource(providers: readonly CompiledProvider[]): TokenGroup[] {

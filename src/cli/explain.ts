@@ -1,3 +1,4 @@
+import { TenantAuthnStage } from '../authn/index.js';
 import { explainDecision, explanationExitCode, formatExplanation } from '../authz/index.js';
 import { loadConfigFile } from '../config/load.js';
 import type { Identity } from '../core/context.js';
@@ -54,8 +55,12 @@ export async function explain(options: ExplainOptions, out: (text: string) => vo
     else if (admitted.pipeline !== null) {
       let stages = admitted.pipeline.stages;
       if (options.claims !== undefined) {
-        ctx.identity = identityFromClaims(options.claims, loaded.config.authn?.providers ?? {});
-        stages = stages.filter((s) => s.id !== 'authn');
+        const identity = identityFromClaims(options.claims, loaded.config.authn?.providers ?? {});
+        // A tenant route still checks the request's tenant against the (trusted) identity.
+        const tenantStage = stages.find((s): s is TenantAuthnStage => s instanceof TenantAuthnStage);
+        if (tenantStage === undefined) ctx.identity = identity;
+        else decision = tenantStage.assume(ctx, identity);
+        stages = decision === null ? stages.filter((s) => s.id !== 'authn') : [];
       }
       for (const stage of stages) {
         decision = await stage.run(ctx);

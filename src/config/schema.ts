@@ -206,7 +206,7 @@ export const RouteSchema = Closed({
   auth: Type.Unsafe<Static<typeof RouteAuthSchema>>({
     ...RouteAuthSchema,
     description:
-      'Who may call this route: `{ provider }`, `{ anyOf }`, `{ allOf }`, `{ optional }`, or `{ public: true }`. Required: a route without a requirement must say so.',
+      'Who may call this route: `{ provider }`, `{ anyOf }`, `{ allOf }`, `{ optional }`, `{ tenant }` (each tenant its own provider), or `{ public: true }`. Required: a route without a requirement must say so.',
   }),
   authz: Type.Optional(RouteAuthzSchema),
   rateLimit: Type.Optional(

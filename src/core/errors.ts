@@ -80,6 +80,8 @@ export const ERROR_CODES = {
   'jwt.claim_missing': { status: 401, title: 'Invalid token' },
   'jwt.claim_mismatch': { status: 401, title: 'Invalid token' },
   'jwt.subject_mismatch': { status: 401, title: 'Invalid token' },
+  // A `tenant` route: the token's tenant claim names another tenant than the request acts for.
+  'jwt.tenant_mismatch': { status: 401, title: 'Invalid token' },
   'jwt.crit_unsupported': { status: 401, title: 'Invalid token' },
   'jwt.jwks_unavailable': { status: 401, title: 'Invalid token' },
   'jwt.insufficient_scope': { status: 403, title: 'Insufficient scope' },

@@ -25,7 +25,9 @@ export const LIBRARY_CHECKS: readonly ConfigCheck[] = [
   listenerChecks,
   (config, report) => authnChecks(config, report),
   (config, report) =>
-    config.routes.forEach((route, i) => checkRouteAuth(route.auth, config.authn, ['routes', i, 'auth'], report)),
+    config.routes.forEach((route, i) =>
+      checkRouteAuth(route.auth, config.authn, ['routes', i, 'auth'], report, route.match.path),
+    ),
   (config, report) => authzChecks(config, report),
   telemetryChecks,
   (config, report) => limitsChecks(config.rateLimits, report),
