@@ -153,3 +153,26 @@ function show(value: string): string {
     (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`,
   );
 }
+
+/** Response header carrying an explanation to a client that asked with `admin.explainHeader`. */
+export const EXPLANATION_HEADER = 'x-bulwark-explanation';
+const MAX_EXPLANATION_HEADER = 8192;
+
+/**
+ * The explanation as one header value: JSON with every non-ASCII character escaped (a header
+ * is latin1, and JSON already escapes controls), cut to its verdict when it would be too long.
+ */
+export function explanationHeaderValue(ctx: RequestContext, decision?: Decision): string {
+  const explanation = explainDecision(ctx, decision);
+  let json = asciiJson(explanation);
+  if (json.length > MAX_EXPLANATION_HEADER) {
+    json = asciiJson({ ...explanation, steps: explanation.steps.filter((s) => s.outcome !== 'allow'), truncated: true });
+    if (json.length > MAX_EXPLANATION_HEADER)
+      json = asciiJson({ outcome: explanation.outcome, code: explanation.code, request: explanation.request, truncated: true });
+  }
+  return json;
+}
+
+function asciiJson(value: unknown): string {
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}

@@ -32,5 +32,11 @@ export type { AuthzDenyCode, AuthzIssue, CompiledPolicy } from './compile.js';
 export { AUTHZ_STAGE_ID, createAuthzStage } from './stage.js';
 export type { AuthzDecisionDetail } from './stage.js';
 export { patternCompilations } from './patterns.js';
-export { explainDecision, explanationExitCode, formatExplanation } from './explain.js';
+export {
+  EXPLANATION_HEADER,
+  explainDecision,
+  explanationExitCode,
+  explanationHeaderValue,
+  formatExplanation,
+} from './explain.js';
 export type { Explanation, ExplanationStep } from './explain.js';

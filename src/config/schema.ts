@@ -112,11 +112,30 @@ export const ListenerSchema = Closed({
   }),
 });
 
+export const ExplainHeaderSchema = Closed(
+  {
+    name: Type.String({
+      pattern: "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$",
+      default: 'x-bulwark-explain',
+      description: 'Request header carrying the token.',
+    }),
+    token: Type.String({
+      minLength: 32,
+      description: 'Shared secret, at least 32 characters; use a `${ENV}` reference.',
+    }),
+  },
+  {
+    description:
+      'Debugging: a request whose `name` header carries `token` gets its whole decision path (stages, reason codes, provider and `kid`, matched rules) back in the `x-bulwark-explanation` response header, as JSON. Off without this section; any other value is ignored; the header never reaches an upstream.',
+  },
+);
+
 export const AdminSchema = Closed(
   {
     address: Type.String({ default: '127.0.0.1', description: 'Address to bind; loopback by default.' }),
     port: Type.Union([Port], { default: 9901 }),
     enabled: Type.Boolean({ default: true }),
+    explainHeader: Type.Optional(ExplainHeaderSchema),
   },
   { description: 'The admin listener: /healthz, /readyz, /config.' },
 );

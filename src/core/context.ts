@@ -74,6 +74,8 @@ export class RequestContext {
   upstreamHeaders: string[] | null;
   /** Request header names (lower-case) stages want removed before forwarding (e.g. client copies of identity headers). */
   stripHeaders: ReadonlySet<string> | null;
+  /** The client proved it may see this request's explanation (`admin.explainHeader`): it is sent back. */
+  explain: boolean;
   /** process.hrtime.bigint() at arrival. */
   readonly startedAt: bigint;
 
@@ -105,6 +107,7 @@ export class RequestContext {
     this.decisions = [];
     this.upstreamHeaders = null;
     this.stripHeaders = null;
+    this.explain = false;
     this.startedAt = process.hrtime.bigint();
   }
 }

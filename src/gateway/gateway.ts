@@ -20,6 +20,7 @@ import {
 } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
+import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { respondToAdmitted } from '../issuer/http.js';
 import type { IssuerEvent } from '../issuer/issuer.js';
@@ -323,6 +324,8 @@ export class Gateway {
       this.deny(req, res, ctx, new BulwarkError('audit.unavailable'), isH2, grpc, outcome);
       return;
     }
+    // Before admission: a request refused there (bad path, no route) is explained too.
+    if (runtime.explain !== null) ctx.explain = runtime.explain.allows(req.headers);
     const admitted = admit(req, ctx, settings, runtime);
     if (admitted instanceof BulwarkError) {
       this.deny(req, res, ctx, admitted, isH2, grpc, outcome);
@@ -552,6 +555,7 @@ export class Gateway {
       return;
     }
     const { status, headers, body } = problemResponse(error, ctx);
+    if (ctx.explain) headers[EXPLANATION_HEADER] = explanationHeaderValue(ctx, error);
     outcome.bytes = ctx.method === 'HEAD' ? 0 : (headers['content-length'] as number);
     // A body we never read would otherwise be parsed as the next request (or drained for ever).
     // (A bodyless request is not `complete` yet while its 'request' event runs: nothing to skip.)

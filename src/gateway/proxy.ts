@@ -8,6 +8,7 @@ import type { Endpoint, Upstream } from './upstream.js';
 import type { UpstreamTimeoutsConfig } from '../config/schema.js';
 import type { ServerSpan, Telemetry, UpstreamAttempt } from '../telemetry/index.js';
 import { rateLimitHeaders } from '../limits/index.js';
+import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 
 /** The part of a server response both node:http and the HTTP/2 compatibility API offer. */
 export interface ClientResponse {
@@ -78,6 +79,7 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     this.requestId = request.ctx.requestId;
     this.attempt = attempt;
     this.extra = rateLimitHeaders(request.ctx);
+    if (request.ctx.explain) this.extra = { ...this.extra, [EXPLANATION_HEADER]: explanationHeaderValue(request.ctx) };
     this.controller = null;
     this.status = 0;
     this.bytes = 0;

@@ -15,6 +15,8 @@ import { closeGrpcPool } from '../grpc/index.js';
 import { createRevocationList, type RevocationList } from '../revocation/index.js';
 import { compileLimits, createLimitStage, type CompiledLimits } from '../limits/index.js';
 import { Issuer, IssuerHttp, type IssuerOptions } from '../issuer/index.js';
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingHttpHeaders } from 'node:http';
 import { availableParallelism } from 'node:os';
 import { echoOrigin } from './echo.js';
 import { Router } from './router.js';
@@ -79,6 +81,25 @@ export function listenerKey(config: Pick<ListenerConfig, 'address' | 'port' | 'p
  * started on (acquire/release), so a reload never changes a request midway and
  * an old snapshot's pools close only once its last request is done.
  */
+/** `admin.explainHeader`: the request header and token that unlock a request's explanation. */
+export class ExplainGate {
+  readonly header: string;
+  private readonly token: Buffer;
+
+  constructor(header: string, token: string) {
+    this.header = header.toLowerCase();
+    this.token = Buffer.from(token, 'utf8');
+  }
+
+  /** Whether the request carries the token (compared in constant time; any other value is ignored). */
+  allows(headers: IncomingHttpHeaders): boolean {
+    const value = headers[this.header];
+    if (typeof value !== 'string') return false;
+    const given = Buffer.from(value, 'latin1');
+    return given.length === this.token.length && timingSafeEqual(given, this.token);
+  }
+}
+
 export class Runtime {
   readonly config: BulwarkConfig;
   readonly hash: string;
@@ -94,6 +115,8 @@ export class Runtime {
   readonly issuer: IssuerHttp | null;
   /** Identity headers the gateway owns: the client's copies are removed on every route, public ones too. */
   readonly ownedHeaders: ReadonlySet<string> | null;
+  /** `admin.explainHeader`: who may see their request's explanation; null when off. */
+  readonly explain: ExplainGate | null;
   private active: number;
   private idle: Promise<void> | null;
   private onIdle: (() => void) | null;
@@ -122,8 +145,17 @@ export class Runtime {
     this.limits = security.limits ?? null;
     this.revocation = security.revocation ?? null;
     this.issuer = security.issuer ?? null;
-    const owned = security.authn === null ? null : forwardedHeaderNames(security.authn);
-    this.ownedHeaders = owned !== null && owned.size > 0 ? owned : null;
+    const explain = config.admin?.explainHeader;
+    this.explain = explain === undefined ? null : new ExplainGate(explain.name ?? 'x-bulwark-explain', explain.token);
+    const forwarded = security.authn === null ? null : forwardedHeaderNames(security.authn);
+    // The explain token is a secret: no upstream ever sees it. Without it, the authn stage's own set
+    // (the same object: the stage then adds nothing per request).
+    this.ownedHeaders =
+      this.explain !== null
+        ? new Set([...(forwarded ?? []), this.explain.header])
+        : forwarded !== null && forwarded.size > 0
+          ? forwarded
+          : null;
     this.router = new Router(routes);
     this.listeners = new Map(config.listeners.map((l) => [listenerKey(l), new ListenerSettings(l)]));
     this.active = 0;
