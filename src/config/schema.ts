@@ -121,7 +121,9 @@ export const ExplainHeaderSchema = Closed(
     }),
     token: Type.String({
       minLength: 32,
-      description: 'Shared secret, at least 32 characters; use a `${ENV}` reference.',
+      // A header value is ASCII on the wire: any other character could never match.
+      pattern: '^[\\x21-\\x7e]+$',
+      description: 'Shared secret: at least 32 visible ASCII characters; use a `${ENV}` reference.',
     }),
   },
   {

@@ -115,13 +115,15 @@ describe('admin.explainHeader', () => {
     expect(res.explained!.identity!.subject).toBe('zoë 日本');
   });
 
-  it('a token shorter than 32 characters is refused at load', () => {
-    try {
-      parseConfig(yaml('explainHeader: { token: short }'), 'gw.yaml', { checks: CONFIG_CHECKS });
-      expect.unreachable();
-    } catch (error) {
-      expect(error).toBeInstanceOf(ConfigError);
-      expect((error as ConfigError).issues.map((i) => i.path)).toContain('admin.explainHeader.token');
+  it('a token shorter than 32 characters, or one no header could carry, is refused at load', () => {
+    for (const token of ['short', `"${'é'.repeat(40)}"`, `"${'a b'.repeat(20)}"`]) {
+      try {
+        parseConfig(yaml(`explainHeader: { token: ${token} }`), 'gw.yaml', { checks: CONFIG_CHECKS });
+        expect.unreachable();
+      } catch (error) {
+        expect(error).toBeInstanceOf(ConfigError);
+        expect((error as ConfigError).issues.map((i) => i.path)).toContain('admin.explainHeader.token');
+      }
     }
   });
 });
