@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Identity, DecisionRecord, MatchedRoute, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
-import { loadConfigFile, parseConfig, type LoadedConfig } from '../config/load.js';
+import { ConfigError, loadConfigFile, parseConfig, type LoadedConfig } from '../config/load.js';
 import type { ListenerConfig, PathPolicyConfig } from '../config/schema.js';
 import { admit, contextFor, problemResponse, type RequestLike } from '../engine/admission.js';
-import { compileRuntime, ListenerSettings, retireRuntime, type Runtime } from '../gateway/runtime.js';
-import { LIBRARY_CHECKS } from '../server/config-source.js';
+import { compileRuntime, ListenerSettings, retireRuntime, type CompileOptions, type Runtime } from '../gateway/runtime.js';
+import { LIBRARY_CHECKS, watchConfig } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
 import { respondToAdmitted } from '../issuer/http.js';
 import type { Issuer } from '../issuer/issuer.js';
@@ -33,6 +33,11 @@ export interface BulwarkOptions {
   audit?: AuditLog | null;
   /** Traces, metrics and access log. Default: one built from the config's `telemetry` section (shut down by `close()`). */
   telemetry?: Telemetry;
+  /**
+   * With `config` a file: apply its changes as it is saved (as `bulwark serve` does). A change
+   * that does not load or compile is logged with file, line and field, and the running config stays.
+   */
+  watch?: boolean;
 }
 
 /** How a response ended, for `complete`. */
@@ -64,35 +69,45 @@ export interface Evaluation {
  * their framework's request onto `evaluate` and a denial onto `sendProblem`.
  */
 export class Bulwark {
-  private readonly runtime: Runtime;
+  private runtime: Runtime;
   private readonly settings: ListenerSettings;
   private readonly secure: boolean;
+  private readonly logger: Logger;
+  /** The config file (reloads reread it); null for a config given as an object. */
+  private readonly source: string | null;
   /** Every decision, once its response is over; business events with `audit.record(…)`. Null without an `audit` section. */
   readonly audit: AuditLog | null;
   readonly telemetry: Telemetry;
   private readonly owned: { audit: boolean; telemetry: boolean };
-  /** Requests evaluated and not yet completed: their server spans (one entry per request, dropped by `complete`). */
-  private readonly spans = new WeakMap<RequestContext, ServerSpan>();
+  /** Requests evaluated and not yet completed: their span and the snapshot they run on (dropped by `complete`). */
+  private readonly inFlight = new WeakMap<RequestContext, { span: ServerSpan; runtime: Runtime }>();
   private readonly unavailable = new BulwarkError('audit.unavailable');
+  /** Reloads run one at a time, in order. */
+  private reloading: Promise<unknown> = Promise.resolve();
+  private unwatch: (() => void) | null = null;
 
   // Routes with `issuer: true` are answered by the issuer, not the application.
-  private readonly issuerRoutes: ReadonlySet<string>;
+  private issuerRoutes: ReadonlySet<string>;
 
-  private constructor(
-    runtime: Runtime,
-    settings: ListenerSettings,
-    secure: boolean,
-    audit: AuditLog | null,
-    telemetry: Telemetry,
-    owned: { audit: boolean; telemetry: boolean },
-  ) {
-    this.runtime = runtime;
-    this.settings = settings;
-    this.secure = secure;
-    this.audit = audit;
-    this.telemetry = telemetry;
-    this.owned = owned;
-    this.issuerRoutes = new Set(runtime.config.routes.filter((r) => r.issuer === true).map((r) => r.id));
+  private constructor(parts: {
+    runtime: Runtime;
+    settings: ListenerSettings;
+    secure: boolean;
+    logger: Logger;
+    source: string | null;
+    audit: AuditLog | null;
+    telemetry: Telemetry;
+    owned: { audit: boolean; telemetry: boolean };
+  }) {
+    this.runtime = parts.runtime;
+    this.settings = parts.settings;
+    this.secure = parts.secure;
+    this.logger = parts.logger;
+    this.source = parts.source;
+    this.audit = parts.audit;
+    this.telemetry = parts.telemetry;
+    this.owned = parts.owned;
+    this.issuerRoutes = issuerRoutesOf(parts.runtime);
   }
 
   /** The token issuer of the config's `issuer` section (mint sessions with it), or null. */
@@ -109,10 +124,7 @@ export class Bulwark {
   }
 
   static async create(options: BulwarkOptions): Promise<Bulwark> {
-    const loaded: LoadedConfig =
-      typeof options.config === 'string'
-        ? await loadConfigFile(options.config, { checks: LIBRARY_CHECKS })
-        : parseConfig(JSON.stringify(options.config, null, 2), '<inline config>', { checks: LIBRARY_CHECKS });
+    const loaded = await loadLibraryConfig(options.config);
     const listener: ListenerConfig = {
       port: 0,
       address: '127.0.0.1',
@@ -136,15 +148,65 @@ export class Bulwark {
           : config.audit === undefined
             ? null
             : await createAuditLog(config.audit, { logger });
-      const runtime = await compileRuntime(config, loaded.hash, null, {
-        issuer: { onEvent: (event) => logger.debug(event, event.type) },
+      const runtime = await compileRuntime(config, loaded.hash, null, compileOptions(logger));
+      const source = typeof options.config === 'string' ? options.config : null;
+      const bulwark = new Bulwark({
+        runtime,
+        settings,
+        secure: options.secure ?? false,
+        logger,
+        source,
+        audit,
+        telemetry,
+        owned,
       });
-      return new Bulwark(runtime, settings, options.secure ?? false, audit, telemetry, owned);
+      if (options.watch === true) {
+        if (source === null) throw new TypeError('watch needs the config as a file path');
+        bulwark.unwatch = watchConfig(source, () => void bulwark.reload().catch(() => {}));
+      }
+      return bulwark;
     } catch (err) {
       if (owned.audit) await audit?.close();
       if (owned.telemetry) await telemetry.shutdown();
       throw err;
     }
+  }
+
+  /**
+   * Applies a new config: the file again (no argument), another file, or an object, validated
+   * exactly like one. Resolves true when applied, false when unchanged; a config that does not
+   * load or compile rejects (a ConfigError names file, line and field) and the running one stays.
+   * Requests already evaluated finish on the config they started with. `audit` and `telemetry`
+   * metric settings take effect on restart, as with `bulwark serve`.
+   */
+  reload(config?: string | Record<string, unknown>): Promise<boolean> {
+    const run = async (): Promise<boolean> => {
+      const from = config ?? this.source;
+      if (from === null) throw new TypeError('reload() needs a config: this one was given as an object');
+      try {
+        const loaded = await loadLibraryConfig(from);
+        if (loaded.hash === this.runtime.hash) return false;
+        const previous = this.runtime;
+        const next = await compileRuntime(loaded.config, loaded.hash, previous, compileOptions(this.logger));
+        this.runtime = next;
+        this.issuerRoutes = issuerRoutesOf(next);
+        if (this.owned.telemetry) await this.telemetry.reload(loaded.config);
+        void retireRuntime(previous, next, loaded.config.shutdownTimeoutMs ?? 30_000);
+        this.telemetry.metrics.configReload('ok');
+        this.logger.info({ hash: next.hash }, 'configuration reloaded');
+        return true;
+      } catch (err) {
+        this.telemetry.metrics.configReload('failed');
+        this.logger.error(
+          { err, ...(err instanceof ConfigError ? { issues: err.issues } : {}) },
+          'reload failed, keeping the running configuration',
+        );
+        throw err;
+      }
+    };
+    const result = this.reloading.then(run, run);
+    this.reloading = result.catch(() => {});
+    return result;
   }
 
   /**
@@ -154,12 +216,15 @@ export class Bulwark {
    */
   async evaluate(req: RequestLike): Promise<Evaluation> {
     const ctx = contextFor(req, this.secure);
-    this.spans.set(ctx, this.telemetry.startRequest(ctx));
+    // The snapshot of this request, start to end: a reload meanwhile retires it only once it is done.
+    const runtime = this.runtime;
+    runtime.acquire();
+    this.inFlight.set(ctx, { span: this.telemetry.startRequest(ctx), runtime });
     // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
     if (this.audit !== null && !this.audit.accepting()) return { ctx, error: this.unavailable };
-    const admitted = admit(req, ctx, this.settings, this.runtime);
+    const admitted = admit(req, ctx, this.settings, runtime);
     if (admitted instanceof BulwarkError) return { ctx, error: admitted };
-    ctx.stripHeaders = this.runtime.ownedHeaders;
+    ctx.stripHeaders = runtime.ownedHeaders;
     if (admitted.pipeline === null) return { ctx, error: null };
     try {
       return { ctx, error: await admitted.pipeline.run(ctx) };
@@ -176,10 +241,12 @@ export class Bulwark {
    */
   complete(evaluation: Evaluation, status: number, info: CompletionInfo = {}): void {
     const { ctx, error } = evaluation;
-    const span = this.spans.get(ctx);
-    if (span === undefined) return;
-    this.spans.delete(ctx);
+    const entry = this.inFlight.get(ctx);
+    if (entry === undefined) return;
+    this.inFlight.delete(ctx);
+    const span = entry.span;
     releaseLimits(ctx);
+    entry.runtime.release();
     const code = info.code !== undefined ? info.code : (error?.code ?? null);
     const grpcStatus = info.grpcStatus ?? null;
     const bytes = info.bytes ?? -1;
@@ -264,6 +331,8 @@ export class Bulwark {
   }
 
   async close(): Promise<void> {
+    this.unwatch?.();
+    await this.reloading;
     await retireRuntime(this.runtime, null, 0);
     if (this.owned.audit) await this.audit?.close();
     if (this.owned.telemetry) await this.telemetry.shutdown();
@@ -334,6 +403,20 @@ export function bytesOf(res: { getHeader(name: string): unknown }): number {
   const length = res.getHeader('content-length');
   const n = typeof length === 'number' ? length : typeof length === 'string' ? Number(length) : NaN;
   return Number.isSafeInteger(n) && n >= 0 ? n : -1;
+}
+
+function loadLibraryConfig(config: string | Record<string, unknown>): Promise<LoadedConfig> {
+  return typeof config === 'string'
+    ? loadConfigFile(config, { checks: LIBRARY_CHECKS })
+    : Promise.resolve(parseConfig(JSON.stringify(config, null, 2), '<inline config>', { checks: LIBRARY_CHECKS }));
+}
+
+function compileOptions(logger: Logger): CompileOptions {
+  return { issuer: { onEvent: (event) => logger.debug(event, event.type) } };
+}
+
+function issuerRoutesOf(runtime: Runtime): ReadonlySet<string> {
+  return new Set(runtime.config.routes.filter((r) => r.issuer === true).map((r) => r.id));
 }
 
 function withUrl(req: IncomingMessage, url: string): RequestLike {
