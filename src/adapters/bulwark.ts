@@ -211,7 +211,7 @@ export class Bulwark {
 
   /**
    * Runs the pipeline for one request. Never throws for a client's mistake. Once the
-   * response is over (sent, failed or abandoned), call `complete(ctx, status)`: it frees
+   * response is over (sent, failed or abandoned), call `complete(evaluation, status)`: it frees
    * the request's concurrency slots, ends its span and records its audit event.
    */
   async evaluate(req: RequestLike): Promise<Evaluation> {
