@@ -250,7 +250,14 @@ function collapseUnions(errors: SchemaError[]): SchemaError[] {
     .sort((a, b) => b.schemaPath.length - a.schemaPath.length);
   for (const union of unions) {
     if (!list.includes(union)) continue;
-    const inside = list.filter((e) => e !== union && e.schemaPath.startsWith(`${union.schemaPath}/`));
+    // The same schema applies to every item of a list: a branch error belongs to this union only
+    // at this union's place in the document (another route's failures are another union's).
+    const inside = list.filter(
+      (e) =>
+        e !== union &&
+        e.schemaPath.startsWith(`${union.schemaPath}/`) &&
+        (e.instancePath === union.instancePath || e.instancePath.startsWith(`${union.instancePath}/`)),
+    );
     const byBranch = new Map<number, SchemaError[]>();
     for (const e of inside) {
       const index = branchIndex(e, union.schemaPath);

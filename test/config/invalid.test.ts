@@ -75,6 +75,25 @@ add('path match with no kind', edit('      path: { prefix: /api }', '      path:
   { code: 'config.one_of', path: 'routes[0].match.path', line: lineOf(s, 'path:') },
 ]);
 
+add(
+  'two list items failing the same union: each reported at its own place, precisely',
+  [
+    ...BASE,
+    '  - id: b',
+    '    match: { path: { prefix: /b, exact: /b } }',
+    '    upstream: app',
+    '    auth: { public: true }',
+    '  - id: c',
+    '    match: { path: { prefix: c } }',
+    '    upstream: app',
+    '    auth: { public: true }',
+  ],
+  (s) => [
+    { code: 'config.one_of', path: 'routes[1].match.path', line: lineOf(s, 'exact: /b') },
+    { code: 'config.pattern', path: 'routes[2].match.path.prefix', line: lineOf(s, 'prefix: c') },
+  ],
+);
+
 add('path match of the right kind with a bad value', edit('      path: { prefix: /api }', '      path: { prefix: api }'), (s) => [
   { code: 'config.pattern', path: 'routes[0].match.path.prefix', line: lineOf(s, 'prefix') },
 ]);
