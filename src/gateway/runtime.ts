@@ -206,87 +206,96 @@ export async function compileRuntime(
   previous: Runtime | null,
   options: CompileOptions = {},
 ): Promise<Runtime> {
-  // Security state is carried over when its config did not change: JWKS caches stay warm, no refetch storm on reload.
-  const authn =
-    config.authn === undefined
-      ? null
-      : previous?.authn != null && sameJson(previous.config.authn, config.authn)
-        ? previous.authn
-        : compileAuthn(config.authn);
-  if (authn !== null && authn !== previous?.authn) {
-    try {
-      await authn.ready();
-    } catch (err) {
-      authn.close();
-      throw err;
-    }
-  }
-  // The revocation list outlives snapshots while its store is unchanged: a reload must never forget one.
+  // What this compile created (not carried over): closed again if anything after it fails. Until
+  // the very end nothing shared with `previous` is touched, so a failed reload changes nothing
+  // the running snapshot relies on (its authn's revocation list, its issuer's).
+  let authn: CompiledAuthn | null = null;
   let revocation: RevocationList | null = null;
-  if (config.revocation !== undefined) {
-    if (previous?.revocation != null && sameJson(previous.config.revocation?.store, config.revocation.store))
-      revocation = previous.revocation;
-    else {
-      revocation = createRevocationList(config.revocation);
-      await revocation.start();
-    }
-  }
-  if (authn !== null && revocation !== null) {
-    authn.revocation = revocation;
-    if (authn !== previous?.authn || revocation !== previous?.revocation) revocation.attachCache(authn.cache);
-  }
   let issuer: IssuerHttp | null = null;
-  if (config.issuer !== undefined && options.issuer !== false) {
-    if (previous?.issuer != null && sameJson(previous.config.issuer, config.issuer)) issuer = previous.issuer;
-    else issuer = new IssuerHttp(await Issuer.create(config.issuer, { revocation, ...options.issuer }));
-    issuer.issuer.attachRevocation(revocation);
+  try {
+    // Security state is carried over when its config did not change: JWKS caches stay warm, no refetch storm on reload.
+    authn =
+      config.authn === undefined
+        ? null
+        : previous?.authn != null && sameJson(previous.config.authn, config.authn)
+          ? previous.authn
+          : compileAuthn(config.authn);
+    if (authn !== null && authn !== previous?.authn) await authn.ready();
+    // The revocation list outlives snapshots while its store is unchanged: a reload must never forget one.
+    if (config.revocation !== undefined) {
+      if (previous?.revocation != null && sameJson(previous.config.revocation?.store, config.revocation.store))
+        revocation = previous.revocation;
+      else {
+        revocation = createRevocationList(config.revocation);
+        await revocation.start();
+      }
+    }
+    if (config.issuer !== undefined && options.issuer !== false) {
+      if (previous?.issuer != null && sameJson(previous.config.issuer, config.issuer)) issuer = previous.issuer;
+      else issuer = new IssuerHttp(await Issuer.create(config.issuer, { revocation, ...options.issuer }));
+    }
+    const authz = config.authz === undefined ? null : compileAuthz(config.authz);
+    const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
+    // Unchanged stores (buckets, leases, Redis connections) carry over: a reload never refills a bucket.
+    const limits = usesLimits
+      ? compileLimits(config.rateLimits, {
+          workers: config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1),
+          ...(previous?.limits != null ? { previous: previous.limits } : {}),
+          ...(options.onStoreBreaker !== undefined ? { onStoreBreaker: options.onStoreBreaker } : {}),
+        })
+      : null;
+    const routeAuthn = authn;
+    const stagesFor = (route: RouteConfig): Stage[] => {
+      const stages: Stage[] = [];
+      if (!('public' in route.auth)) {
+        if (routeAuthn === null)
+          throw new TypeError(`route ${route.id}: authentication required but no authn providers are configured`);
+        const stage = createAuthnStage(route.auth, routeAuthn);
+        if (stage !== null) stages.push(stage);
+      }
+      if (route.authz !== undefined) {
+        if (authz === null) throw new TypeError(`route ${route.id}: authz policies referenced but no authz section`);
+        const stage = createAuthzStage(route.authz, authz);
+        if (stage !== null) stages.push(stage);
+      }
+      if (route.rateLimit !== undefined) {
+        if (limits === null) throw new TypeError(`route ${route.id}: rate limits referenced but no rateLimits section`);
+        const stage = createLimitStage(route.rateLimit, limits, clientAddressOf);
+        if (stage !== null) stages.push(stage);
+      }
+      return stages;
+    };
+    const upstreams = new Map<string, Upstream>();
+    for (const [name, upstreamConfig] of Object.entries(config.upstreams)) {
+      const old = previous?.upstreams.get(name);
+      if (old !== undefined && JSON.stringify(previous!.config.upstreams[name]) === JSON.stringify(upstreamConfig)) {
+        upstreams.set(name, old);
+        continue;
+      }
+      const origins = upstreamConfig.builtin === 'echo' ? [await echoOrigin()] : (upstreamConfig.endpoints ?? []);
+      upstreams.set(name, new Upstream(name, upstreamConfig, origins));
+    }
+    const routes = config.routes.map((route) => {
+      const upstream = route.upstream === undefined ? null : upstreams.get(route.upstream);
+      // Validation guarantees the reference; this guards programmatic callers.
+      if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
+      return new CompiledRoute(route, upstream, stagesFor(route));
+    });
+    // Everything compiled: only now wire the revocation list into (possibly shared) authn and issuer.
+    if (authn !== null) {
+      // null too: a config that drops `revocation` must not leave a carried-over authn on the old list.
+      authn.revocation = revocation;
+      if (revocation !== null && (authn !== previous?.authn || revocation !== previous?.revocation))
+        revocation.attachCache(authn.cache);
+    }
+    issuer?.issuer.attachRevocation(revocation);
+    return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation, issuer });
+  } catch (err) {
+    if (issuer !== null && issuer !== previous?.issuer) await issuer.issuer.close().catch(() => {});
+    if (revocation !== null && revocation !== previous?.revocation) await revocation.close().catch(() => {});
+    if (authn !== null && authn !== previous?.authn) authn.close();
+    throw err;
   }
-  const authz = config.authz === undefined ? null : compileAuthz(config.authz);
-  const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
-  // Unchanged stores (buckets, leases, Redis connections) carry over: a reload never refills a bucket.
-  const limits = usesLimits
-    ? compileLimits(config.rateLimits, {
-        workers: config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1),
-        ...(previous?.limits != null ? { previous: previous.limits } : {}),
-        ...(options.onStoreBreaker !== undefined ? { onStoreBreaker: options.onStoreBreaker } : {}),
-      })
-    : null;
-  const stagesFor = (route: RouteConfig): Stage[] => {
-    const stages: Stage[] = [];
-    if (!('public' in route.auth)) {
-      if (authn === null) throw new TypeError(`route ${route.id}: authentication required but no authn providers are configured`);
-      const stage = createAuthnStage(route.auth, authn);
-      if (stage !== null) stages.push(stage);
-    }
-    if (route.authz !== undefined) {
-      if (authz === null) throw new TypeError(`route ${route.id}: authz policies referenced but no authz section`);
-      const stage = createAuthzStage(route.authz, authz);
-      if (stage !== null) stages.push(stage);
-    }
-    if (route.rateLimit !== undefined) {
-      if (limits === null) throw new TypeError(`route ${route.id}: rate limits referenced but no rateLimits section`);
-      const stage = createLimitStage(route.rateLimit, limits, clientAddressOf);
-      if (stage !== null) stages.push(stage);
-    }
-    return stages;
-  };
-  const upstreams = new Map<string, Upstream>();
-  for (const [name, upstreamConfig] of Object.entries(config.upstreams)) {
-    const old = previous?.upstreams.get(name);
-    if (old !== undefined && JSON.stringify(previous!.config.upstreams[name]) === JSON.stringify(upstreamConfig)) {
-      upstreams.set(name, old);
-      continue;
-    }
-    const origins = upstreamConfig.builtin === 'echo' ? [await echoOrigin()] : (upstreamConfig.endpoints ?? []);
-    upstreams.set(name, new Upstream(name, upstreamConfig, origins));
-  }
-  const routes = config.routes.map((route) => {
-    const upstream = route.upstream === undefined ? null : upstreams.get(route.upstream);
-    // Validation guarantees the reference; this guards programmatic callers.
-    if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
-    return new CompiledRoute(route, upstream, stagesFor(route));
-  });
-  return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation, issuer });
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */
