@@ -312,10 +312,19 @@ export class CompiledProvider {
     const required = checkRequiredClaims(claims, this.required);
     if (required !== null) return { ok: false, code: required.code, reason: `claim:${required.claim}`, kid };
 
+    // A tenant claim that is there but names no tenant (a list, an object, "") is not "no tenant":
+    // that would make the token a platform identity, outside tenant isolation.
+    let tenant: string | undefined;
+    if (this.tenant !== null) {
+      const raw = readClaim(claims, this.tenant);
+      tenant = tenantFrom(raw);
+      if (tenant === undefined && raw !== undefined && raw !== null)
+        return { ok: false, code: 'jwt.malformed', reason: 'tenant claim is not a tenant id', kid };
+    }
     const exp = typeof payload.exp === 'number' ? payload.exp : undefined;
     const identity: Identity = Object.freeze({
       subject: sub,
-      tenant: this.tenant === null ? undefined : tenantFrom(readClaim(claims, this.tenant)),
+      tenant,
       roles: this.roles === null ? Object.freeze([]) : rolesFrom(readClaim(claims, this.roles)),
       scopes: scopesFrom(claims),
       claims,

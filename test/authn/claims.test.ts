@@ -228,6 +228,12 @@ describe('identity', () => {
     expect(r.ctx.identity).toMatchObject({ roles: ['viewer'], tenant: '42' });
     const none = await ns.run(await ns.token({ 'https://example.com/roles': { admin: true } }));
     expect(none.ctx.identity).toMatchObject({ roles: [], tenant: undefined });
+    // Present but naming no tenant: refused, not taken for a tenant-less (platform) identity.
+    for (const tid of [['acme'], { id: 'acme' }, true, '']) {
+      const bad = await ns.run(await ns.token({ tid }));
+      expect([tid, bad.ctx.identity, bad.code]).toEqual([tid, null, 'jwt.malformed']);
+    }
+    expect((await ns.run(await ns.token({ tid: null }))).ctx.identity).toMatchObject({ tenant: undefined });
   });
 });
 
