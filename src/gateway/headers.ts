@@ -4,6 +4,7 @@
  * dropped from the client's copy and re-added by the gateway, so a client can
  * neither forge them nor use `Connection` to strip them.
  */
+import { EXPLANATION_HEADER } from '../authz/explain.js';
 
 /** Headers that describe one connection (RFC 9110 §7.6.1 and friends); shared with the gRPC proxy. */
 export const CONNECTION_HEADERS: readonly string[] = [
@@ -108,6 +109,8 @@ export function clientResponseHeaders(
     const value = headers[name];
     if (value === undefined || HOP_BY_HOP.has(name) || name.charCodeAt(0) === 58) continue;
     if (nominated !== null && nominated.has(name)) continue;
+    // Only the gateway explains its decisions: an upstream's copy would pass for one.
+    if (name === EXPLANATION_HEADER) continue;
     out[name] = value;
   }
   out['x-request-id'] = requestId;

@@ -41,6 +41,7 @@ import {
   statusTrailers,
 } from './status.js';
 import { DeadlineQueue, formatGrpcTimeout, resolveGrpcTimeout, type DeadlineEntry } from './timeout.js';
+import { EXPLANATION_HEADER } from '../authz/explain.js';
 
 /** Case-insensitive `application/grpc`, optionally `+proto`, `+json`…; never `application/grpc-web`. */
 export function isGrpcContentType(value: string | string[] | undefined): boolean {
@@ -645,6 +646,8 @@ function relayable(headers: IncomingHttpHeaders): OutgoingHttpHeaders {
   for (const name in headers) {
     const value = headers[name];
     if (value === undefined || name.charCodeAt(0) === 0x3a || HOP_BY_HOP.has(name)) continue;
+    // Only the gateway explains its decisions: an upstream's copy would pass for one.
+    if (name === EXPLANATION_HEADER) continue;
     out[name] = value;
   }
   return out;

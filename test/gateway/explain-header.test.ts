@@ -8,7 +8,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ConfigError, parseConfig } from '../../src/config/load.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
-import { startGateway, type TestGateway } from '../helpers/net.js';
+import { startGateway, startUpstream, type TestGateway } from '../helpers/net.js';
 
 const SECRET = 'explain-header-test-secret-0123456789abc';
 const TOKEN = 'debug-token-0123456789abcdefghijklmnop';
@@ -113,6 +113,40 @@ describe('admin.explainHeader', () => {
     });
     expect(res.raw).toMatch(/^[\x20-\x7e]+$/);
     expect(res.explained!.identity!.subject).toBe('zoë 日本');
+  });
+
+  it("an upstream's own x-bulwark-explanation never reaches a client, asked for or not", async () => {
+    const forger = await startUpstream((_req, res) => {
+      res.writeHead(200, { 'x-bulwark-explanation': '{"outcome":"allow","forged":true}', 'content-length': 2 });
+      res.end('ok');
+    });
+    const forged = await startGateway(
+      yaml().replace('upstreams: { app: { builtin: echo } }', `upstreams: { app: { endpoints: ['${forger.origin}'] } }`),
+    );
+    const plain = await startGateway(
+      yaml('enabled: true').replace(
+        'upstreams: { app: { builtin: echo } }',
+        `upstreams: { app: { endpoints: ['${forger.origin}'] } }`,
+      ),
+    );
+    try {
+      const token = await mint(['reader']);
+      for (const [gateway, headers] of [
+        [forged, { authorization: `Bearer ${token}` }],
+        [forged, { authorization: `Bearer ${token}`, 'x-bulwark-explain': TOKEN }],
+        [plain, { authorization: `Bearer ${token}` }],
+      ] as const) {
+        const res = await request(`${gateway.url}/docs/1`, { headers });
+        expect(res.statusCode).toBe(200);
+        await res.body.dump();
+        const header = res.headers['x-bulwark-explanation'];
+        expect(header === undefined || !String(header).includes('forged')).toBe(true);
+      }
+    } finally {
+      await forged.close();
+      await plain.close();
+      await forger.close();
+    }
   });
 
   it('a token shorter than 32 characters, or one no header could carry, is refused at load', () => {
