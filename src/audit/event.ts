@@ -14,6 +14,7 @@
  * only when configured. A change of meaning or shape is a new `v`.
  */
 import type { RequestContext } from '../core/context.js';
+import { ERROR_CODES } from '../core/errors.js';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
@@ -29,10 +30,18 @@ export const AUDIT_DECISIONS: readonly AuditDecision[] = ['allow', 'deny', 'limi
 function refusalOf(code: string): AuditDecision {
   if (code.startsWith('ratelimit.')) return 'limit';
   if (code === 'request.aborted') return 'error';
+  // A server-side failure (a store down, no signing key) refused nothing on policy.
+  const status = (ERROR_CODES as Readonly<Record<string, { status: number }>>)[code]?.status ?? 500;
+  if (status >= 500) return 'error';
   // Deny by default is a decision: no route, and every request shape the normalizer refuses.
-  if (code.startsWith('request.') || code.startsWith('route.') || code.startsWith('jwt.') || code.startsWith('rbac.'))
+  if (
+    code.startsWith('request.') ||
+    code.startsWith('route.') ||
+    code.startsWith('jwt.') ||
+    code.startsWith('rbac.') ||
+    code.startsWith('issuer.')
+  )
     return 'deny';
-  if (code.startsWith('issuer.')) return 'deny';
   return 'error';
 }
 

@@ -117,6 +117,9 @@ describe('eventFromContext', () => {
     expect(verdict('request.path_encoded_slash', 400)).toBe('deny');
     expect(verdict('request.http_version', 400)).toBe('deny');
     expect(verdict('issuer.invalid_client', 401)).toBe('deny');
+    expect(verdict('issuer.store_unavailable', 503)).toBe('error');
+    expect(verdict('issuer.no_signing_key', 503)).toBe('error');
+    expect(verdict('revocation.store_unavailable', 503)).toBe('error');
     expect(verdict('ratelimit.overloaded', 503)).toBe('limit');
     expect(verdict('request.aborted', 499)).toBe('error');
     expect(verdict('gateway.internal', 500)).toBe('error');
