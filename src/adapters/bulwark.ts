@@ -73,6 +73,10 @@ export class Bulwark {
   private readonly settings: ListenerSettings;
   private readonly secure: boolean;
   private readonly logger: Logger;
+  /** The application's log level, kept when the config names none (null: our own logger). */
+  private readonly appLevel: string | null;
+  /** close() has begun: no reload may start a new snapshot. */
+  private closing = false;
   /** The config file (reloads reread it); null for a config given as an object. */
   private readonly source: string | null;
   /** Every decision, once its response is over; business events with `audit.record(…)`. Null without an `audit` section. */
@@ -94,6 +98,7 @@ export class Bulwark {
     settings: ListenerSettings;
     secure: boolean;
     logger: Logger;
+    appLevel: string | null;
     source: string | null;
     audit: AuditLog | null;
     telemetry: Telemetry;
@@ -103,6 +108,7 @@ export class Bulwark {
     this.settings = parts.settings;
     this.secure = parts.secure;
     this.logger = parts.logger;
+    this.appLevel = parts.appLevel;
     this.source = parts.source;
     this.audit = parts.audit;
     this.telemetry = parts.telemetry;
@@ -137,9 +143,8 @@ export class Bulwark {
     const config = loaded.config;
     const owned = { audit: options.audit === undefined, telemetry: options.telemetry === undefined };
     const telemetry = options.telemetry ?? createTelemetry(config, { logger, role: 'single' });
-    // Telemetry applies the config's log level (default info) to our child; without one in the
-    // config, the application's logger decides how chatty the engine is.
-    if (options.logger !== undefined && config.telemetry?.logs?.level === undefined) logger.level = options.logger.level;
+    const appLevel = options.logger?.level ?? null;
+    keepAppLevel(logger, appLevel, config);
     let audit: AuditLog | null = null;
     try {
       audit =
@@ -155,6 +160,7 @@ export class Bulwark {
         settings,
         secure: options.secure ?? false,
         logger,
+        appLevel,
         source,
         audit,
         telemetry,
@@ -181,6 +187,7 @@ export class Bulwark {
    */
   reload(config?: string | Record<string, unknown>): Promise<boolean> {
     const run = async (): Promise<boolean> => {
+      if (this.closing) throw new Error('this Bulwark is closed: nothing to reload');
       const from = config ?? this.source;
       if (from === null) throw new TypeError('reload() needs a config: this one was given as an object');
       try {
@@ -190,7 +197,10 @@ export class Bulwark {
         const next = await compileRuntime(loaded.config, loaded.hash, previous, compileOptions(this.logger));
         this.runtime = next;
         this.issuerRoutes = issuerRoutesOf(next);
-        if (this.owned.telemetry) await this.telemetry.reload(loaded.config);
+        if (this.owned.telemetry) {
+          await this.telemetry.reload(loaded.config);
+          keepAppLevel(this.logger, this.appLevel, loaded.config);
+        }
         void retireRuntime(previous, next, loaded.config.shutdownTimeoutMs ?? 30_000);
         this.telemetry.metrics.configReload('ok');
         this.logger.info({ hash: next.hash }, 'configuration reloaded');
@@ -331,6 +341,7 @@ export class Bulwark {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     this.unwatch?.();
     await this.reloading;
     await retireRuntime(this.runtime, null, 0);
@@ -351,7 +362,8 @@ export class Exchange {
   constructor(bulwark: Bulwark, req: IncomingMessage, res: ServerResponse, bytes: () => number) {
     this.bulwark = bulwark;
     this.res = res;
-    this.bytes = bytes;
+    // A HEAD response announces a length and sends no body.
+    this.bytes = req.method === 'HEAD' ? () => 0 : bytes;
     onResponseOver(req, res, () => this.finish());
   }
 
@@ -403,6 +415,14 @@ export function bytesOf(res: { getHeader(name: string): unknown }): number {
   const length = res.getHeader('content-length');
   const n = typeof length === 'number' ? length : typeof length === 'string' ? Number(length) : NaN;
   return Number.isSafeInteger(n) && n >= 0 ? n : -1;
+}
+
+/**
+ * Telemetry applies the config's log level (default info) to our child; without one in the
+ * config, the application's logger decides how chatty the engine is.
+ */
+function keepAppLevel(logger: Logger, appLevel: string | null, config: { telemetry?: { logs?: { level?: string } } }): void {
+  if (appLevel !== null && config.telemetry?.logs?.level === undefined) logger.level = appLevel;
 }
 
 function loadLibraryConfig(config: string | Record<string, unknown>): Promise<LoadedConfig> {

@@ -38,7 +38,7 @@ function configFor(dir: string) {
       {
         id: 'items',
         auth: { public: true },
-        match: { path: { glob: '/items/{id}' }, methods: ['GET'] },
+        match: { path: { glob: '/items/{id}' }, methods: ['GET', 'HEAD'] },
         rateLimit: ['one-at-a-time'],
       },
       { id: 'slow', auth: { public: true }, match: { path: { exact: '/slow' } }, rateLimit: ['one-at-a-time'] },
@@ -178,12 +178,18 @@ describe.each(Object.keys(ADAPTERS))('%s adapter: the request lifecycle', (name)
     expect(encoded.statusCode).toBe(400);
     await encoded.body.dump();
 
+    const head = await request(`${base}/items/42`, { method: 'HEAD' });
+    expect(head.statusCode).toBe(200);
+    await head.body.dump();
+
     await waitFor(async () => (await records()).some((r) => r['path'] === '/items/a%2F..%2Fb' || r['status'] === 400));
     const requests = (await records()).filter((r) => r['kind'] === 'request');
     const allowed = requests.find((r) => r['path'] === '/items/41');
     expect(allowed).toMatchObject({ decision: 'allow', status: 200, route: 'items', method: 'GET' });
     if (okId !== undefined) expect(allowed!['requestId']).toBe(okId);
     expect(allowed!['bytesOut']).toBeGreaterThan(0);
+    // HEAD: a length announced, no body sent.
+    expect(requests.find((r) => r['path'] === '/items/42' && r['method'] === 'HEAD')).toMatchObject({ status: 200, bytesOut: 0 });
     const denied = requests.find((r) => r['path'] === '/secure');
     expect(denied).toMatchObject({ decision: 'deny', stage: 'authn', reason: 'jwt.malformed', status: 401, requestId: deniedId });
     // The precise reason is for the audit; the raw token never is.

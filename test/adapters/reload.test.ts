@@ -101,6 +101,19 @@ describe('library hot reload', () => {
     await expect(bulwark.reload()).rejects.toBeInstanceOf(TypeError);
   });
 
+  it("keeps the application's log level across reloads, and refuses reloads once closing", async () => {
+    dir = mkdtempSync(join(tmpdir(), 'bulwark-reload-'));
+    const config = { version: 1, routes: [{ id: 'a', match: { path: { prefix: '/a' } }, auth: { public: true } }] };
+    const capture = captureLogger('warn');
+    const b = await createBulwark({ config, logger: capture.logger });
+    expect(await b.reload({ ...config, routes: [{ ...config.routes[0]!, id: 'b' }] })).toBe(true);
+    // "configuration reloaded" is at info: under the application's warn it is not written.
+    expect(capture.lines().filter((l) => l['msg'] === 'configuration reloaded')).toEqual([]);
+    const closing = b.close();
+    await expect(b.reload({ ...config, routes: [{ ...config.routes[0]!, id: 'c' }] })).rejects.toThrow();
+    await closing;
+  });
+
   it('a request evaluated before a reload finishes on its own config; its concurrency slot is freed on that one', async () => {
     dir = mkdtempSync(join(tmpdir(), 'bulwark-reload-'));
     const limited = (prefix: string) => ({
