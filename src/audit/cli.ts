@@ -85,7 +85,8 @@ Records are shown as stored; run \`bulwark audit verify\` to know they are genui
       --config FILE     the gateway config that wrote the store: --subject and --tenant
                         are masked by its audit.masking rules before they are compared,
                         so \`--subject alice\` finds alice's records under a hash rule
-                        (her hmac: pseudonym); a redacted field cannot be searched
+                        (her hmac: pseudonym); under a partial rule it matches every value
+                        with the same length and tail; a redacted field cannot be searched
 
 ${SOURCE_HELP}
 `,
@@ -267,7 +268,9 @@ async function maskQuery(query: AuditQuery, configFile: string): Promise<void> {
     if (value === undefined) continue;
     const masked = masker.field(field, value);
     if (masked === REDACTED)
-      throw new UsageError(`--${field}: the config redacts ${field} in the audit log, so it cannot be searched`);
+      throw new UsageError(
+        `--${field}: the config's masking writes this ${field} as ${REDACTED} in the audit log: it cannot be searched`,
+      );
     if (masked !== null) query[field] = masked;
   }
 }

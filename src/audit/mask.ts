@@ -282,7 +282,8 @@ export class Masker {
    */
   field(name: string, value: string): string | null {
     for (const rule of this.#rules.fields) {
-      if (rule.segments.length === 1 && rule.segments[0] === name) return this.#apply(rule, name, value).value;
+      if (rule.segments.length === 1 && (rule.segments[0] === name || rule.segments[0] === '*'))
+        return this.#apply(rule, name, value).value;
     }
     return null;
   }

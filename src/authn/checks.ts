@@ -84,6 +84,17 @@ export function checkRouteAuth(
     for (const [tenant, name] of Object.entries(requirement.tenant.providers))
       check(name, [...path, 'tenant', 'providers', tenant]);
     const from = requirement.tenant.from;
+    if ('host' in from) {
+      // The host is compared lower-case, one DNS label: such a tenant could never be reached.
+      for (const tenant of Object.keys(requirement.tenant.providers)) {
+        if (tenant !== tenant.toLowerCase() || tenant.includes('.'))
+          report(
+            [...path, 'tenant', 'providers', tenant],
+            'config.authn_tenant_host',
+            `tenant "${tenant}" can never come from a host: hosts are matched lower-case, one label (no ".")`,
+          );
+      }
+    }
     if ('param' in from && (pathMatch === undefined || !('glob' in pathMatch) || !pathMatch.glob.includes(`{${from.param}}`)))
       report(
         [...path, 'tenant', 'from', 'param'],

@@ -128,7 +128,7 @@ export const ExplainHeaderSchema = Closed(
   },
   {
     description:
-      'Debugging: a request whose `name` header carries `token` gets its whole decision path (stages, reason codes, provider and `kid`, matched rules) back in the `x-bulwark-explanation` response header, as JSON. Off without this section; any other value is ignored; the header never reaches an upstream.',
+      "Debugging: an HTTP request whose `name` header carries `token` gets its whole decision path (stages, reason codes, provider and `kid`, matched rules) back in the `x-bulwark-explanation` response header, as JSON (gRPC calls do not: use `bulwark explain`). Off without this section; any other value is ignored; the header never reaches an upstream, and an upstream's copy never reaches a client.",
   },
 );
 

@@ -204,7 +204,8 @@ export class AccessLogger {
           if (ctx.host !== '') line['host'] = bounded(ctx.host, MAX_HOST);
           break;
         case F.client_address:
-          line['client_address'] = this.mask('clientIp', ctx.peerAddress) ?? ctx.peerAddress;
+          // The client as the audit record names it (after trusted proxies), so the two join.
+          line['client_address'] = this.mask('clientIp', ctx.clientAddress) ?? ctx.clientAddress;
           break;
         case F.user_agent: {
           const ua = ctx.headers['user-agent'];

@@ -311,7 +311,8 @@ async function clusterMetricsJson(metrics: BulwarkMetrics, requests: WorkerReque
   return (await clusterRegistry(metrics.registry, requests, timeoutMs)).getMetricsAsJSON();
 }
 
-const IDENTITY_FIELDS: ReadonlySet<string> = new Set(['subject', 'tenant', 'clientIp']);
+// `*`: a rule for every top-level field covers these too.
+const IDENTITY_FIELDS: ReadonlySet<string> = new Set(['subject', 'tenant', 'clientIp', '*']);
 
 /** The audit masking rules for the identity fields, as a FieldMask; no work per value when none covers them. */
 function fieldMaskOf(masking: MaskingConfig | undefined): FieldMask {

@@ -243,5 +243,16 @@ routes:
     expect(issues(route(`{ tenant: { from: { host: 'api.test' }, providers: { acme: acme-idp } } }`)).length).toBeGreaterThan(0);
     expect(issues(route(`{ tenant: { from: { param: tenant }, providers: {} } }`)).length).toBeGreaterThan(0);
     expect(issues(route(`{ tenant: { from: { param: tenant }, providers: { acme: acme-idp } } }`))).toEqual([]);
+    // A host is matched lower-case, one label: these tenants could never be reached.
+    expect(
+      issues(
+        route(
+          `{ tenant: { from: { host: '{tenant}.api.test' }, providers: { Initech: acme-idp, a.b: acme-idp, ok: acme-idp } } }`,
+        ),
+      ),
+    ).toEqual([
+      ['routes[0].auth.tenant.providers.Initech', 'config.authn_tenant_host'],
+      ['routes[0].auth.tenant.providers["a.b"]', 'config.authn_tenant_host'],
+    ]);
   });
 });

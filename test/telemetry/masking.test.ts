@@ -10,7 +10,7 @@ import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import { afterEach, describe, expect, it } from 'vitest';
 import { compileMasking, Masker } from '../../src/audit/mask.js';
 import type { MaskingConfig } from '../../src/audit/schema.js';
-import { createTelemetry, hashIdentity, type Telemetry, type TelemetryInput } from '../../src/telemetry/index.js';
+import { AccessLogger, createTelemetry, hashIdentity, type Telemetry, type TelemetryInput } from '../../src/telemetry/index.js';
 import { captureLogger, makeContext } from './helpers.js';
 
 const identity = { subject: 'alice@example.com', tenant: 'acme', roles: [], scopes: [], claims: {}, provider: 'corp' };
@@ -89,6 +89,24 @@ describe('identity in spans and access lines follows the audit masking rules', (
       tenant: 'acme',
       client_address: '203.0.113.9',
     });
+  });
+
+  it('a `*` rule covers them too', () => {
+    const { serve } = start({
+      masking: { hmacKey: masking.hmacKey!, fields: [{ path: '*', action: 'redact' }], headers: {}, query: {} },
+    });
+    const { attributes, line } = serve();
+    expect(attributes['enduser.id']).toBe('[redacted]');
+    expect(line).toMatchObject({ subject_hash: '[redacted]', tenant: '[redacted]', client_address: '[redacted]' });
+  });
+
+  it('the access line names the client as the audit record does: after trusted proxies', () => {
+    const capture = captureLogger();
+    const access = new AccessLogger(capture.logger, { enabled: true, fields: ['client_address'] });
+    const ctx = makeContext();
+    ctx.clientAddress = '198.51.100.7'; // what a trusted proxy said; the peer is the proxy
+    access.log(ctx, 200, 1, 1);
+    expect(capture.lines().at(-1)).toMatchObject({ client_address: '198.51.100.7' });
   });
 
   it('a reload applies changed rules to both', async () => {
