@@ -348,7 +348,7 @@ export const RouteAuthSchema = Type.Union(
         },
         {
           description:
-            "Each tenant its own provider: the request's tenant (path parameter, host or header) picks the only provider that may authenticate it. An unknown tenant is a 404; a token whose tenant claim names another tenant is a 401 (`jwt.tenant_mismatch`). The identity's tenant is the request's.",
+            "Each tenant its own provider: the request's tenant (path parameter, host or header) picks the only provider that may authenticate it. An unknown tenant is a 404; a token whose tenant claim names another tenant is a 401 (`jwt.tenant_mismatch`). The identity's tenant is the request's; a provider several tenants share must name the tenant in its tokens.",
         },
       ),
     }),

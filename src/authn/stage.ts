@@ -86,7 +86,7 @@ export function createAuthnStage(requirement: RouteAuthConfig, authn: CompiledAu
       if (provider === undefined) throw new TypeError(`unknown authn provider "${name}"`);
       stages.set(tenant, new AuthnStage('one', [provider], authn));
     }
-    return new TenantAuthnStage(tenantSource(requirement.tenant.from), stages);
+    return new TenantAuthnStage(tenantSource(requirement.tenant.from), stages, requirement.tenant.providers);
   }
   if ('provider' in requirement) [mode, names] = ['one', [requirement.provider]];
   else if ('anyOf' in requirement) [mode, names] = ['any', requirement.anyOf];
@@ -143,10 +143,18 @@ export class TenantAuthnStage implements Stage {
   private readonly stages: ReadonlyMap<string, AuthnStage>;
   /** The identity bound to a tenant, per cached identity: no copy per request. */
   private readonly bound = new WeakMap<Identity, Identity>();
+  /** Providers serving more than one tenant here: their tokens must say which. */
+  private readonly shared: ReadonlySet<string>;
 
-  constructor(tenantOf: (ctx: RequestContext) => string | null, stages: ReadonlyMap<string, AuthnStage>) {
+  constructor(
+    tenantOf: (ctx: RequestContext) => string | null,
+    stages: ReadonlyMap<string, AuthnStage>,
+    providers: Readonly<Record<string, string>>,
+  ) {
     this.tenantOf = tenantOf;
     this.stages = stages;
+    const names = Object.values(providers);
+    this.shared = new Set(names.filter((name, i) => names.indexOf(name) !== i));
   }
 
   run(ctx: RequestContext): Decision | Promise<Decision> {
@@ -179,8 +187,10 @@ export class TenantAuthnStage implements Stage {
   private bind(ctx: RequestContext, tenant: string, decision: Decision): Decision {
     const identity = ctx.identity;
     if (decision !== CONTINUE || identity === null || identity.tenant === tenant) return decision;
-    if (identity.tenant !== undefined) {
-      const detail = { provider: identity.provider, kid: identity.keyId, reason: 'tenant claim names another tenant' };
+    // A provider several tenants share cannot vouch for the tenant by itself: the token has to name it.
+    if (identity.tenant !== undefined || this.shared.has(identity.provider)) {
+      const reason = identity.tenant !== undefined ? 'tenant claim names another tenant' : 'shared provider: no tenant claim';
+      const detail = { provider: identity.provider, kid: identity.keyId, reason };
       ctx.decisions.push({ stage: AUTHN_STAGE_ID, outcome: 'deny', code: 'jwt.tenant_mismatch', detail });
       ctx.identity = null;
       return authnDenial('jwt.tenant_mismatch', detail);

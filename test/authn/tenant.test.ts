@@ -188,6 +188,40 @@ routes:
   });
 });
 
+describe('a provider several tenants share', () => {
+  it("its tokens must name their tenant: one without a tenant claim is nobody's", async () => {
+    const shared = `version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { app: { builtin: echo } }
+${providers}
+routes:
+  - id: shared
+    match: { path: { glob: '/tenants/{tenant}/**' } }
+    upstream: app
+    auth: { tenant: { from: { param: tenant }, providers: { acme: acme-idp, initech: acme-idp, globex: globex-idp } } }
+    authz: orders
+`;
+    const gw = await startGateway(shared);
+    try {
+      const call = async (path: string, token: string) => {
+        const res = await request(`${gw.url}${path}`, { headers: { authorization: `Bearer ${token}` } });
+        await res.body.dump();
+        return res.statusCode;
+      };
+      expect(await call('/tenants/acme/orders/1', await mint('acme', { tenant: 'acme' }))).toBe(200);
+      expect(await call('/tenants/initech/orders/1', await mint('acme', { tenant: 'initech' }))).toBe(200);
+      expect(await call('/tenants/initech/orders/1', await mint('acme', { tenant: 'acme' }))).toBe(401);
+      const untagged = await mint('acme');
+      expect(await call('/tenants/acme/orders/1', untagged)).toBe(401);
+      expect(await call('/tenants/initech/orders/1', untagged)).toBe(401);
+      // A provider of its own still vouches for its single tenant.
+      expect(await call('/tenants/globex/orders/1', await mint('globex'))).toBe(200);
+    } finally {
+      await gw.close();
+    }
+  });
+});
+
 describe('bulwark explain on a tenant route', () => {
   it('--claims: the request tenant is still checked against the trusted identity', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'bulwark-tenant-'));
