@@ -15,6 +15,7 @@
  */
 import type { RequestContext } from '../core/context.js';
 import { ERROR_CODES } from '../core/errors.js';
+import { toJsonData } from './mask.js';
 
 export const AUDIT_SCHEMA_VERSION = 1;
 
@@ -374,6 +375,39 @@ export function eventFromContext(
 }
 
 const ACTION = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/;
+
+/**
+ * The business event as it is at `record()` time, as plain JSON data: read once, then the
+ * caller may change or reuse its objects, and nothing of theirs (a getter, a `toJSON`, a
+ * Proxy) runs later on the log's own path. Caller mistakes are TypeErrors, thrown here.
+ */
+export function snapshotBusinessEvent(input: BusinessEventInput): BusinessEventInput {
+  try {
+    assertBusinessEvent(input);
+    const details = input.details;
+    return {
+      kind: 'event',
+      action: input.action,
+      subject: textField('subject', input.subject),
+      tenant: textField('tenant', input.tenant),
+      resource: textField('resource', input.resource),
+      outcome: input.outcome ?? null,
+      details: details === undefined || details === null ? null : (toJsonData(details) as Record<string, unknown>),
+      requestId: textField('requestId', input.requestId),
+      traceId: textField('traceId', input.traceId),
+      spanId: textField('spanId', input.spanId),
+    };
+  } catch (error) {
+    if (error instanceof TypeError && error.message.startsWith('audit event')) throw error;
+    throw new TypeError(`audit event could not be read: ${error instanceof Error ? error.message : String(error)}`);
+  }
+}
+
+function textField(name: string, value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'string') throw new TypeError(`audit event ${name} must be a string or null`);
+  return value;
+}
 
 /** Caller mistakes are TypeErrors (as in jose): a bad business event is a bug in the application, not data. */
 export function assertBusinessEvent(input: BusinessEventInput): void {

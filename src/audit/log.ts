@@ -31,7 +31,7 @@ import type { Logger } from '../telemetry/logger.js';
 import { ChainWriter, newChainId, storedLineMaxBytes, writeStoredLine, type ChainedRecord } from './chain.js';
 import { AuditClock, formatTimestamp, UuidV7 } from './clock.js';
 import {
-  assertBusinessEvent,
+  snapshotBusinessEvent,
   compileExtraFields,
   eventFromContext,
   type AuditInput,
@@ -551,8 +551,8 @@ class AuditLogImpl implements AuditLog {
     });
   }
 
-  #enqueue(event: AuditInput, waiter: Waiter | null): EnqueueResult {
-    if (event.kind !== 'request') assertBusinessEvent(event);
+  #enqueue(input: AuditInput, waiter: Waiter | null): EnqueueResult {
+    const event = input.kind === 'request' ? input : snapshotBusinessEvent(input);
     if (this.#state !== 'open') return REJECTED_CLOSED;
     const depth = this.#queue.length - this.#head;
     if (depth >= this.#maxEvents) {
@@ -747,7 +747,7 @@ class AuditLogImpl implements AuditLog {
     return {
       action: e.action,
       chain: '',
-      details: e.details === undefined || e.details === null ? null : toJsonData(e.details),
+      details: e.details ?? null, // JSON data already: snapshotBusinessEvent copied it at record()
       id: item.id,
       kind: 'event',
       n: 0,

@@ -26,6 +26,12 @@ export const REDACTED_JWT = '[redacted:jwt]';
 const MAX_DEPTH = 12;
 const MAX_STRING = 4096;
 const MAX_ITEMS = 256;
+/**
+ * Objects and arrays copied per value, in all: depth and width alone let a cycle or a
+ * graph of shared references (each visited once per path) cost minutes of a blocked loop.
+ */
+const MAX_NODES = 5_000;
+let nodesLeft = MAX_NODES;
 const LONE_SURROGATE = /\p{Cs}/gu;
 
 /**
@@ -33,7 +39,7 @@ const LONE_SURROGATE = /\p{Cs}/gu;
  * claims, details). Exact names, plus `…_token`, `…-secret`, `…_password`.
  */
 const SENSITIVE_KEY =
-  /^(?:authorization|proxy-authorization|cookie|set-cookie|password|passwd|passphrase|secret|token|apikey|api[-_]key|x-api-key|private[-_]?key|session[-_]?id|sessionid|jsessionid|phpsessid)$|[-_](?:token|secret|password|passwd)$/i;
+  /^(?:authorization|proxy-authorization|cookie|set-cookie|password|passwd|passphrase|secret|token|apikey|api[-_]key|x-api-key|private[-_]?key|session[-_]?id|sessionid|jsessionid|phpsessid)$|(?:[-_]|[a-z])(?:token|secret|password|passwd)$/i;
 
 /** A JWS/JWE compact serialization: base64url JSON header (`eyJ`), then 2 or 4 more dot-separated parts. */
 const JWT = /eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?/g;
@@ -102,6 +108,7 @@ function capString(value: string): string {
  * than one with a `[unsupported]` field).
  */
 export function toJsonData(value: unknown, depth = 0): unknown {
+  if (depth === 0) nodesLeft = MAX_NODES;
   switch (typeof value) {
     case 'string':
       return capString(wellFormed(value));
@@ -120,6 +127,7 @@ export function toJsonData(value: unknown, depth = 0): unknown {
   }
   if (value === null) return null;
   if (depth >= MAX_DEPTH) return '[too deep]';
+  if (--nodesLeft < 0) return '[too large]';
   if (value instanceof Date) return Number.isNaN(value.getTime()) ? null : value.toISOString();
   if (ArrayBuffer.isView(value) || value instanceof ArrayBuffer) return '[binary]';
   if (value instanceof Map || value instanceof Set || value instanceof Promise || value instanceof WeakMap)
@@ -149,7 +157,7 @@ export function toJsonData(value: unknown, depth = 0): unknown {
       } catch {
         item = '[unreadable]'; // a throwing getter
       }
-      if (item !== undefined) out[wellFormed(key)] = item;
+      if (item !== undefined) setKey(out, wellFormed(key), item);
     }
     return out;
   }
@@ -164,9 +172,15 @@ export function toJsonData(value: unknown, depth = 0): unknown {
     } catch {
       item = '[unreadable]'; // a throwing getter
     }
-    if (item !== undefined) out[wellFormed(key)] = item;
+    if (item !== undefined) setKey(out, wellFormed(key), item);
   }
   return out;
+}
+
+/** `out[key] = value`, except that a `__proto__` key stays a key (assigning it would set the prototype). */
+function setKey(out: Record<string, unknown>, key: string, value: unknown): void {
+  if (key === '__proto__') Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
+  else out[key] = value;
 }
 
 /** Objects hash by their canonical form, so key order does not change the pseudonym. */
@@ -349,6 +363,7 @@ function sweep(value: unknown, key: string, depth: number): unknown {
       if (depth > 0 && isSensitiveKey(key)) return REDACTED;
       return scrubTokens(wellFormed(value));
     case 'number':
+      if (depth > 0 && isSensitiveKey(key)) return REDACTED; // a numeric PIN or secret is still one
       return Number.isFinite(value) ? value : null;
     case 'boolean':
       return value;
@@ -425,6 +440,6 @@ function sweepKeys(object: Record<string, unknown>, keys: string[], depth: numbe
   }
   // Caller data comes in any order: rebuild in canonical order (records we build are already sorted).
   const out: Record<string, unknown> = {};
-  for (const k of sortCodeUnits(keys)) out[k] = sweep(object[k], k, depth + 1);
+  for (const k of sortCodeUnits(keys)) setKey(out, k, sweep(object[k], k, depth + 1));
   return out;
 }

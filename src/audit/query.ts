@@ -41,11 +41,15 @@ export function parseSince(text: string, now = Date.now()): Date | null {
   return Number.isNaN(ms) || !/^\d{4}-\d{2}-\d{2}/.test(text) ? null : new Date(ms);
 }
 
-function bound(value: string | Date | undefined): string | undefined {
+/**
+ * A bound as a record timestamp (nanoseconds). A Date has milliseconds only: an upper bound
+ * takes the end of its millisecond, so `--until <a record's own ts>` keeps that record.
+ */
+function bound(value: string | Date | undefined, upper = false): string | undefined {
   if (value === undefined) return undefined;
   const date = typeof value === 'string' ? new Date(value) : value;
   if (Number.isNaN(date.getTime())) throw new TypeError(`invalid time bound ${String(value)}`);
-  return formatTimestamp(BigInt(date.getTime()) * 1_000_000n);
+  return formatTimestamp(BigInt(date.getTime()) * 1_000_000n + (upper ? 999_999n : 0n));
 }
 
 const COLUMN_FILTERS = [
@@ -60,7 +64,7 @@ const COLUMN_FILTERS = [
 
 export async function queryAudit(source: AuditSource, query: AuditQuery = {}): Promise<Record<string, unknown>[]> {
   const since = bound(query.since);
-  const until = bound(query.until);
+  const until = bound(query.until, true);
   const limit = query.limit ?? 100;
   const clauses: string[] = [];
   const params: unknown[] = [];

@@ -116,6 +116,21 @@ describe('bulwark audit query', () => {
         .map((l) => JSON.parse(l) as Rec);
       expect(rows.map((r) => [r['subject'], r['decision'], r['status']])).toEqual([['alice', 'deny', 403]]);
     }
+    // A record's own timestamp as both bounds finds it (timestamps have nanoseconds, bounds milliseconds).
+    const all = parseLines(readFileSync(file, 'utf8').trim().split('\n'));
+    const ts = String(all.find((r) => r['kind'] === 'request')!['ts']);
+    for (const args of [
+      ['--file', file],
+      ['--sqlite', db],
+    ]) {
+      const exact = await cli('query', ...args, '--since', ts, '--until', ts, '--json');
+      expect(
+        exact.out
+          .trim()
+          .split('\n')
+          .map((l) => (JSON.parse(l) as Rec)['ts']),
+      ).toContain(ts);
+    }
     const events = await cli('query', '--sqlite', db, '--kind', 'event');
     expect(events.out).toMatch(/payment\.refund/);
     expect((await cli('query', '--file', file, '--since', 'yesterday')).code).toBe(2);

@@ -426,4 +426,61 @@ describe('masking through the pipeline: nothing secret reaches the file', () => 
       details: { card: '************1111', password: REDACTED, memo: 'customer pasted [redacted:jwt]' },
     });
   });
+
+  it('hostile business events: refused at record() or written safely, never a crash, never raw, always verifiable', async () => {
+    const { dir, cleanup } = tempDir();
+    dirs.push(cleanup);
+    const log = await createAuditLog(auditConfig(dir), { logger: silentLogger() });
+    // Read at record(): a throwing getter or Proxy is the caller's TypeError now, not a crash later.
+    const throwing = {
+      action: 'x.y',
+      get subject(): string {
+        throw new Error('boom');
+      },
+    };
+    expect(() => log.record(throwing)).toThrow(TypeError);
+    const trap = new Proxy(
+      {},
+      {
+        ownKeys: () => {
+          throw new Error('trap');
+        },
+      },
+    );
+    expect(() => log.record({ action: 'x.y', details: trap })).toThrow(TypeError);
+    // Top-level fields are strings or null: an object (with a toJSON) would bypass masking.
+    const sneaky = { toJSON: () => ({ password: 'hunter2hunter2' }) };
+    expect(() => log.record({ action: 'x.y', subject: sneaky as unknown as string })).toThrow(TypeError);
+    // Snapshotted at record(): a later change by the caller does not reach the log.
+    const details: Record<string, unknown> = { amount: 120 };
+    log.record({ action: 'payment.refund', details });
+    details['amount'] = 999_999;
+    // Numbers under credential names, camelCase credential names, a __proto__ key, a cycle.
+    const cyclic: Record<string, unknown> = {};
+    for (let i = 0; i < 8; i++) cyclic[`k${i}`] = cyclic;
+    const started = Date.now();
+    log.record({
+      action: 'x.secrets',
+      details: JSON.parse(
+        '{"pin": 1234, "password": 987654, "accessToken": "opaque-value-1", "clientSecret": "s3", "__proto__": {"a": 1}}',
+      ) as Record<string, unknown>,
+    });
+    log.record({ action: 'x.cycle', details: { cyclic } });
+    expect(Date.now() - started).toBeLessThan(2000);
+    await log.close();
+    const text = readFileSync(join(dir, 'audit.jsonl'), 'utf8');
+    expect((await verifyAudit({ file: join(dir, 'audit.jsonl') }, { sealed: true })).ok).toBe(true);
+    expect(text).not.toContain('hunter2hunter2');
+    expect(text).not.toContain('987654');
+    expect(text).not.toContain('opaque-value-1');
+    const events = text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((r) => r['kind'] === 'event');
+    expect(events.map((e) => e['action'])).toEqual(['payment.refund', 'x.secrets', 'x.cycle']);
+    expect(events[0]!['details']).toEqual({ amount: 120 });
+    expect(events[1]!['details']).toMatchObject({ password: REDACTED, accessToken: REDACTED, clientSecret: REDACTED });
+    expect(Object.keys(events[1]!['details'] as object)).toContain('__proto__');
+  });
 });
