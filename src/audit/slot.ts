@@ -45,15 +45,28 @@ async function readPid(path: string): Promise<number | null> {
   }
 }
 
+/**
+ * Creates the lock with its pid already in it: written to a private file first, then linked
+ * into place (atomic, and EEXIST when taken). A lock created empty and filled after would,
+ * for a moment, read as "owner died while writing it" to a racing process, which would then
+ * take it over: two writers on one WAL.
+ */
 async function tryCreate(lockPath: string): Promise<boolean> {
+  const draft = `${lockPath}.draft-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`;
+  const handle = await open(draft, 'wx', 0o600);
   try {
-    const handle = await open(lockPath, 'wx', 0o600);
     await handle.writeFile(`${process.pid}\n${new Date().toISOString()}\n`);
+  } finally {
     await handle.close();
+  }
+  try {
+    await link(draft, lockPath);
     return true;
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw error;
+  } finally {
+    await unlink(draft).catch(() => {});
   }
 }
 

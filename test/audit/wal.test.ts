@@ -1,6 +1,7 @@
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { appendFileSync, mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { claimSlot } from '../../src/audit/slot.js';
 import { FileSink, rotationSet } from '../../src/audit/sinks/file.js';
@@ -101,6 +102,36 @@ describe('WAL slots', () => {
     expect(taken.slot).toBe(2);
     expect(readFileSync(join(d, 'slot-2', 'lock'), 'utf8').split('\n')[0]).toBe(String(process.pid));
     for (const s of [b, c, taken]) await s.release();
+  });
+});
+
+describe('WAL slot races', () => {
+  it('processes claiming the same slot at the same instant: exactly one gets it, every time', async () => {
+    const slotModule = pathToFileURL(join(process.cwd(), 'dist', 'audit', 'slot.js')).href;
+    const script = `
+      const { tryClaim } = await import(${JSON.stringify(slotModule)});
+      const [dir, at] = process.argv.slice(-2);
+      while (Date.now() < Number(at)) {}
+      const claimed = await tryClaim(dir, 0);
+      process.stdout.write(claimed ? 'claimed' : 'refused');
+      setTimeout(() => {}, 400); // alive while the others look: a live owner's lock is not stale
+    `;
+    for (let round = 0; round < 6; round++) {
+      const d = dir();
+      const at = Date.now() + 300;
+      const children = Array.from(
+        { length: 5 },
+        () =>
+          new Promise<string>((resolve) => {
+            const child = spawn(process.execPath, ['--input-type=module', '-e', script, d, String(at)]);
+            let out = '';
+            child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+            child.on('close', () => resolve(out));
+          }),
+      );
+      const results = await Promise.all(children);
+      expect([round, results.filter((r) => r === 'claimed').length]).toEqual([round, 1]);
+    }
   });
 });
 
