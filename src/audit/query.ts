@@ -10,6 +10,7 @@
 import { formatTimestamp } from './clock.js';
 import type { AuditDecision } from './event.js';
 import { readSource, type AuditSource } from './sources.js';
+import { indexedText } from './sinks/sink.js';
 
 export interface AuditQuery {
   /** Inclusive lower bound: RFC 3339 text, or a Date. */
@@ -79,7 +80,8 @@ export async function queryAudit(source: AuditSource, query: AuditQuery = {}): P
   for (const [field, column] of COLUMN_FILTERS) {
     const value = query[field];
     if (value === undefined) continue;
-    params.push(value);
+    // The column holds the value as indexed (cut, NUL replaced); the record check below is exact.
+    params.push(indexedText(value));
     clauses.push(`${column} = $${params.length}`);
   }
   const where = 'file' in source || clauses.length === 0 ? undefined : { sql: clauses.join(' AND '), params };
@@ -94,7 +96,7 @@ export async function queryAudit(source: AuditSource, query: AuditQuery = {}): P
     } catch {
       continue;
     }
-    if (where === undefined && !matches(record, query, since, until)) continue;
+    if (!matches(record, query, since, until)) continue;
     out.push(record);
     // Keep the newest `limit`: storage order is (roughly) time order.
     if (out.length > limit) out.shift();

@@ -100,8 +100,25 @@ export const INDEXED_COLUMNS = [
   'request_id',
 ] as const;
 
+/** Longest text kept in an indexed column (a B-tree entry must fit a PostgreSQL page). */
+export const MAX_INDEXED_TEXT = 256;
+
+/**
+ * A text as an indexed column holds it: NUL (which PostgreSQL text refuses) as U+FFFD, cut to
+ * MAX_INDEXED_TEXT without splitting a surrogate pair. The record keeps the whole value; the
+ * column is a search key — one record a store cannot take must not stop a sink for ever.
+ */
+export function indexedText(value: string): string {
+  let text = value.includes('\u0000') ? value.replaceAll('\u0000', '\uFFFD') : value;
+  if (text.length > MAX_INDEXED_TEXT) {
+    const cut = (text.charCodeAt(MAX_INDEXED_TEXT - 1) & 0xfc00) === 0xd800 ? MAX_INDEXED_TEXT - 1 : MAX_INDEXED_TEXT;
+    text = text.slice(0, cut);
+  }
+  return text;
+}
+
 function str(value: unknown): string | null {
-  return typeof value === 'string' ? value : null;
+  return typeof value === 'string' ? indexedText(value) : null;
 }
 
 export function indexedColumns(record: Record<string, unknown>): IndexedColumns {
