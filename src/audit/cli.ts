@@ -46,8 +46,8 @@ Commands:
 Run \`bulwark audit <command> --help\` for its options.
 `,
   verify: `Usage: bulwark audit verify (--file F | --sqlite F | --postgres URL [--table T])
-                            [--public-key PEM]... [--sealed] [--allow-partial]
-                            [--anchor CHAIN:N:HASH]... [--json]
+                            [--public-key PEM]... [--sealed] [--require-signed]
+                            [--allow-partial] [--anchor CHAIN:N:HASH]... [--json]
 
 Checks every chain in the store: each record's hash (RFC 8785 canonical JSON,
 SHA-256), the links between records, checkpoint signatures, and truncation
@@ -63,6 +63,9 @@ Options:
                         declares, which a rewrite of the whole store can forge.
       --sealed          every chain must end in a final checkpoint (use on stores
                         whose writers are all stopped): an open chain is an error
+      --require-signed  every chain must hold a checkpoint signed by a --public-key
+                        key: a chain made up whole is an error (needs --public-key;
+                        young chains, before their first checkpoint, fail too)
       --allow-partial   chains may begin after their first record (older records
                         pruned, or rotated files not given)
       --anchor C:N:H    the store must hold record N of chain C with hash H
@@ -189,6 +192,7 @@ async function verifyCommand(argv: string[], io: CliIo): Promise<number> {
       ...SOURCE_OPTIONS,
       'public-key': { type: 'string', multiple: true },
       sealed: { type: 'boolean' },
+      'require-signed': { type: 'boolean' },
       'allow-partial': { type: 'boolean' },
       anchor: { type: 'string', multiple: true },
       'no-rotated': { type: 'boolean' },
@@ -210,11 +214,14 @@ async function verifyCommand(argv: string[], io: CliIo): Promise<number> {
       throw new UsageError(`--public-key ${spec.startsWith('-----') ? '(PEM text)' : spec}: ${(error as Error).message}`);
     }
   });
+  if (values['require-signed'] === true && publicKeys.length === 0)
+    throw new UsageError('--require-signed needs the trusted key: --public-key');
   let report: VerifyReport;
   try {
     report = await verifyAudit(source, {
       publicKeys,
       sealed: values.sealed === true,
+      requireSigned: values['require-signed'] === true,
       allowPartial: values['allow-partial'] === true,
       anchors,
     });

@@ -115,6 +115,13 @@ export interface VerifyOptions {
   publicKeys?: readonly (string | KeyObject)[];
   /** Every chain must end in a final checkpoint (all writers stopped). */
   sealed?: boolean;
+  /**
+   * Every chain must hold a checkpoint signed by a trusted key (`publicKeys`): a chain made up
+   * whole, which no checkpoint vouches for, is then an error, not a `chain.open` warning. For
+   * stores whose chains have each reached a checkpoint (their writers checkpoint every
+   * `checkpointEvery` records or `checkpointIntervalMs`).
+   */
+  requireSigned?: boolean;
   /** Chains may start after n = 0 (older records pruned or in files not given). */
   allowPartial?: boolean;
   /** Known (chain, n, hash) points the store must contain. */
@@ -146,6 +153,8 @@ interface ChainState {
   after: { chain: string; n: number; hash: string } | null;
   recent: Map<number, string>;
   unsignedWarned: boolean;
+  /** Checkpoints whose signature verified with a trusted key (`publicKeys`). */
+  trustedCheckpoints: number;
   lastPosition: string;
   lastId: string;
   fork: Fork | null;
@@ -231,6 +240,7 @@ class Verifier {
         after: null,
         recent: new Map(),
         unsignedWarned: false,
+        trustedCheckpoints: 0,
         lastPosition: '',
         lastId: '',
         fork: null,
@@ -605,7 +615,10 @@ class Verifier {
             },
             state,
           );
-        else this.#trustedChecked = true;
+        else {
+          this.#trustedChecked = true;
+          state.trustedCheckpoints++;
+        }
       } else if (state.startKey !== null && state.startKeyId === keyId) {
         this.#selfDeclared = true;
         if (!verifyBytes(state.startKey, input, sig))
@@ -638,6 +651,19 @@ class Verifier {
     for (const state of this.#chains.values()) {
       const report = state.report;
       if (state.fork !== null) this.#conflict(state.fork, state);
+      if (this.#options.requireSigned === true && state.trustedCheckpoints === 0)
+        this.#issue(
+          {
+            code: 'chain.unsigned',
+            severity: 'error',
+            message: 'no checkpoint signed by a trusted key: nothing shows this chain was written by the gateway',
+            chain: report.chain,
+            n: report.firstN,
+            id: state.lastId,
+            position: state.lastPosition,
+          },
+          state,
+        );
       if (report.sealed === null || !state.final) {
         const tail = `${report.unsignedTail} record${report.unsignedTail === 1 ? '' : 's'} after ${
           report.lastCheckpointN === null ? 'the start (no checkpoint yet)' : `the last checkpoint (n=${report.lastCheckpointN})`

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { auditCli } from '../../src/audit/cli.js';
 import { RequestContext } from '../../src/core/context.js';
 import { createAuditLog } from '../../src/audit/log.js';
-import { auditConfig, ed25519Keys, parseLines, rawLine, silentLogger, tempDir, writeKey, type Rec } from './helpers.js';
+import { auditConfig, ed25519Keys, parseLines, rawLine, rechain, silentLogger, tempDir, writeKey, type Rec } from './helpers.js';
 
 let dir: string;
 let cleanup: () => void;
@@ -85,6 +85,23 @@ describe('bulwark audit verify', () => {
     const json = await cli('verify', '--file', tampered, '--json');
     expect(json.code).toBe(1);
     expect(JSON.parse(json.out)).toMatchObject({ ok: false, firstBad: { code: 'record.hash_mismatch', id: target['id'] } });
+  });
+
+  it('--require-signed: a chain made up whole (no checkpoint vouches for it) is tampering, not an open chain', async () => {
+    expect((await cli('verify', '--file', file, '--public-key', publicKeyFile, '--require-signed')).code).toBe(0);
+    const records = parseLines(readFileSync(file, 'utf8').trim().split('\n'));
+    // A forger without the key: a start record and an event of a new chain, correctly hashed, no checkpoint.
+    const forged = records
+      .filter((r) => r['kind'] === 'start' || r['kind'] === 'event')
+      .slice(0, 2)
+      .map((r, n) => ({ ...r, chain: 'forged:1:20260101T000000000Z:abcdef', n, seq: n, subject: 'mallory', after: null }));
+    const store = join(dir, 'forged.jsonl');
+    writeFileSync(store, [...records.map((r) => rawLine(r)), ...rechain(forged, null)].map((l) => `${l}\n`).join(''));
+    expect((await cli('verify', '--file', store, '--public-key', publicKeyFile)).code).toBe(0); // an open chain: a warning
+    const strict = await cli('verify', '--file', store, '--public-key', publicKeyFile, '--require-signed');
+    expect(strict.code).toBe(1);
+    expect(strict.out).toContain('chain.unsigned');
+    expect((await cli('verify', '--file', file, '--require-signed')).code).toBe(2); // needs the trusted key
   });
 
   it('exit 2 for usage errors and unreadable stores', async () => {
