@@ -154,6 +154,7 @@ export class Bulwark {
             ? null
             : await createAuditLog(config.audit, { logger });
       const runtime = await compileRuntime(config, loaded.hash, null, compileOptions(logger));
+      runtime.activate(null);
       const source = typeof options.config === 'string' ? options.config : null;
       const bulwark = new Bulwark({
         runtime,
@@ -195,6 +196,7 @@ export class Bulwark {
         if (loaded.hash === this.runtime.hash) return false;
         const previous = this.runtime;
         const next = await compileRuntime(loaded.config, loaded.hash, previous, compileOptions(this.logger));
+        next.activate(previous);
         this.runtime = next;
         this.issuerRoutes = issuerRoutesOf(next);
         if (this.owned.telemetry) {

@@ -28,6 +28,7 @@ export interface ExplainOptions {
 export async function explain(options: ExplainOptions, out: (text: string) => void): Promise<number> {
   const loaded = await loadConfigFile(options.configFile, { checks: LIBRARY_CHECKS });
   const runtime = await compileRuntime(loaded.config, loaded.hash, null, { issuer: false });
+  runtime.activate(null);
   try {
     const listener = loaded.config.listeners[0] ?? {
       port: 0,

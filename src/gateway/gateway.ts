@@ -28,6 +28,7 @@ import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js'
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
 import {
   compileRuntime,
+  discardRuntime,
   listenerKey,
   retireRuntime,
   type CompiledRoute,
@@ -143,6 +144,7 @@ export class Gateway {
 
   async start(config: BulwarkConfig, hash: string): Promise<void> {
     this.runtime = await compileRuntime(config, hash, null, this.compileOptions);
+    this.runtime.activate(null);
     try {
       await this.syncListeners(config, this.runtime);
       this.applyGlobalCaps(this.runtime);
@@ -158,9 +160,18 @@ export class Gateway {
    * snapshot they started with.
    */
   async reload(config: BulwarkConfig, hash: string): Promise<void> {
+    // Stopping has closed listeners and upstream pools: a reload now would bring them back half-alive.
+    if (this.draining) throw new Error('the gateway is shutting down: reload refused');
     const previous = this.runtime;
     const next = await compileRuntime(config, hash, previous, this.compileOptions);
-    await this.syncListeners(config, next);
+    try {
+      await this.syncListeners(config, next);
+    } catch (err) {
+      // Nothing of `next` was wired into what `previous` shares: give back, close, keep serving.
+      await discardRuntime(next, previous);
+      throw err;
+    }
+    next.activate(previous);
     this.runtime = next;
     // Listeners outlive snapshots: the running ones take the new caps here.
     this.applyGlobalCaps(next);

@@ -163,6 +163,27 @@ export class Runtime {
     this.onIdle = null;
   }
 
+  /** Detaches this snapshot's token cache from the revocation list (set by `activate`). */
+  private detachCache: (() => void) | null = null;
+
+  /**
+   * Commits to this snapshot (after everything that could fail did not): wires its revocation
+   * list into its authn and issuer, which may be carried over from `previous` and still serving
+   * it until the swap. A config that drops `revocation` leaves no authn on the old list; a
+   * replaced token cache is detached from a list that carries over.
+   */
+  activate(previous: Runtime | null): void {
+    const { authn, revocation } = this;
+    if (authn !== null) {
+      authn.revocation = revocation;
+      if (revocation === null) this.detachCache = null;
+      else if (authn === previous?.authn && revocation === previous.revocation) this.detachCache = previous.detachCache;
+      else this.detachCache = revocation.attachCache(authn.cache);
+    }
+    if (previous !== null && previous.authn !== authn) previous.detachCache?.();
+    this.issuer?.issuer.attachRevocation(revocation);
+  }
+
   acquire(): void {
     this.active++;
   }
@@ -212,6 +233,7 @@ export async function compileRuntime(
   let authn: CompiledAuthn | null = null;
   let revocation: RevocationList | null = null;
   let issuer: IssuerHttp | null = null;
+  let limits: CompiledLimits | null = null;
   try {
     // Security state is carried over when its config did not change: JWKS caches stay warm, no refetch storm on reload.
     authn =
@@ -237,7 +259,7 @@ export async function compileRuntime(
     const authz = config.authz === undefined ? null : compileAuthz(config.authz);
     const usesLimits = config.rateLimits !== undefined || config.routes.some((r) => r.rateLimit !== undefined);
     // Unchanged stores (buckets, leases, Redis connections) carry over: a reload never refills a bucket.
-    const limits = usesLimits
+    limits = usesLimits
       ? compileLimits(config.rateLimits, {
           workers: config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1),
           ...(previous?.limits != null ? { previous: previous.limits } : {}),
@@ -245,6 +267,7 @@ export async function compileRuntime(
         })
       : null;
     const routeAuthn = authn;
+    const routeLimits = limits;
     const stagesFor = (route: RouteConfig): Stage[] => {
       const stages: Stage[] = [];
       if (!('public' in route.auth)) {
@@ -259,8 +282,8 @@ export async function compileRuntime(
         if (stage !== null) stages.push(stage);
       }
       if (route.rateLimit !== undefined) {
-        if (limits === null) throw new TypeError(`route ${route.id}: rate limits referenced but no rateLimits section`);
-        const stage = createLimitStage(route.rateLimit, limits, clientAddressOf);
+        if (routeLimits === null) throw new TypeError(`route ${route.id}: rate limits referenced but no rateLimits section`);
+        const stage = createLimitStage(route.rateLimit, routeLimits, clientAddressOf);
         if (stage !== null) stages.push(stage);
       }
       return stages;
@@ -281,21 +304,29 @@ export async function compileRuntime(
       if (upstream === undefined) throw new TypeError(`route ${route.id}: unknown upstream ${route.upstream}`);
       return new CompiledRoute(route, upstream, stagesFor(route));
     });
-    // Everything compiled: only now wire the revocation list into (possibly shared) authn and issuer.
-    if (authn !== null) {
-      // null too: a config that drops `revocation` must not leave a carried-over authn on the old list.
-      authn.revocation = revocation;
-      if (revocation !== null && (authn !== previous?.authn || revocation !== previous?.revocation))
-        revocation.attachCache(authn.cache);
-    }
-    issuer?.issuer.attachRevocation(revocation);
+    // Nothing shared is wired yet: `activate` does it once the caller commits to this snapshot.
     return new Runtime(config, hash, upstreams, routes, { authn, authz, limits, revocation, issuer });
   } catch (err) {
     if (issuer !== null && issuer !== previous?.issuer) await issuer.issuer.close().catch(() => {});
     if (revocation !== null && revocation !== previous?.revocation) await revocation.close().catch(() => {});
     if (authn !== null && authn !== previous?.authn) authn.close();
+    if (limits !== null && limits !== previous?.limits) await limits.discard();
     throw err;
   }
+}
+
+/**
+ * Undoes a compiled snapshot that will never serve (its reload failed after the compile, e.g.
+ * a new listener could not bind): what it created is closed, what it borrowed from `previous`
+ * goes back untouched. `activate` must not have run.
+ */
+export async function discardRuntime(next: Runtime, previous: Runtime | null): Promise<void> {
+  const shared = new Set(previous === null ? [] : previous.upstreams.values());
+  for (const upstream of next.upstreams.values()) if (!shared.has(upstream)) upstream.destroy();
+  if (next.issuer !== null && next.issuer !== previous?.issuer) await next.issuer.issuer.close().catch(() => {});
+  if (next.revocation !== null && next.revocation !== previous?.revocation) await next.revocation.close().catch(() => {});
+  if (next.authn !== null && next.authn !== previous?.authn) next.authn.close();
+  if (next.limits !== null && next.limits !== previous?.limits) await next.limits.discard();
 }
 
 /** Closes what `previous` owned and `next` does not share, once `previous` drained. */

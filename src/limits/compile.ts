@@ -290,6 +290,10 @@ export class CompiledLimits {
     return this.policies.get(id);
   }
 
+  storeNamed(name: string): CompiledStore | undefined {
+    return this.stores.get(name);
+  }
+
   /**
    * Resolves once every shared store is connected (true), or after `timeoutMs`
    * (false: decisions meanwhile use each policy's failure mode).
@@ -327,20 +331,44 @@ export class CompiledLimits {
     return { stores, policies };
   }
 
-  /** Takes the stores `next` can reuse out of this snapshot, so closing it leaves them open. */
+  /** Stores lent to a later snapshot: closing this one leaves them open. */
+  private readonly lent = new Set<string>();
+  /** Stores this snapshot took from an earlier one, and that one (see `discard`). */
+  private borrowed: { from: CompiledLimits; names: Set<string> } | null = null;
+
+  /**
+   * Lends the stores `next` can reuse (buckets, held slots, connections carry over). Nothing
+   * leaves this snapshot until it closes: a `next` that is discarded gives them back intact.
+   */
   handOver(name: string, fingerprint: string): CompiledStore | null {
     const store = this.stores.get(name);
     if (store === undefined || store.fingerprint !== fingerprint || this.closed) return null;
-    this.stores.delete(name);
+    this.lent.add(name);
     return store;
+  }
+
+  /** compileLimits: which of this snapshot's stores came from `from`. */
+  borrowedFrom(from: CompiledLimits, names: Set<string>): void {
+    if (names.size > 0) this.borrowed = { from, names };
   }
 
   /** Returns leased tokens and quits Redis connections this snapshot still owns. */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    await Promise.all([...this.stores.values()].map((s) => s.close().catch(() => {})));
+    await Promise.all([...this.stores].filter(([name]) => !this.lent.has(name)).map(([, s]) => s.close().catch(() => {})));
     this.stores.clear();
+  }
+
+  /**
+   * A snapshot that never served (its reload failed): borrowed stores go back to their owner,
+   * whose buckets, slots and connections are untouched; its own stores are closed.
+   */
+  async discard(): Promise<void> {
+    const borrowed = this.borrowed;
+    if (borrowed !== null) for (const name of borrowed.names) borrowed.from.lent.delete(name);
+    for (const name of borrowed?.names ?? []) this.stores.delete(name);
+    await this.close();
   }
 }
 
@@ -399,7 +427,12 @@ export function compileLimits(config: RateLimitsConfig | undefined, options: Com
     }
     policies.set(policy.id, new CompiledPolicy(policy, store));
   }
-  return new CompiledLimits(policies, stores, compileGlobalLimits(config?.global, workers), clock, hasher);
+  const limits = new CompiledLimits(policies, stores, compileGlobalLimits(config?.global, workers), clock, hasher);
+  if (previous !== null) {
+    const names = new Set([...stores].filter(([name, store]) => previous.storeNamed(name) === store).map(([name]) => name));
+    limits.borrowedFrom(previous, names);
+  }
+  return limits;
 }
 
 function memoryStore(

@@ -374,6 +374,7 @@ export async function startGrpcHarness(options: HarnessOptions): Promise<Harness
       ? await loadConfigFile(options.file, parseOptions)
       : parseConfig(options.yaml ?? defaultYaml(options.upstream), 'harness.yaml', parseOptions);
   let runtime = await compileRuntime(loaded.config, loaded.hash, null);
+  runtime.activate(null);
   const extra = options.extraStages;
   if (extra !== undefined) {
     const compiled = runtime;

@@ -1,0 +1,104 @@
+/**
+ * A reload that fails after its config compiled (a new listener cannot bind) must leave the
+ * running gateway exactly as it was: revoked tokens stay revoked, rate-limit buckets keep
+ * their counts, a replaced token cache is not left on a carried-over revocation list; and a
+ * gateway that is stopping refuses reloads.
+ */
+import { SignJWT } from 'jose';
+import { createServer, type Server } from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { request } from 'undici';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseConfig } from '../../src/config/load.js';
+import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import { startGateway, type TestGateway } from '../helpers/net.js';
+
+const SECRET = 'reload-failure-test-secret-0123456789abc';
+
+const config = (extra: { listener?: string; revocation?: string; cacheTtl?: number } = {}) => `version: 1
+listeners:
+  - { address: 127.0.0.1, port: 0 }
+${extra.listener ?? ''}upstreams: { app: { builtin: echo } }
+authn:
+  providers:
+    hs: { issuer: https://id.test, audiences: [api], algorithms: [HS256], secret: ${SECRET} }
+  cache: { maxEntries: 100, ttlMs: ${extra.cacheTtl ?? 60000} }
+revocation: ${extra.revocation ?? '{ store: memory }'}
+rateLimits:
+  policies: [{ id: three, rate: 3, per: 1h, key: [route] }]
+routes:
+  - { id: api, match: { path: { prefix: /api } }, upstream: app, auth: { provider: hs } }
+  - { id: limited, match: { path: { prefix: /limited } }, upstream: app, auth: { public: true }, rateLimit: [three] }
+`;
+
+describe('a reload failing after its compile', () => {
+  let gw: TestGateway;
+  let blocker: Server;
+  let busyPort: number;
+  let token: string;
+  beforeAll(async () => {
+    blocker = createServer();
+    await new Promise<void>((r) => blocker.listen(0, '127.0.0.1', () => r()));
+    busyPort = (blocker.address() as AddressInfo).port;
+    gw = await startGateway(config());
+    token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'HS256' })
+      .setIssuer('https://id.test')
+      .setAudience('api')
+      .setSubject('alice')
+      .setExpirationTime('5m')
+      .sign(new TextEncoder().encode(SECRET));
+  });
+  afterAll(async () => {
+    await gw.close();
+    await new Promise((r) => blocker.close(r));
+  });
+
+  const get = async (path: string, auth = false) => {
+    const res = await request(`${gw.url}${path}`, auth ? { headers: { authorization: `Bearer ${token}` } } : {});
+    await res.body.dump();
+    return res.statusCode;
+  };
+  const reload = (source: string) => {
+    const loaded = parseConfig(source, 'gw.yaml', { checks: CONFIG_CHECKS });
+    return gw.gateway.reload(loaded.config, loaded.hash);
+  };
+  const unbindable = (extra: Parameters<typeof config>[0] = {}) =>
+    config({ ...extra, listener: `  - { address: 127.0.0.1, port: ${busyPort} }\n` });
+
+  it('keeps revocations, buckets and the running snapshot', async () => {
+    await gw.gateway.current!.revocation!.revoke({ sub: 'alice' });
+    expect(await get('/api/x', true)).toBe(401);
+    expect([await get('/limited'), await get('/limited'), await get('/limited'), await get('/limited')]).toEqual([
+      200, 200, 200, 429,
+    ]);
+    const running = gw.gateway.current;
+    // A new revocation store and a listener that cannot bind.
+    await expect(
+      reload(
+        unbindable({
+          // authn unchanged, so carried over: the failed reload must not rewire it to the new (empty) list.
+          revocation: `{ store: { redis: { url: 'redis://127.0.0.1:6379', keyPrefix: 'bulwark-test-reload-${process.pid}:' } } }`,
+        }),
+      ),
+    ).rejects.toThrow();
+    expect(gw.gateway.current).toBe(running);
+    expect(await get('/api/x', true)).toBe(401);
+    expect(await get('/limited')).toBe(429);
+    // The next good reload carries the same bucket (it was given back, not lost to the failed one).
+    await reload(config({ cacheTtl: 2000 }));
+    expect(await get('/limited')).toBe(429);
+    expect(await get('/api/x', true)).toBe(401);
+    // Each authn change replaced the token cache: the carried-over list holds only the live one.
+    const caches = (gw.gateway.current!.revocation as unknown as { caches: Set<unknown> }).caches;
+    expect(caches.size).toBe(1);
+  });
+
+  it('refuses a reload once the gateway is stopping', async () => {
+    const other = await startGateway(config());
+    const stopping = other.gateway.stop(1000);
+    const loaded = parseConfig(config({ cacheTtl: 3000 }), 'gw.yaml', { checks: CONFIG_CHECKS });
+    await expect(other.gateway.reload(loaded.config, loaded.hash)).rejects.toThrow();
+    await stopping;
+  });
+});
