@@ -26,6 +26,9 @@ type ToPrimary =
   | { type: 'reloaded'; hash: string }
   | { type: 'failed'; phase: 'start' | 'reload'; message: string };
 
+/** How long the primary waits for each worker to apply a reload before counting it refused. */
+const ROLLOUT_TIMEOUT_MS = 30_000;
+
 export function workerCount(config: BulwarkConfig): number {
   return config.workers === 'auto' ? availableParallelism() : (config.workers ?? 1);
 }
@@ -151,6 +154,32 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     if (worker.isConnected()) worker.send(message);
   };
   const configMessage = (): ToWorker => ({ type: 'config', source: current.source, file: current.file, overrides });
+  /** Workers whose answer to the config being rolled out is awaited. */
+  const answers = new Map<Worker, (outcome: 'ok' | 'failed') => void>();
+  /**
+   * Sends the current config to every running worker; resolves with whether all of them applied
+   * it (a worker that exits meanwhile is not waited for: it restarts on the current config).
+   */
+  const rollOut = async (): Promise<boolean> => {
+    const message = configMessage();
+    const outcomes = [...ready].map(
+      (worker) =>
+        new Promise<'ok' | 'failed'>((resolve) => {
+          const timer = setTimeout(() => done('failed'), ROLLOUT_TIMEOUT_MS);
+          const gone = () => done('ok');
+          const done = (outcome: 'ok' | 'failed') => {
+            clearTimeout(timer);
+            worker.off('exit', gone);
+            answers.delete(worker);
+            resolve(outcome);
+          };
+          answers.set(worker, done);
+          worker.once('exit', gone);
+          send(worker, message);
+        }),
+    );
+    return (await Promise.all(outcomes)).every((o) => o === 'ok');
+  };
 
   // Memory rate-limit buckets live here, so N workers enforce the configured limit once, not N times.
   new LimitsPrimaryHost().attach(cluster);
@@ -174,9 +203,11 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
           break;
         case 'reloaded':
           logger.info({ worker: worker.id, hash: message.hash }, 'worker reloaded');
+          answers.get(worker)?.('ok');
           break;
         case 'failed':
           logger.error({ worker: worker.id, phase: message.phase, error: message.message }, 'worker refused configuration');
+          answers.get(worker)?.('failed');
           break;
       }
     });
@@ -219,14 +250,23 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   const reload = serialized(async (trigger: string) => {
     const next = await loadForReload(options, overrides, trigger, telemetry);
     if (next === null || next.hash === current.hash) return;
-    telemetry.metrics.configReload('ok');
-    void telemetry.reload(next.config);
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
+    const previous = current;
     current = next;
     // Before the workers see the config: a worker whose list changes store says hello to the new list.
     await revocations.configure(next.config.revocation);
-    for (const worker of Object.values(cluster.workers ?? {})) if (worker !== undefined) send(worker, configMessage());
-    logger.info({ trigger, hash: next.hash }, 'configuration sent to workers');
+    if (await rollOut()) {
+      telemetry.metrics.configReload('ok');
+      void telemetry.reload(next.config);
+      logger.info({ trigger, hash: next.hash }, 'configuration reloaded by every worker');
+      return;
+    }
+    // All or nothing: the workers that applied it go back, and restarted workers get the old one too.
+    telemetry.metrics.configReload('failed');
+    logger.error({ trigger, hash: next.hash }, 'a worker refused the configuration: every worker keeps the running one');
+    current = previous;
+    await revocations.configure(previous.config.revocation);
+    await rollOut();
   });
   const unwatch = watchConfig(options.configFile, () => void reload('file'));
   process.on('SIGHUP', () => void reload('SIGHUP'));
@@ -290,7 +330,11 @@ export async function runWorker(logger: Logger): Promise<void> {
       if (!started) process.exit(1);
       return;
     }
-    if (loaded.hash === hash) return;
+    // Already running it (a rollback to the config this worker kept): say so, the primary waits for every answer.
+    if (loaded.hash === hash) {
+      if (started) post({ type: 'reloaded', hash });
+      return;
+    }
     try {
       if (gateway === null) {
         // Created on the first config: its buckets and switches come from that config.
