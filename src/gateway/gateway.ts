@@ -173,6 +173,9 @@ export class Gateway {
     }
     next.activate(previous);
     this.runtime = next;
+    if (previous !== null)
+      for (const setting of restartOnlyChanges(previous.config, config))
+        this.logger.warn({ setting }, `a change of ${setting} takes effect on restart`);
     // Listeners outlive snapshots: the running ones take the new caps here.
     this.applyGlobalCaps(next);
     if (previous !== null) void retireRuntime(previous, next, config.shutdownTimeoutMs ?? 30_000);
@@ -618,6 +621,28 @@ export class Gateway {
     );
     this.logger.debug({ code: problem.code, parser: error.code }, 'client error');
   }
+}
+
+/** Server-level listener settings, fixed when its socket server is created. */
+const BOUND_LIMITS = ['maxHeaderBytes', 'maxHeaders', 'headersTimeoutMs', 'requestTimeoutMs', 'idleTimeoutMs'] as const;
+
+/**
+ * Settings a reload cannot apply to what is already running, so an operator is told rather
+ * than left to believe them applied: the audit log (its WAL, chain and sinks are open), and
+ * a running listener's TLS files and socket-level limits (a listener on a new address or port
+ * takes them at once).
+ */
+export function restartOnlyChanges(before: BulwarkConfig, after: BulwarkConfig): string[] {
+  const changes: string[] = [];
+  if (JSON.stringify(before.audit ?? null) !== JSON.stringify(after.audit ?? null)) changes.push('`audit`');
+  for (const [i, listener] of after.listeners.entries()) {
+    const old = before.listeners.find((l) => listenerKey(l) === listenerKey(listener));
+    if (old === undefined) continue;
+    if (JSON.stringify(old.tls ?? null) !== JSON.stringify(listener.tls ?? null)) changes.push(`\`listeners[${i}].tls\``);
+    for (const limit of BOUND_LIMITS)
+      if (old.limits?.[limit] !== listener.limits?.[limit]) changes.push(`\`listeners[${i}].limits.${limit}\``);
+  }
+  return changes;
 }
 
 function delay(ms: number): Promise<void> {

@@ -11,6 +11,7 @@ import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import { restartOnlyChanges } from '../../src/gateway/gateway.js';
 import { startGateway, type TestGateway } from '../helpers/net.js';
 
 const SECRET = 'reload-failure-test-secret-0123456789abc';
@@ -100,5 +101,28 @@ describe('a reload failing after its compile', () => {
     const loaded = parseConfig(config({ cacheTtl: 3000 }), 'gw.yaml', { checks: CONFIG_CHECKS });
     await expect(other.gateway.reload(loaded.config, loaded.hash)).rejects.toThrow();
     await stopping;
+  });
+});
+
+describe('settings a reload cannot apply', () => {
+  it('are named (logged as "takes effect on restart"): audit, a running listener\'s TLS and socket limits', () => {
+    const parse = (source: string) => parseConfig(source, 'gw.yaml', { checks: [] }).config;
+    const base = `version: 1
+listeners:
+  - { address: 127.0.0.1, port: 18443, limits: { maxHeaderBytes: 16384 } }
+upstreams: { app: { builtin: echo } }
+audit: { sinks: [{ file: { path: /tmp/a.jsonl } }] }
+routes:
+  - { id: r, match: { path: { prefix: / } }, upstream: app, auth: { public: true } }
+`;
+    const before = parse(base);
+    expect(restartOnlyChanges(before, parse(base))).toEqual([]);
+    const after = parse(
+      base.replace('maxHeaderBytes: 16384', 'maxHeaderBytes: 2048, maxBodyBytes: 10').replace('/tmp/a.jsonl', '/tmp/b.jsonl'),
+    );
+    // maxBodyBytes is checked per request from the snapshot: it applies, so it is not named.
+    expect(restartOnlyChanges(before, after)).toEqual(['`audit`', '`listeners[0].limits.maxHeaderBytes`']);
+    // A listener on a new port takes its settings at once.
+    expect(restartOnlyChanges(before, parse(base.replace('18443', '18444').replace('16384', '2048')))).toEqual([]);
   });
 });
