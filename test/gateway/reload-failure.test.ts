@@ -1,10 +1,13 @@
 /**
- * A reload that fails after its config compiled (a new listener cannot bind) must leave the
- * running gateway exactly as it was: revoked tokens stay revoked, rate-limit buckets keep
+ * A reload that fails — in the compile (an issuer key directory that cannot be made) or after
+ * it (a new listener cannot bind) — must leave the running gateway exactly as it was: revoked tokens stay revoked, rate-limit buckets keep
  * their counts, a replaced token cache is not left on a carried-over revocation list; and a
  * gateway that is stopping refuses reloads.
  */
 import { SignJWT } from 'jose';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createServer, type Server } from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { request } from 'undici';
@@ -16,7 +19,7 @@ import { startGateway, type TestGateway } from '../helpers/net.js';
 
 const SECRET = 'reload-failure-test-secret-0123456789abc';
 
-const config = (extra: { listener?: string; revocation?: string; cacheTtl?: number } = {}) => `version: 1
+const config = (extra: { listener?: string; revocation?: string; cacheTtl?: number; issuer?: string } = {}) => `version: 1
 listeners:
   - { address: 127.0.0.1, port: 0 }
 ${extra.listener ?? ''}upstreams: { app: { builtin: echo } }
@@ -27,7 +30,7 @@ authn:
 revocation: ${extra.revocation ?? '{ store: memory }'}
 rateLimits:
   policies: [{ id: three, rate: 3, per: 1h, key: [route] }]
-routes:
+${extra.issuer ?? ''}routes:
   - { id: api, match: { path: { prefix: /api } }, upstream: app, auth: { provider: hs } }
   - { id: limited, match: { path: { prefix: /limited } }, upstream: app, auth: { public: true }, rateLimit: [three] }
 `;
@@ -93,6 +96,36 @@ describe('a reload failing after its compile', () => {
     // Each authn change replaced the token cache: the carried-over list holds only the live one.
     const caches = (gw.gateway.current!.revocation as unknown as { caches: Set<unknown> }).caches;
     expect(caches.size).toBe(1);
+  });
+
+  it('failing inside the compile (after the new revocation list started): the running list stays in force', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bulwark-reload-failure-'));
+    try {
+      expect(await get('/api/x', true)).toBe(401); // revoked by the test above
+      const blocker = join(dir, 'not-a-dir');
+      writeFileSync(blocker, 'x');
+      await expect(
+        reload(
+          config({
+            revocation: `{ store: { redis: { url: 'redis://127.0.0.1:6379', keyPrefix: 'bulwark-test-reload2-${process.pid}:' } } }`,
+            cacheTtl: 2000,
+            issuer: `issuer:
+  issuer: https://auth.test
+  keys: { dir: '${join(blocker, 'keys')}' }
+  store: { sqlite: { path: '${join(dir, 'issuer.db')}' } }
+  clients: []
+`,
+          }),
+        ),
+      ).rejects.toThrow();
+      expect(await get('/api/x', true)).toBe(401);
+      // A config dropping revocation detaches it from the carried-over authn.
+      await reload(config({ revocation: 'null', cacheTtl: 2000 }).replace('revocation: null\n', ''));
+      expect(gw.gateway.current!.revocation).toBeNull();
+      expect(await get('/api/x', true)).toBe(200);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses a reload once the gateway is stopping', async () => {
