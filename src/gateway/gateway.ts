@@ -365,9 +365,16 @@ export class Gateway {
       this.deny(req, res, ctx, decision, isH2, grpc, outcome);
     } else {
       decision.then(
-        (d) => (d === null ? pass() : this.deny(req, res, ctx, d, isH2, grpc, outcome)),
-        (err: unknown) =>
-          this.deny(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2, grpc, outcome),
+        (d) => {
+          // The client left while a stage waited (a Redis acquire, a key fetch): its end has run already,
+          // so slots a stage took since would be held for ever. Free them; nobody is there to answer.
+          if (closed) return releaseLimits(ctx);
+          return d === null ? pass() : this.deny(req, res, ctx, d, isH2, grpc, outcome);
+        },
+        (err: unknown) => {
+          if (closed) return releaseLimits(ctx);
+          return this.deny(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2, grpc, outcome);
+        },
       );
     }
   }

@@ -2,6 +2,7 @@ import { hash, randomBytes } from 'node:crypto';
 import type { RequestContext } from '../core/context.js';
 import type { TrustedProxies } from '../gateway/trusted-proxies.js';
 import type { Descriptor } from './schema.js';
+import { isGrpcContentType } from '../grpc/proxy.js';
 
 /** Who the client is for `client_ip`: the listener's trusted-proxies rule applied to the peer and X-Forwarded-For. */
 export type ClientAddress = (ctx: RequestContext) => string;
@@ -28,9 +29,13 @@ function extractor(descriptor: Descriptor, clientAddress: ClientAddress): Extrac
       return (ctx) => ctx.route?.id ?? '';
     case 'method':
       // gRPC: the method is the path (`/pkg.Service/Method`); HTTP: the verb.
+      // Only a real gRPC call (HTTP/2, gRPC content type): a plain request claiming `application/grpc`
+      // would otherwise get a fresh bucket for every path it invents.
       return (ctx) => {
         const type = ctx.headers['content-type'];
-        return typeof type === 'string' && type.startsWith('application/grpc') ? ctx.path : ctx.method;
+        return ctx.protocol !== 'http/1.1' && ctx.protocol !== 'http/1.0' && typeof type === 'string' && isGrpcContentType(type)
+          ? ctx.path
+          : ctx.method;
       };
     case 'tenant':
       return (ctx) => ctx.identity?.tenant ?? '';

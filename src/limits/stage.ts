@@ -46,6 +46,8 @@ export type LimitDecision = {
   readonly store: string;
   /** Decided by the local fallback because the shared store was unreachable. */
   readonly degraded: boolean;
+  /** A `mode: shadow` policy: recorded, never enforced, never shown to the client. */
+  readonly shadow: boolean;
   /** Concurrency: frees the slot (only the first call counts). Not enumerable, so audit serialization skips it. */
   readonly release?: () => void;
 };
@@ -147,6 +149,7 @@ class LimitStage implements Stage {
       profile: profile.name,
       store: policy.storeName,
       degraded: o.via === 1,
+      shadow: policy.shadow,
     };
     if (o.allowed) {
       policy.allowed++;
@@ -186,6 +189,7 @@ class LimitStage implements Stage {
       profile: profile.name,
       store: policy.storeName,
       degraded: o.via === 1,
+      shadow: policy.shadow,
     };
     if (o.release !== null) {
       // Non-enumerable: audit serializes details, and a function has no business there.
@@ -277,7 +281,8 @@ export function rateLimitHeaders(ctx: RequestContext): Record<string, string> | 
     const d: DecisionRecord = decisions[i]!;
     if (d.stage !== STAGE_ID || d.outcome === 'shadow_deny' || d.outcome === 'skip') continue;
     const detail = d.detail as LimitDecision | undefined;
-    if (detail === undefined || detail.kind !== 'rate') continue;
+    // A shadow policy is being tried out: its numbers are not the client's to see.
+    if (detail === undefined || detail.kind !== 'rate' || detail.shadow) continue;
     const t = detail.remaining > 0 ? Math.ceil(detail.resetMs / 1000) : Math.max(1, Math.ceil(detail.retryAfterMs / 1000));
     const sep = policy === '' ? '' : ', ';
     policy += `${sep}"${detail.policy}";q=${detail.limit};w=${detail.window}`;

@@ -16,6 +16,7 @@ export function makeCtx(
     method?: string;
     path?: string;
     identity?: Partial<Identity> | null;
+    protocol?: 'http/1.1' | 'h2';
   } = {},
 ): RequestContext {
   const ctx = new RequestContext({
@@ -24,7 +25,7 @@ export function makeCtx(
     headers: init.headers ?? { host: 'example.test' },
     peerAddress: init.peer ?? '203.0.113.7',
     peerPort: 40000,
-    protocol: 'http/1.1',
+    protocol: init.protocol ?? 'http/1.1',
     secure: false,
     requestId: randomBytes(4).toString('hex'),
   });

@@ -273,7 +273,8 @@ describe('limit stage (memory store)', () => {
 
   it('method descriptor uses the gRPC method for gRPC requests', () => {
     const { run } = setup({ policies: [{ id: 'per-method', rate: 2, burst: 2, key: ['method'] }] }, ['per-method']);
-    const grpc = (path: string) => () => makeCtx({ method: 'POST', path, headers: { 'content-type': 'application/grpc+proto' } });
+    const grpc = (path: string) => () =>
+      makeCtx({ method: 'POST', path, protocol: 'h2', headers: { 'content-type': 'application/grpc+proto' } });
     expect(admitted(run, 5, grpc('/user.Users/GetProfile'))).toBe(2);
     expect(admitted(run, 5, grpc('/order.Orders/Create'))).toBe(2);
     expect(admitted(run, 5, () => makeCtx({ method: 'POST' }))).toBe(2);
@@ -382,5 +383,33 @@ describe('concurrency slots over real sockets', () => {
     parked[1]!.fail();
     await sleep(50);
     expect((await get('/ok')).status).toBe(200);
+  });
+});
+
+describe('what clients see and what keys them', () => {
+  it('a shadow policy never appears in RateLimit headers, admitted or not', () => {
+    const { run } = setup(
+      {
+        policies: [
+          { id: 'tryout', rate: 2, per: '1s', key: ['route'], mode: 'shadow' },
+          { id: 'enforced', rate: 3, per: '1s', key: ['client_ip'] },
+        ],
+      } as RateLimitsConfig,
+      ['tryout', 'enforced'],
+    );
+    for (let i = 0; i < 3; i++) {
+      const ctx = makeCtx();
+      expect(run(ctx)).toBeNull();
+      const headers = rateLimitHeaders(ctx)!;
+      expect([i, headers['ratelimit-policy']]).toEqual([i, '"enforced";q=3;w=1']);
+    }
+  });
+
+  it('`method` is the gRPC method only for a real gRPC call: a plain request claiming application/grpc keys by its verb', () => {
+    const { run } = setup({ policies: [{ id: 'm', rate: 2, per: '1s', key: ['method'] }] } as RateLimitsConfig, ['m']);
+    const statuses = Array.from({ length: 5 }, (_, i) =>
+      run(makeCtx({ path: `/invented/${i}`, headers: { host: 'example.test', 'content-type': 'application/grpc' } })),
+    ).map((d) => (d === null ? 'ok' : d.code));
+    expect(statuses).toEqual(['ok', 'ok', 'ratelimit.exceeded', 'ratelimit.exceeded', 'ratelimit.exceeded']);
   });
 });
