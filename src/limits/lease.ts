@@ -325,11 +325,13 @@ export class LeasedRateLimiter implements RateLimiter {
     store.seed(key, entry.fullAt, now);
     const allowed = store.take(key, now, profile.shareEmission, profile.shareCapacity);
     const tat = store.tat;
+    const remaining = gcraAvailable(tat, now, profile.shareEmission, profile.shareCapacity);
     return {
       allowed,
-      remaining: gcraAvailable(tat, now, profile.shareEmission, profile.shareCapacity),
+      remaining,
       resetMs: gcraResetAfter(tat, now),
-      retryAfterMs: allowed ? 0 : gcraWait(tat, now, profile.shareEmission, profile.shareCapacity),
+      // Admitting the last token: the wait for the next one (RateLimit `t`), as the memory limiter reports it.
+      retryAfterMs: allowed && remaining > 0 ? 0 : gcraWait(tat, now, profile.shareEmission, profile.shareCapacity),
       via: 1,
     };
   }

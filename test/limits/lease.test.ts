@@ -99,6 +99,11 @@ describe('LeasedRateLimiter', () => {
     expect(outcomes.every((o) => o.via === 1)).toBe(true);
     // Share for 2 instances: burst ceil(20 / 2) = 10.
     expect(outcomes.filter((o) => o.allowed)).toHaveLength(10);
+    // The last admitted token says how long until the next one (RateLimit `t`), as the refusals after it do.
+    const last = outcomes.filter((o) => o.allowed).at(-1)!;
+    expect(last.remaining).toBe(0);
+    expect(last.retryAfterMs).toBeGreaterThan(0);
+    expect(last.retryAfterMs).toBe(outcomes[10]!.retryAfterMs);
     // After resetMs a background probe (not a request) tries again; it fails, the breaker stays open.
     clock.advance(150);
     await take();
