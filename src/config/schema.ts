@@ -160,7 +160,11 @@ export const RouteTimeoutsSchema = Type.Partial(Closed(upstreamTimeoutFields(fal
 export const UpstreamSchema = Closed({
   endpoints: Type.Optional(
     Type.Array(
-      Type.String({ pattern: '^https?://[^/?#]+/?$', description: 'Origin: `http://host:port` or `https://host:port`.' }),
+      Type.String({
+        // No `user:password@`: an endpoint is a metric label and appears in logs.
+        pattern: '^https?://[^/?#@]+/?$',
+        description: 'Origin: `http://host:port` or `https://host:port` (no credentials: send them as headers).',
+      }),
       {
         minItems: 1,
       },

@@ -620,6 +620,7 @@ export class Gateway {
       default:
         problem = new BulwarkError('request.malformed');
     }
+    this.telemetry.metrics.recordParserRejection(problem.code);
     const body = renderProblem(problem, undefined);
     const reason =
       problem.status === 431 ? 'Request Header Fields Too Large' : problem.status === 408 ? 'Request Timeout' : 'Bad Request';

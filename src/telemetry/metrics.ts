@@ -550,6 +550,15 @@ export class BulwarkMetrics {
     this.runtime?.close();
   }
 
+  /**
+   * A request Node's HTTP parser refused before any RequestContext existed (malformed, headers
+   * too large, too slow): counted with the unmatched route, so floods and slow clients show.
+   */
+  recordParserRejection(code: string): void {
+    if (!this.enabled) return;
+    this.rejections.get(this.routeSeries(UNMATCHED_ROUTE).label, code).inc();
+  }
+
   /** A gRPC call's final status (after `recordRequest` for the same request). */
   recordGrpc(ctx: RequestContext, grpcStatus: number): void {
     if (!this.enabled) return;

@@ -422,6 +422,19 @@ export class FastIds implements IdGenerator {
   }
 }
 
+const UPPER_HEX = /[A-F]/;
+
+/**
+ * B3 multi-header ids pass the propagator in upper case (the OTel API's id check ignores case), but
+ * a W3C `traceparent` and our logs need lower case: the next hop would start a new trace, and log
+ * lines would not join. The ids, lowered; anything else as it came.
+ */
+function lowerCaseIds(context: Context): Context {
+  const sc = trace.getSpanContext(context);
+  if (sc === undefined || (!UPPER_HEX.test(sc.traceId) && !UPPER_HEX.test(sc.spanId))) return context;
+  return trace.setSpanContext(context, { ...sc, traceId: sc.traceId.toLowerCase(), spanId: sc.spanId.toLowerCase() });
+}
+
 /** Lower-case hex of `length` chars from `start`, not all zeros (a valid W3C id). */
 function validHexId(value: string, start: number, length: number): boolean {
   let nonZero = false;
@@ -924,7 +937,7 @@ class SdkTracing implements Tracing {
         ctx.trace = { traceId, spanId: runtime.ids.generateSpanId(), sampled: false };
         return new UnsampledServerSpan(runtime, traceId);
       }
-      parent = runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter);
+      parent = lowerCaseIds(runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
     } else {
       // A new root trace: the ratio decides on the trace id, as the SDK sampler would (parent-based
       // or not, a root goes to the ratio). Turned down, the request never reaches the SDK.
@@ -984,7 +997,7 @@ class PassiveTracing implements Tracing {
   startServerSpan(ctx: RequestContext): ServerSpan {
     const headers = ctx.headers;
     if (hasIncomingContext(headers, false)) {
-      const sc = trace.getSpanContext(this.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
+      const sc = trace.getSpanContext(lowerCaseIds(this.extractor.extract(ROOT_CONTEXT, headers, headerGetter)));
       if (sc !== undefined) ctx.trace = toTraceContext(sc);
     }
     return NOOP_SERVER_SPAN;

@@ -94,6 +94,12 @@ add(
   ],
 );
 
+add(
+  'credentials in an endpoint URL (they would become a metric label)',
+  edit('    endpoints: [http://127.0.0.1:3000]', "    endpoints: ['http://user:s3cret@127.0.0.1:3000']"),
+  (s) => [{ code: 'config.pattern', path: 'upstreams.app.endpoints[0]', line: lineOf(s, 's3cret') }],
+);
+
 add('path match of the right kind with a bad value', edit('      path: { prefix: /api }', '      path: { prefix: api }'), (s) => [
   { code: 'config.pattern', path: 'routes[0].match.path.prefix', line: lineOf(s, 'prefix') },
 ]);

@@ -85,6 +85,13 @@ describe('propagation: extraction', () => {
       parent: 'a2fb4a1d1a96d312',
     },
     {
+      // W3C ids are lower case: an upper-case B3 id would go upstream as an invalid traceparent.
+      name: 'B3 multi header in upper case: lowered',
+      headers: { 'x-b3-traceid': '463AC35C9F6413AD48485A3953BB6124', 'x-b3-spanid': 'A2FB4A1D1A96D312', 'x-b3-sampled': '1' },
+      traceId: '463ac35c9f6413ad48485a3953bb6124',
+      parent: 'a2fb4a1d1a96d312',
+    },
+    {
       name: 'W3C wins over B3',
       headers: { traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`, b3: '80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1' },
       traceId: TRACE_ID,
