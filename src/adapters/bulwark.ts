@@ -4,6 +4,7 @@ import { BulwarkError } from '../core/errors.js';
 import { ConfigError, loadConfigFile, parseConfig, type LoadedConfig } from '../config/load.js';
 import type { ListenerConfig, PathPolicyConfig } from '../config/schema.js';
 import { admit, contextFor, problemResponse, type RequestLike } from '../engine/admission.js';
+import { auditRequest } from '../engine/audit.js';
 import { compileRuntime, ListenerSettings, retireRuntime, type CompileOptions, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS, watchConfig } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
@@ -263,22 +264,8 @@ export class Bulwark {
     const grpcStatus = info.grpcStatus ?? null;
     const bytes = info.bytes ?? -1;
     this.telemetry.finishRequest(ctx, span, status, bytes, { code, grpcStatus });
-    const audit = this.audit;
-    if (audit === null) return;
-    const length = ctx.headers['content-length'];
-    const result = audit.record(
-      audit.fromContext(ctx, {
-        status,
-        latencyMs: Number(process.hrtime.bigint() - ctx.startedAt) / 1e6,
-        upstream: null,
-        bytesIn: typeof length === 'string' && /^\d+$/.test(length) ? Number(length) : -1,
-        bytesOut: bytes,
-        clientIp: ctx.clientAddress,
-        ...(code === null ? {} : { error: { code } }),
-        ...(grpcStatus === null ? {} : { grpcStatus }),
-      }),
-    );
-    if (result.status === 'rejected') this.telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
+    if (this.audit !== null)
+      auditRequest(this.audit, this.telemetry, ctx, { status, upstream: null, bytesOut: bytes, code, grpcStatus });
   }
 
   /** Prometheus text of the engine's metrics (mount it where your service exposes metrics); null when disabled. */

@@ -20,6 +20,7 @@ import {
 } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
+import { auditRequest } from '../engine/audit.js';
 import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { respondToAdmitted } from '../issuer/http.js';
@@ -305,7 +306,14 @@ export class Gateway {
       // A call whose status was never decided ended with the client's reset: CANCELLED, as the client saw it.
       if (grpc && outcome.grpcStatus === null && !health) outcome.grpcStatus = GrpcStatus.CANCELLED;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
-      if (this.audit !== null) this.recordAudit(req, ctx, status, outcome);
+      if (this.audit !== null)
+        auditRequest(this.audit, this.telemetry, ctx, {
+          status,
+          upstream: outcome.upstream,
+          bytesOut: outcome.bytes,
+          code: outcome.code,
+          grpcStatus: outcome.grpcStatus,
+        });
     });
     if (!isH2 && (res as ServerResponse).socket === null) {
       // Pipelined behind a response still in progress: Node gives a queued response no 'close' of
@@ -487,24 +495,6 @@ export class Gateway {
       if (response.code !== null) outcome.code = response.code;
       outcome.bytes = ctx.method === 'HEAD' ? 0 : Buffer.byteLength(response.body);
     });
-  }
-
-  private recordAudit(req: AnyRequest, ctx: RequestContext, status: number, outcome: Outcome): void {
-    const audit = this.audit!;
-    const length = req.headers['content-length'];
-    const result = audit.record(
-      audit.fromContext(ctx, {
-        status,
-        latencyMs: Number(process.hrtime.bigint() - ctx.startedAt) / 1e6,
-        upstream: outcome.upstream,
-        bytesIn: length === undefined ? -1 : Number(length),
-        bytesOut: outcome.bytes,
-        clientIp: ctx.clientAddress,
-        ...(outcome.code === null ? {} : { error: { code: outcome.code } }),
-        ...(outcome.grpcStatus === null ? {} : { grpcStatus: outcome.grpcStatus }),
-      }),
-    );
-    if (result.status === 'rejected') this.telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
   }
 
   /** A denial in the client's protocol: a gRPC status for gRPC calls, an RFC 7807 problem otherwise. */
