@@ -45,7 +45,7 @@ describe('gRPC outcome in spans and audit', () => {
       `version: 1
 listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
 upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
-telemetry: { traces: { exporter: otlp } }
+telemetry: { traces: { exporter: otlp }, logs: { level: error } }
 routes:
   # The gateway's own deadline for calls: shorter than the client's, so it is the gateway that ends them.
   - { id: short, match: { path: { exact: /test.Echo/ClientStream } }, upstream: echo, auth: { public: true }, timeouts: { totalMs: 150 } }
