@@ -9,6 +9,7 @@ import { compileRuntime, ListenerSettings, retireRuntime, type CompileOptions, t
 import { LIBRARY_CHECKS, watchConfig } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
 import { respondToAdmitted } from '../issuer/http.js';
+import { issuerEventSink } from '../engine/issuer-events.js';
 import type { Issuer } from '../issuer/issuer.js';
 import { createAuditLog, type AuditLog } from '../audit/index.js';
 import { createLogger, createTelemetry, type Logger, type ServerSpan, type Telemetry } from '../telemetry/index.js';
@@ -154,7 +155,7 @@ export class Bulwark {
           : config.audit === undefined
             ? null
             : await createAuditLog(config.audit, { logger });
-      const runtime = await compileRuntime(config, loaded.hash, null, compileOptions(logger));
+      const runtime = await compileRuntime(config, loaded.hash, null, compileOptions(logger, telemetry, audit));
       runtime.activate(null);
       const source = typeof options.config === 'string' ? options.config : null;
       const bulwark = new Bulwark({
@@ -196,7 +197,12 @@ export class Bulwark {
         const loaded = await loadLibraryConfig(from);
         if (loaded.hash === this.runtime.hash) return false;
         const previous = this.runtime;
-        const next = await compileRuntime(loaded.config, loaded.hash, previous, compileOptions(this.logger));
+        const next = await compileRuntime(
+          loaded.config,
+          loaded.hash,
+          previous,
+          compileOptions(this.logger, this.telemetry, this.audit),
+        );
         next.activate(previous);
         this.runtime = next;
         this.issuerRoutes = issuerRoutesOf(next);
@@ -420,8 +426,8 @@ function loadLibraryConfig(config: string | Record<string, unknown>): Promise<Lo
     : Promise.resolve(parseConfig(JSON.stringify(config, null, 2), '<inline config>', { checks: LIBRARY_CHECKS }));
 }
 
-function compileOptions(logger: Logger): CompileOptions {
-  return { issuer: { onEvent: (event) => logger.debug(event, event.type) } };
+function compileOptions(logger: Logger, telemetry: Telemetry, audit: AuditLog | null): CompileOptions {
+  return { issuer: { onEvent: issuerEventSink(logger, telemetry, audit) } };
 }
 
 function issuerRoutesOf(runtime: Runtime): ReadonlySet<string> {

@@ -21,6 +21,7 @@ import {
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
 import { auditRequest } from '../engine/audit.js';
+import { issuerEventSink } from '../engine/issuer-events.js';
 import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { respondToAdmitted } from '../issuer/http.js';
@@ -79,16 +80,9 @@ export class Gateway {
   private readonly streams = new InFlightGate();
   /** The denial over the cap, built once per cap value (refusing must stay cheap under overload). */
   private overloaded: BulwarkError | null = null;
-  // Issuer events are security events: a reused refresh token is a stolen one.
+  private readonly onIssuerEvent: (event: IssuerEvent) => void;
   private readonly compileOptions: CompileOptions = {
-    issuer: {
-      onEvent: (event) => {
-        if (event.type === 'refresh_reuse') this.logger.warn(event, 'refresh token reused: session revoked');
-        else if (event.type === 'store_error') this.logger.error({ err: event.error }, 'issuer store failure');
-        else this.logger.debug(event, event.type);
-        if (this.audit !== null && event.type !== 'store_error') this.audit.record(issuerAuditEvent(event));
-      },
-    },
+    issuer: { onEvent: (event) => this.onIssuerEvent(event) },
     // Decisions then take each policy's failure mode (fail open or closed): operators must hear of it.
     onStoreBreaker: (store, open) => {
       if (open) this.logger.error({ store }, 'rate limit store unavailable: policies apply their failure mode');
@@ -102,6 +96,7 @@ export class Gateway {
     this.logger = options.logger;
     this.telemetry = options.telemetry ?? createTelemetry({}, { logger: options.logger, role: 'single' });
     this.audit = options.audit ?? null;
+    this.onIssuerEvent = issuerEventSink(this.logger, this.telemetry, this.audit);
     // The `bulwark_active_connections` / `bulwark_active_streams` gauges, read at scrape time.
     // Note: setMetricSources replaces the whole set; a source owned elsewhere must be added here.
     this.telemetry.setMetricSources({
@@ -664,28 +659,4 @@ function hasBody(req: AnyRequest, isH2: boolean): boolean {
   const length = req.headers['content-length'];
   if (length !== undefined) return length !== '0';
   return req.headers['transfer-encoding'] !== undefined;
-}
-
-/** Who got which token, and every refusal and ended session, into the tamper-evident log (never a token or secret). */
-function issuerAuditEvent(event: Exclude<IssuerEvent, { type: 'store_error' }>) {
-  switch (event.type) {
-    case 'token_issued':
-      return {
-        action: 'token.issued',
-        subject: event.sub,
-        outcome: 'success' as const,
-        details: { grant: event.grant, clientId: event.clientId, jti: event.jti, sid: event.sid ?? null },
-      };
-    case 'grant_refused':
-      return {
-        action: 'token.refused',
-        subject: event.clientId ?? null,
-        outcome: 'failure' as const,
-        details: { code: event.code, reason: event.reason, sid: event.sid ?? null },
-      };
-    case 'refresh_reuse':
-      return { action: 'session.reuse_detected', subject: event.sub, outcome: 'failure' as const, details: { sid: event.sid } };
-    case 'session_ended':
-      return { action: 'session.ended', subject: event.sub, outcome: 'success' as const, details: { sid: event.sid } };
-  }
 }

@@ -4,6 +4,7 @@
  * request to a response, so the gateway, `bulwark issuer` and the library adapters
  * mount the same code. Errors are RFC 7807 problems carrying the OAuth `error` too.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import type { IncomingHttpHeaders, IncomingMessage, ServerResponse } from 'node:http';
 import type { RequestContext } from '../core/context.js';
 import { BulwarkError, type ErrorCode } from '../core/errors.js';
@@ -21,6 +22,24 @@ export interface IssuerHttpRequest {
   readonly clientAddress: string;
   readonly body: AsyncIterable<Buffer | string>;
   readonly requestId?: string | undefined;
+  /** The request's trace, so the issuer's events join it. */
+  readonly trace?: { readonly traceId: string; readonly spanId: string } | null | undefined;
+}
+
+/** The request an issuer event happened in. */
+export interface IssuerEventOrigin {
+  readonly requestId: string | null;
+  readonly traceId: string | null;
+  readonly spanId: string | null;
+}
+
+// The issuer's API takes no request (it is called from code too), yet a security event must join
+// the request it happened in: the HTTP front carries that across the issuer's awaits.
+const origins = new AsyncLocalStorage<IssuerEventOrigin>();
+
+/** The request being served when an issuer event fires (null outside the HTTP endpoints). */
+export function issuerEventOrigin(): IssuerEventOrigin | null {
+  return origins.getStore() ?? null;
 }
 
 export interface IssuerHttpResponse {
@@ -205,8 +224,13 @@ export class IssuerHttp {
   async serve(req: IssuerHttpRequest): Promise<IssuerHttpResponse> {
     const endpoint = this.endpointOf(req.path);
     if (endpoint === null) return problemResponse(new BulwarkError('route.not_found'), req.requestId);
+    const origin: IssuerEventOrigin = {
+      requestId: req.requestId ?? null,
+      traceId: req.trace?.traceId ?? null,
+      spanId: req.trace?.spanId ?? null,
+    };
     try {
-      return await this.dispatch(endpoint, req);
+      return await origins.run(origin, () => this.dispatch(endpoint, req));
     } catch (err) {
       const error = err instanceof BulwarkError ? err : new BulwarkError('gateway.internal', undefined, { cause: err });
       const extra: Record<string, string | string[]> = {};
@@ -343,7 +367,7 @@ export class IssuerHttp {
  */
 export async function respondToAdmitted(
   http: IssuerHttp,
-  ctx: Pick<RequestContext, 'method' | 'path' | 'clientAddress' | 'requestId'>,
+  ctx: Pick<RequestContext, 'method' | 'path' | 'clientAddress' | 'requestId' | 'trace'>,
   req: { readonly headers: IncomingHttpHeaders } & AsyncIterable<Buffer | string>,
   res: ServerResponse,
 ): Promise<IssuerHttpResponse> {
@@ -354,6 +378,7 @@ export async function respondToAdmitted(
     clientAddress: ctx.clientAddress,
     body: req,
     requestId: ctx.requestId,
+    trace: ctx.trace,
   });
   if (!res.headersSent && !res.destroyed) {
     res.setHeader('x-request-id', ctx.requestId);

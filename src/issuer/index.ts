@@ -9,8 +9,8 @@ export type {
   SessionInput,
   TokenSet,
 } from './issuer.js';
-export { IssuerHttp, issuerHandler, writeIssuerResponse, endpointTable, MAX_FORM_BYTES } from './http.js';
-export type { IssuerEndpoint, IssuerHttpRequest, IssuerHttpResponse } from './http.js';
+export { IssuerHttp, issuerHandler, issuerEventOrigin, writeIssuerResponse, endpointTable, MAX_FORM_BYTES } from './http.js';
+export type { IssuerEndpoint, IssuerEventOrigin, IssuerHttpRequest, IssuerHttpResponse } from './http.js';
 export { KeyRing, KeyRingError } from './keys.js';
 export type { KeyRingOptions } from './keys.js';
 export { hashSecret, verifySecret, generateSecret, isSecretHash, SecretVerifier } from './secret.js';

@@ -24,6 +24,7 @@ import { LocalProfiler } from './profiling.js';
 import { resolveTelemetryConfig, type ResolvedTelemetryConfig, type TelemetryConfig } from './schema.js';
 import {
   createTracing,
+  hashIdentity,
   NO_FIELD_MASK,
   type ClientSpan,
   type FieldMask,
@@ -188,6 +189,11 @@ export class Telemetry {
   /** A logger whose lines carry trace_id, span_id and request_id; the child is built on first use. */
   requestLogger(ctx: RequestContext): RequestLogger {
     return new RequestLogger(this.logger, ctx);
+  }
+
+  /** A subject as a log line may show it: as the audit masking rules write it, else hashed (the access log's `subject_hash`). */
+  subjectForLog(subject: string): string {
+    return this.mask('subject', subject) ?? hashIdentity(subject);
   }
 
   /**
