@@ -266,7 +266,9 @@ export class Bulwark {
     const span = entry.span;
     releaseLimits(ctx);
     entry.runtime.release();
-    const code = info.code !== undefined ? info.code : (error?.code ?? null);
+    let code = info.code !== undefined ? info.code : (error?.code ?? null);
+    // Gone before any answer: an abort, as the gateway records it, not a served request.
+    if (code === null && status === 499) code = 'request.aborted';
     const grpcStatus = info.grpcStatus ?? null;
     const bytes = info.bytes ?? -1;
     this.telemetry.finishRequest(ctx, span, status, bytes, { code, grpcStatus });

@@ -298,6 +298,8 @@ export class Gateway {
       closed = true;
       release();
       const status = res.headersSent && !abandoned ? res.statusCode : 499;
+      // Gone before any answer (an HTTP/2 reset lands here before the forward notices): an abort, not a served request.
+      if (status === 499 && outcome.code === null) outcome.code = 'request.aborted';
       // A call whose status was never decided ended with the client's reset: CANCELLED, as the client saw it.
       if (grpc && outcome.grpcStatus === null && !health) outcome.grpcStatus = GrpcStatus.CANCELLED;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);

@@ -33,7 +33,7 @@ export interface GrpcEngine {
    * Once per call, when its status is sent (or the client cancelled): frees its concurrency
    * slots, ends its span, records its audit event. `status` is the HTTP status (200).
    */
-  complete?(evaluation: Evaluation, status: number, info: { grpcStatus: number }): void;
+  complete?(evaluation: Evaluation, status: number, info: { grpcStatus: number; code?: string }): void;
 }
 
 export interface BulwarkGrpcInterceptorOptions {
@@ -71,10 +71,11 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
   return (method: ServerMethodDefinition<unknown, unknown>, call: ServerInterceptingCallInterface): ServerInterceptingCall => {
     let evaluation: Evaluation | null = null;
     let ended = -1; // the gRPC status the call ended with, once it has
+    let aborted = false; // the client cancelled: recorded as an abort (`request.aborted`), as the gateway does
     const end = (status: number) => {
       if (ended !== -1) return;
       ended = status;
-      if (evaluation !== null) engine.complete?.(evaluation, 200, { grpcStatus: status });
+      if (evaluation !== null) engine.complete?.(evaluation, 200, completion(status, aborted));
     };
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
@@ -91,7 +92,7 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
               }
             }
             // Cancelled (or past its deadline) while the stages ran: nobody to answer, no handler to start.
-            if (ended !== -1) return engine.complete?.(result, 200, { grpcStatus: ended });
+            if (ended !== -1) return engine.complete?.(result, 200, completion(ended, aborted));
             if (error !== null) {
               deny(call, error, ctx.requestId);
               return end(grpcStatusFor(error));
@@ -112,7 +113,12 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
       })
       // grpc-js reports every stream close here, also after a status: `end` keeps the first. A status
       // grpc-js sent itself (the deadline) does not pass through `sendStatus` below.
-      .withOnCancel(() => end(pastDeadline(call) ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED))
+      .withOnCancel(() => {
+        if (ended !== -1) return;
+        if (pastDeadline(call)) return end(GrpcStatus.DEADLINE_EXCEEDED);
+        aborted = true;
+        end(GrpcStatus.CANCELLED);
+      })
       .build();
     return new ServerInterceptingCall(call, {
       start: (next) => next(listener),
@@ -258,4 +264,8 @@ export function bearerTokenInterceptor(getToken: TokenSource, options: BearerTok
     });
     return intercepting;
   };
+}
+
+function completion(grpcStatus: number, aborted: boolean): { grpcStatus: number; code?: string } {
+  return aborted ? { grpcStatus, code: 'request.aborted' } : { grpcStatus };
 }

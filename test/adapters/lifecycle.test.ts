@@ -200,8 +200,11 @@ describe.each(Object.keys(ADAPTERS))('%s adapter: the request lifecycle', (name)
       status: 404,
     });
     expect(requests.find((r) => r['status'] === 400)).toMatchObject({ decision: 'deny', reason: 'request.path_encoded_slash' });
-    // The slow request the client abandoned is there too, as the client saw it.
-    expect(requests.find((r) => r['path'] === '/slow' && r['decision'] === 'allow')).toMatchObject({ status: 499 });
+    // The slow request the client abandoned is there too, as the client saw it: aborted, not served.
+    expect(requests.find((r) => r['path'] === '/slow' && r['status'] === 499)).toMatchObject({
+      decision: 'error',
+      reason: 'request.aborted',
+    });
     // One event per request: the lifecycle test's 5 + 1 + probes, and this test's 4; none twice.
     const ids = requests.map((r) => r['requestId']);
     expect(new Set(ids).size).toBe(ids.length);

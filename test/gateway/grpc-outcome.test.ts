@@ -168,5 +168,7 @@ routes:
     const { span, record } = await observed('/test.Echo/Unary');
     expect(span.attributes['rpc.grpc.status_code']).toBe(grpc.status.CANCELLED);
     expect(record['grpcStatus']).toBe(grpc.status.CANCELLED);
+    // Cancelled before the upstream answered: an abort, not a served call.
+    expect(record).toMatchObject({ decision: 'error', reason: 'request.aborted' });
   });
 });

@@ -135,7 +135,11 @@ describe('gRPC interceptor: the call lifecycle', () => {
     expect(await unary({ 'x-hang': '1' }, {}, 100)).toBe(grpc.status.CANCELLED);
     expect(handled).toBe(before + 1);
     expect((await serverSpan()).attributes['rpc.grpc.status_code']).toBe(grpc.status.CANCELLED);
-    expect(await lastRequestRecord()).toMatchObject({ grpcStatus: grpc.status.CANCELLED });
+    expect(await lastRequestRecord()).toMatchObject({
+      grpcStatus: grpc.status.CANCELLED,
+      decision: 'error',
+      reason: 'request.aborted',
+    });
     // The slot was freed: were it held, this call would get RESOURCE_EXHAUSTED.
     let status = -1;
     for (let i = 0; i < 50 && status !== grpc.status.OK; i++) {
