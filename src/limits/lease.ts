@@ -178,7 +178,8 @@ export class LeasedRateLimiter implements RateLimiter {
       allowed: true,
       remaining: remaining < profile.burst ? remaining : profile.burst,
       resetMs: entry.fullAt > now ? entry.fullAt - now : 0,
-      retryAfterMs: 0,
+      // The last token as far as this instance knows: the wait for the next one in the shared bucket (RateLimit `t`).
+      retryAfterMs: remaining > 0 ? 0 : gcraWait(entry.fullAt, now, profile.emission, profile.capacity),
       via: 0,
     };
   }

@@ -68,6 +68,21 @@ describe('LeasedRateLimiter', () => {
     expect(guard.calls).toBe(2);
   });
 
+  it('the token that empties lease and shared bucket says when the next one comes (RateLimit `t`), as the refusal after it', async () => {
+    const { take } = setup();
+    const outcomes: RateOutcome[] = [];
+    for (let i = 0; i < 22; i++) outcomes.push(await take());
+    const admitted = outcomes.filter((o) => o.allowed);
+    expect(admitted).toHaveLength(20);
+    const last = admitted.at(-1)!;
+    expect(last.remaining).toBe(0);
+    // No time passed (fake clock): the next token is one emission interval away.
+    expect(last.retryAfterMs).toBe(profile.emission);
+    expect(outcomes[20]!.allowed).toBe(false);
+    expect(outcomes[20]!.retryAfterMs).toBeGreaterThanOrEqual(profile.emission);
+    expect(outcomes[20]!.retryAfterMs).toBeLessThanOrEqual(2 * profile.emission);
+  });
+
   it('a refund goes back to the local lease, free', async () => {
     const { take, limiter, clock, guard } = setup();
     const first = await take();
