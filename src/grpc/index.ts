@@ -10,6 +10,7 @@ export {
   grpcStatusForRstCode,
   grpcStatusFromUpstreamHttp,
   sendGrpcDenial,
+  grpcDenialMetadata,
   sendGrpcError,
   statusTrailers,
 } from './status.js';

@@ -24,7 +24,7 @@ import type { BulwarkRequestState, Evaluation } from '../adapters/bulwark.js';
 import type { Identity, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import type { RequestLike } from '../engine/admission.js';
-import { GRPC_CONTENT_TYPE, grpcMessageFor, GrpcStatus, grpcStatusFor } from './status.js';
+import { GRPC_CONTENT_TYPE, grpcDenialMetadata, grpcMessageFor, GrpcStatus, grpcStatusFor } from './status.js';
 
 /** What the interceptor needs of the engine: `Bulwark` from `createBulwark` satisfies it. */
 export interface GrpcEngine {
@@ -145,7 +145,8 @@ function pastDeadline(call: Pick<ServerInterceptingCallInterface, 'getDeadline'>
 
 function deny(call: ServerInterceptingCallInterface, error: BulwarkError, requestId: string | undefined): void {
   const metadata = new Metadata();
-  if (requestId !== undefined) metadata.set('x-request-id', requestId);
+  const entries = grpcDenialMetadata(error, requestId);
+  if (entries !== undefined) for (const [name, value] of Object.entries(entries)) metadata.set(name, value);
   call.sendStatus({ code: grpcStatusFor(error), details: grpcMessageFor(error), metadata });
 }
 

@@ -230,16 +230,33 @@ export function sendGrpcError(
   return true;
 }
 
-/** A Bulwark denial as a trailers-only gRPC response, with the request id as metadata. */
+/** A Bulwark denial as a trailers-only gRPC response, with the request id (and when to retry) as metadata. */
 export function sendGrpcDenial(
   target: ServerHttp2Stream | Http2ServerResponse,
   error: BulwarkError,
   requestId: string | undefined,
 ): boolean {
-  return sendGrpcError(
-    target,
-    grpcStatusFor(error),
-    grpcMessageFor(error),
-    requestId === undefined ? undefined : { 'x-request-id': requestId },
-  );
+  return sendGrpcError(target, grpcStatusFor(error), grpcMessageFor(error), grpcDenialMetadata(error, requestId));
+}
+
+// The quota state an HTTP client gets with a rate-limit refusal, which a gRPC client has no headers for.
+const RELAYED_DENIAL_HEADERS = ['ratelimit', 'ratelimit-policy', 'retry-after'] as const;
+
+/**
+ * A denial's response metadata: the request id, and for a refusal that says when to come back,
+ * `retry-after` (seconds, as over HTTP) and `grpc-retry-pushback-ms` (gRFC A6: a grpc client
+ * with a retry policy waits that long instead of its own backoff).
+ */
+export function grpcDenialMetadata(error: BulwarkError, requestId: string | undefined): Record<string, string> | undefined {
+  const headers = error.headers;
+  if (headers === undefined || headers['retry-after'] === undefined)
+    return requestId === undefined ? undefined : { 'x-request-id': requestId };
+  const metadata: Record<string, string> = requestId === undefined ? {} : { 'x-request-id': requestId };
+  for (const name of RELAYED_DENIAL_HEADERS) {
+    const value = headers[name];
+    if (value !== undefined) metadata[name] = value;
+  }
+  const seconds = Number(headers['retry-after']);
+  if (Number.isSafeInteger(seconds) && seconds >= 0) metadata['grpc-retry-pushback-ms'] = String(seconds * 1000);
+  return metadata;
 }
