@@ -481,6 +481,13 @@ function pushW3C(headers: string[], traceId: string, spanId: string, flags: numb
   }
 }
 
+/** A new trace, not sampled: ids for the logs and the upstream, which is told sampled=0. */
+function unsampledRoot(runtime: TracingRuntime, ctx: RequestContext): ServerSpan {
+  const traceId = runtime.ids.rootTraceId();
+  ctx.trace = { traceId, spanId: runtime.ids.generateSpanId(), sampled: false };
+  return new UnsampledServerSpan(runtime, traceId);
+}
+
 /**
  * A root request the sampler turned down: no SDK span, no OTel context. It still has ids (for
  * the logs and the upstream) and propagates them with sampled=0.
@@ -937,7 +944,13 @@ class SdkTracing implements Tracing {
         ctx.trace = { traceId, spanId: runtime.ids.generateSpanId(), sampled: false };
         return new UnsampledServerSpan(runtime, traceId);
       }
+      if (runtime.parentBased && headers['b3'] === '0' && headers['traceparent'] === undefined)
+        return unsampledRoot(runtime, ctx);
       parent = lowerCaseIds(runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
+    } else if (runtime.parentBased && headers['x-b3-sampled'] === '0') {
+      // B3's "deny" without ids (`b3: 0`, above, or a lone `X-B3-Sampled: 0`): the caller decided
+      // not to trace and has no trace to continue; a parent-based sampler follows the decision.
+      return unsampledRoot(runtime, ctx);
     } else {
       // A new root trace: the ratio decides on the trace id, as the SDK sampler would (parent-based
       // or not, a root goes to the ratio). Turned down, the request never reaches the SDK.

@@ -121,8 +121,9 @@ describe('propagation: extraction', () => {
       traceId: null,
       parent: null,
     },
-    // B3's lone "deny" flag carries no trace to continue; OTel (and so Bulwark) starts a new root.
-    { name: 'B3 single deny-sampling only', headers: { b3: '0' }, traceId: null, parent: null },
+    // B3's lone "deny" carries no trace to continue, but a decision: a new root, not sampled (parent-based).
+    { name: 'B3 single deny-sampling only', headers: { b3: '0' }, traceId: null, parent: null, sampled: false },
+    { name: 'B3 multi deny-sampling only', headers: { 'x-b3-sampled': '0' }, traceId: null, parent: null, sampled: false },
   ];
 
   for (const c of cases) {
