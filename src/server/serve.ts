@@ -77,6 +77,7 @@ export async function serve(options: ServeOptions): Promise<number> {
 async function runSingle(options: ServeOptions, overrides: Overrides, initial: LoadedConfig): Promise<number> {
   const { logger } = options;
   let current = initial;
+  applied(initial);
   const telemetry = createTelemetry(current.config, { logger, role: 'single' });
   let audit: AuditLog | null = null;
   let gateway: Gateway;
@@ -115,6 +116,7 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
     try {
       await gateway.reload(next.config, next.hash);
       current = next;
+      applied(next);
       await telemetry.reload(next.config);
       telemetry.metrics.configReload('ok');
       logger.info({ trigger, hash: next.hash }, 'configuration reloaded');
@@ -145,6 +147,7 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
 async function runPrimary(options: ServeOptions, overrides: Overrides, initial: LoadedConfig, count: number): Promise<number> {
   const { logger } = options;
   let current = initial;
+  applied(initial);
   let shuttingDown = false;
   const ready = new Set<Worker>();
   const crashes: number[] = [];
@@ -256,6 +259,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     // Before the workers see the config: a worker whose list changes store says hello to the new list.
     await revocations.configure(next.config.revocation);
     if (await rollOut()) {
+      applied(next);
       telemetry.metrics.configReload('ok');
       void telemetry.reload(next.config);
       logger.info({ trigger, hash: next.hash }, 'configuration reloaded by every worker');
@@ -297,6 +301,12 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   await telemetry.shutdown();
   logger.info({}, 'stopped');
   return 0;
+}
+
+// When each config took effect, for `/config`: a reload that failed or was rolled back leaves the running one's.
+const appliedAt = new WeakMap<LoadedConfig, string>();
+function applied(loaded: LoadedConfig): void {
+  if (!appliedAt.has(loaded)) appliedAt.set(loaded, new Date().toISOString());
 }
 
 /** A cluster worker: takes its config from the primary (the text the primary validated), serves, reports. */
@@ -384,7 +394,7 @@ async function startAdmin(
       return {
         hash: loaded.hash,
         file: loaded.file,
-        loadedAt: new Date().toISOString(),
+        loadedAt: appliedAt.get(loaded) ?? new Date().toISOString(),
         workers,
         config: redactConfig(loaded.config),
       };

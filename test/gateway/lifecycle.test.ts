@@ -165,9 +165,15 @@ describe('admin listener', () => {
     const base = `http://127.0.0.1:${gw.adminPort}`;
     expect((await request(`${base}/healthz`)).statusCode).toBe(200);
     expect((await request(`${base}/readyz`)).statusCode).toBe(200);
-    const config = (await (await request(`${base}/config`)).body.json()) as { hash: string; config: { routes: unknown[] } };
+    type ConfigView = { hash: string; loadedAt: string; config: { routes: unknown[] } };
+    const config = (await (await request(`${base}/config`)).body.json()) as ConfigView;
     expect(config.hash).toMatch(/^[0-9a-f]{64}$/);
     expect(config.config.routes).toHaveLength(1);
+    expect(Date.parse(config.loadedAt)).toBeLessThanOrEqual(Date.now());
+    // When the config took effect, not when it was asked for.
+    await new Promise((r) => setTimeout(r, 30));
+    const again = (await (await request(`${base}/config`)).body.json()) as ConfigView;
+    expect(again.loadedAt).toBe(config.loadedAt);
     expect((await request(`${base}/nope`)).statusCode).toBe(404);
   });
 });
