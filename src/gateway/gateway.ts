@@ -26,7 +26,8 @@ import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
 import { respondToAdmitted } from '../issuer/http.js';
 import type { IssuerEvent } from '../issuer/issuer.js';
-import { BoundListener, type AnyRequest, type AnyResponse } from './listener.js';
+import { BoundListener, type AnyRequest, type AnyResponse, type TlsSwap } from './listener.js';
+import type { TlsMaterialError } from './tls.js';
 import { BodyLimiter, forward, type ClientResponse } from './proxy.js';
 import {
   compileRuntime,
@@ -48,6 +49,8 @@ export interface GatewayOptions {
 }
 
 /** What the end of a request reports to telemetry; one small object per request. */
+type TlsSwaps = [BoundListener, TlsSwap][];
+
 class Outcome {
   code: string | null = null;
   upstream: string | null = null;
@@ -102,6 +105,10 @@ export class Gateway {
     this.telemetry.setMetricSources({
       connections: () => [...this.listeners.values()].map((l) => [l.key, l.connections] as const),
       streams: () => [...this.listeners.values()].map((l) => [l.key, l.inFlight] as const),
+      certificates: () =>
+        [...this.listeners.values()].flatMap((l) =>
+          l.certificateNotAfter === null ? [] : [[l.key, Math.floor(l.certificateNotAfter / 1000)] as const],
+        ),
       limitStores: () => {
         const stores = this.runtime?.limits?.stats().stores;
         return stores === undefined ? null : Object.entries(stores);
@@ -160,8 +167,9 @@ export class Gateway {
     if (this.draining) throw new Error('the gateway is shutting down: reload refused');
     const previous = this.runtime;
     const next = await compileRuntime(config, hash, previous, this.compileOptions);
+    let swaps: TlsSwaps;
     try {
-      await this.syncListeners(config, next);
+      swaps = await this.syncListeners(config, next);
     } catch (err) {
       // Nothing of `next` was wired into what `previous` shares: give back, close, keep serving.
       await discardRuntime(next, previous);
@@ -169,6 +177,7 @@ export class Gateway {
     }
     next.activate(previous);
     this.runtime = next;
+    this.applyTls(swaps, 'reload');
     if (previous !== null)
       for (const setting of restartOnlyChanges(previous.config, config))
         this.logger.warn({ setting }, `a change of ${setting} takes effect on restart`);
@@ -177,8 +186,19 @@ export class Gateway {
     if (previous !== null) void retireRuntime(previous, next, config.shutdownTimeoutMs ?? 30_000);
   }
 
-  private async syncListeners(config: BulwarkConfig, runtime: Runtime): Promise<void> {
+  /**
+   * Binds the config's new listeners and drains the ones it dropped. The running ones' TLS
+   * files are read and checked first (renewed in place, or named anew), before anything is
+   * bound: their swaps are returned, for the caller to apply once the snapshot is in.
+   */
+  private async syncListeners(config: BulwarkConfig, runtime: Runtime): Promise<TlsSwaps> {
     const wanted = new Set(config.listeners.map((l) => listenerKey(l)));
+    const swaps: TlsSwaps = [];
+    for (const listenerConfig of config.listeners) {
+      const running = this.listeners.get(listenerKey(listenerConfig));
+      const swap = running?.prepareTls(listenerConfig.tls) ?? null;
+      if (swap !== null) swaps.push([running!, swap]);
+    }
     const added: BoundListener[] = [];
     const global = runtime.limits?.global;
     try {
@@ -186,6 +206,7 @@ export class Gateway {
         const key = listenerKey(listenerConfig);
         if (this.listeners.has(key)) continue;
         const listener = new BoundListener(listenerConfig, this.onRequest, this.onClientError);
+        listener.watchTls(this.onTlsFilesChanged);
         // Capped before the first connection can arrive.
         listener.applyCaps(global?.maxConnections ?? null, global?.maxConcurrentStreams ?? null);
         this.watchDrops(listener);
@@ -205,7 +226,45 @@ export class Gateway {
       this.listeners.delete(key);
       void listener.beginDrain();
     }
+    return swaps;
   }
+
+  /**
+   * Re-reads every TLS listener's certificate files (SIGHUP with an unchanged config, or the
+   * files changed on disk) and swaps those that changed: all or none. Throws TlsMaterialError
+   * naming the file when one cannot serve; the running certificates stay. Returns how many changed.
+   */
+  refreshTls(trigger = 'refresh'): number {
+    if (this.draining) return 0;
+    const swaps: TlsSwaps = [];
+    for (const listener of this.listeners.values()) {
+      const swap = listener.prepareTls();
+      if (swap !== null) swaps.push([listener, swap]);
+    }
+    this.applyTls(swaps, trigger);
+    return swaps.length;
+  }
+
+  private applyTls(swaps: TlsSwaps, trigger: string): void {
+    for (const [listener, swap] of swaps) {
+      listener.applyTls(swap);
+      this.logger.info(
+        { listener: listener.key, trigger, not_after: new Date(swap.material.notAfter).toISOString() },
+        'TLS certificate loaded: new connections use it',
+      );
+    }
+  }
+
+  // Renewals land file by file (a certificate, then its key): a pair caught half-written is
+  // refused here and the next event, once both are in place, applies it.
+  private readonly onTlsFilesChanged = (): void => {
+    try {
+      this.refreshTls('file');
+    } catch (err) {
+      const { code, file } = err as TlsMaterialError;
+      this.logger.warn({ code, file, err }, 'TLS files changed but cannot be used: keeping the running certificate');
+    }
+  };
 
   /** The snapshot's global caps onto the process-wide gate and every running listener. */
   private applyGlobalCaps(runtime: Runtime): void {
@@ -624,8 +683,8 @@ const BOUND_LIMITS = ['maxHeaderBytes', 'maxHeaders', 'headersTimeoutMs', 'reque
 /**
  * Settings a reload cannot apply to what is already running, so an operator is told rather
  * than left to believe them applied: the audit log (its WAL, chain and sinks are open), and
- * a running listener's TLS files and socket-level limits (a listener on a new address or port
- * takes them at once).
+ * a running listener's socket-level limits (a listener on a new address or port takes them at
+ * once). TLS files are not among them: a reload swaps the certificate.
  */
 export function restartOnlyChanges(before: BulwarkConfig, after: BulwarkConfig): string[] {
   const changes: string[] = [];
@@ -633,7 +692,6 @@ export function restartOnlyChanges(before: BulwarkConfig, after: BulwarkConfig):
   for (const [i, listener] of after.listeners.entries()) {
     const old = before.listeners.find((l) => listenerKey(l) === listenerKey(listener));
     if (old === undefined) continue;
-    if (JSON.stringify(old.tls ?? null) !== JSON.stringify(listener.tls ?? null)) changes.push(`\`listeners[${i}].tls\``);
     for (const limit of BOUND_LIMITS)
       if (old.limits?.[limit] !== listener.limits?.[limit]) changes.push(`\`listeners[${i}].limits.${limit}\``);
   }

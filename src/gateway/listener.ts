@@ -1,4 +1,3 @@
-import { readFileSync } from 'node:fs';
 import {
   createServer as createHttpServer,
   type IncomingMessage,
@@ -19,10 +18,19 @@ import type { ListenerConfig } from '../config/schema.js';
 import { BulwarkError } from '../core/errors.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import { DEFAULT_LISTENER_LIMITS, listenerKey } from './runtime.js';
+import { loadTlsMaterial, watchTlsFiles, type TlsMaterial } from './tls.js';
 
 export type AnyRequest = IncomingMessage | Http2ServerRequest;
 export type AnyResponse = ServerResponse | Http2ServerResponse;
 export type RequestHandler = (req: AnyRequest, res: AnyResponse, listener: BoundListener) => void;
+type TlsConfig = NonNullable<ListenerConfig['tls']>;
+
+/** New TLS material for a running listener, checked and not yet in use. */
+export interface TlsSwap {
+  readonly files: TlsConfig;
+  readonly material: TlsMaterial;
+}
+
 export type ClientErrorHandler = (
   error: NodeJS.ErrnoException & { bytesParsed?: number; rawPacket?: Buffer },
   socket: Socket,
@@ -34,8 +42,8 @@ const H2_MAX_CONCURRENT_STREAMS = 1000;
 
 /**
  * One bound socket and the servers behind it. Socket-level settings (address,
- * protocol, TLS) are fixed for the listener's life; per-request settings come
- * from the current runtime snapshot.
+ * protocol, limits) are fixed for the listener's life, but its TLS certificate can be
+ * swapped (`prepareTls` / `applyTls`); per-request settings come from the current runtime snapshot.
  */
 export class BoundListener {
   readonly key: string;
@@ -56,6 +64,11 @@ export class BoundListener {
   inFlight = 0;
   /** Connections Node dropped because the listener was at `maxConnections`, since it started. */
   dropped = 0;
+  /** The TLS files and what was read from them, as in use (https only). */
+  private tlsFiles: TlsConfig | null = null;
+  private tlsMaterial: TlsMaterial | null = null;
+  private tlsChanged: (() => void) | null = null;
+  private unwatchTls: (() => void) | null = null;
 
   constructor(config: ListenerConfig, onRequest: RequestHandler, onClientError: ClientErrorHandler) {
     this.key = listenerKey(config);
@@ -83,11 +96,12 @@ export class BoundListener {
 
     if (protocol === 'https') {
       const tls = config.tls!;
+      const material = loadTlsMaterial(tls);
+      this.tlsFiles = tls;
+      this.tlsMaterial = material;
       const server = createSecureServer(
         {
-          cert: readFileSync(tls.cert),
-          key: readFileSync(tls.key),
-          ...(tls.ca === undefined ? {} : { ca: readFileSync(tls.ca) }),
+          ...material.options,
           allowHTTP1: true,
           ALPNProtocols: ['h2', 'http/1.1'],
           settings: h2Settings,
@@ -234,9 +248,46 @@ export class BoundListener {
     return typeof address === 'object' && address !== null ? address.port : this.config.port;
   }
 
+  /** The leaf certificate's expiry (epoch ms); null without TLS. */
+  get certificateNotAfter(): number | null {
+    return this.tlsMaterial?.notAfter ?? null;
+  }
+
+  /**
+   * Reads the TLS files (the configured ones, or `files` when a reload names others) and checks
+   * them. Null when nothing changed (or no TLS); throws TlsMaterialError when they cannot serve,
+   * and the running certificate stays.
+   */
+  prepareTls(files: TlsConfig | undefined = this.tlsFiles ?? undefined): TlsSwap | null {
+    if (this.tlsMaterial === null || files === undefined) return null;
+    const material = loadTlsMaterial(files);
+    const same = this.tlsFiles !== null && sameFiles(this.tlsFiles, files);
+    return same && material.fingerprint === this.tlsMaterial.fingerprint ? null : { files, material };
+  }
+
+  /** New connections get the new certificate; open ones keep theirs (TLS has no way to change it mid-connection). */
+  applyTls(swap: TlsSwap): void {
+    (this.server as Http2SecureServer).setSecureContext(swap.material.options);
+    const moved = this.tlsFiles === null || !sameFiles(this.tlsFiles, swap.files);
+    this.tlsFiles = swap.files;
+    this.tlsMaterial = swap.material;
+    if (moved && this.tlsChanged !== null) this.watchTls(this.tlsChanged);
+  }
+
+  /** Calls `onChange` when the TLS files may have changed (renewed in place); nothing without TLS. */
+  watchTls(onChange: () => void): void {
+    if (this.tlsFiles === null) return;
+    this.unwatchTls?.();
+    this.tlsChanged = onChange;
+    this.unwatchTls = watchTlsFiles(this.tlsFiles, onChange);
+  }
+
   /** Stop accepting; let in-flight requests finish; close idle keep-alive connections now. */
   beginDrain(): Promise<void> {
     this.draining = true;
+    this.unwatchTls?.();
+    this.unwatchTls = null;
+    this.tlsChanged = null;
     const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
     // Keep-alive connections busy at this moment become idle later; close them as they do.
     const sweep = setInterval(() => this.closeIdle(), 50);
@@ -313,4 +364,8 @@ function closeWhenIdle(session: Http2Session, idleMs: number): void {
     clearInterval(probe);
   });
   arm();
+}
+
+function sameFiles(a: TlsConfig, b: TlsConfig): boolean {
+  return a.cert === b.cert && a.key === b.key && a.ca === b.ca;
 }

@@ -5,6 +5,7 @@ import type { Server } from 'node:http';
 import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
 import { Gateway } from '../gateway/gateway.js';
+import type { TlsMaterialError } from '../gateway/tls.js';
 import { flushLogger, type Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
@@ -112,7 +113,9 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
 
   const reload = serialized(async (trigger: string) => {
     const next = await loadForReload(options, overrides, trigger, telemetry);
-    if (next === null || next.hash === current.hash) return;
+    if (next === null) return;
+    // The same config: its TLS files may still have been renewed (SIGHUP after a renewal).
+    if (next.hash === current.hash) return refreshTls(gateway, logger, trigger);
     try {
       await gateway.reload(next.config, next.hash);
       current = next;
@@ -252,7 +255,12 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
 
   const reload = serialized(async (trigger: string) => {
     const next = await loadForReload(options, overrides, trigger, telemetry);
-    if (next === null || next.hash === current.hash) return;
+    if (next === null) return;
+    // The same config: each worker re-reads its TLS files (renewed in place), nothing else changes.
+    if (next.hash === current.hash) {
+      await rollOut();
+      return;
+    }
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
     const previous = current;
     current = next;
@@ -303,6 +311,16 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   return 0;
 }
 
+/** Re-reads the TLS files of a running gateway; files that cannot serve are logged, the running certificate stays. */
+function refreshTls(gateway: Gateway, logger: Logger, trigger: string): void {
+  try {
+    gateway.refreshTls(trigger);
+  } catch (err) {
+    const { code, file } = err as TlsMaterialError;
+    logger.error({ trigger, code, file, err }, 'TLS files cannot be used: keeping the running certificate');
+  }
+}
+
 // When each config took effect, for `/config`: a reload that failed or was rolled back leaves the running one's.
 const appliedAt = new WeakMap<LoadedConfig, string>();
 function applied(loaded: LoadedConfig): void {
@@ -342,7 +360,10 @@ export async function runWorker(logger: Logger): Promise<void> {
     }
     // Already running it (a rollback to the config this worker kept): say so, the primary waits for every answer.
     if (loaded.hash === hash) {
-      if (started) post({ type: 'reloaded', hash });
+      if (started) {
+        refreshTls(gateway!, logger, 'reload');
+        post({ type: 'reloaded', hash });
+      }
       return;
     }
     try {

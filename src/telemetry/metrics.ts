@@ -94,6 +94,8 @@ export interface MetricSources {
   limitStores?: () => Iterable<
     readonly [store: string, stats: { kind: string; calls: number; failures: number; up: boolean; breakerOpened: number }]
   > | null;
+  /** When each TLS listener's certificate expires (epoch seconds), by listener key. */
+  certificates?: () => Iterable<readonly [listener: string, notAfterSeconds: number]> | null;
   /** The audit pipeline's totals. `written`/`dropped` are monotonic totals since start. */
   audit?: () => { queueDepth: number; written: number; dropped: number; walBytes: number } | null;
 }
@@ -309,6 +311,15 @@ export class BulwarkMetrics {
       labelNames: ['listener'],
       registers,
       collect: this.readPairs(() => this.sources.streams),
+    });
+    new Gauge({
+      name: 'bulwark_tls_certificate_expiry_timestamp_seconds',
+      help: 'When the certificate a TLS listener serves expires (Unix seconds), by listener; alert on it minus time().',
+      labelNames: ['listener'],
+      registers,
+      // Across workers: the earliest (a worker still serving an old certificate is the one that matters).
+      aggregator: 'min',
+      collect: this.readPairs(() => this.sources.certificates),
     });
     // --- shared rate-limit stores: read from the limits snapshot at scrape time ---
     const stores = () => {

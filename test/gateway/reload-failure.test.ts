@@ -138,7 +138,7 @@ describe('a reload failing after its compile', () => {
 });
 
 describe('settings a reload cannot apply', () => {
-  it('are named (logged as "takes effect on restart"): audit, a running listener\'s TLS and socket limits', () => {
+  it('are named (logged as "takes effect on restart"): audit, a running listener\'s socket limits', () => {
     const parse = (source: string) => parseConfig(source, 'gw.yaml', { checks: [] }).config;
     const base = `version: 1
 listeners:

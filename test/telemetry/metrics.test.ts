@@ -29,6 +29,7 @@ describe('metric families', () => {
     m.setSources({
       connections: () => [['http://0.0.0.0:8080', 4]],
       streams: () => [['http://0.0.0.0:8080', 2]],
+      certificates: () => [['https://0.0.0.0:8443', 1_900_000_000]],
       audit: () => ({ queueDepth: 7, written: 120, dropped: 1, walBytes: 4096 }),
     });
     const families = await scrape(m);
@@ -44,6 +45,7 @@ describe('metric families', () => {
       bulwark_upstream_request_duration_seconds: ['histogram', ['upstream', 'endpoint']],
       bulwark_active_connections: ['gauge', ['listener']],
       bulwark_active_streams: ['gauge', ['listener']],
+      bulwark_tls_certificate_expiry_timestamp_seconds: ['gauge', ['listener']],
       bulwark_audit_queue_depth: ['gauge', []],
       bulwark_audit_wal_bytes: ['gauge', []],
       bulwark_audit_events_written_total: ['counter', []],
