@@ -5,10 +5,11 @@
  * are caught half-written, take a working certificate away.
  */
 import { createHash, X509Certificate } from 'node:crypto';
-import { watch, readFileSync, type FSWatcher } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { createSecureContext, type SecureContextOptions } from 'node:tls';
 import type { ListenerConfig } from '../config/schema.js';
+import { watchDirectories } from '../core/watch.js';
 
 type TlsConfig = NonNullable<ListenerConfig['tls']>;
 
@@ -73,26 +74,10 @@ export function loadTlsMaterial(tls: TlsConfig): TlsMaterial {
  * names themselves never show up in the events; the fingerprint tells a real change.
  */
 export function watchTlsFiles(tls: TlsConfig, onChange: () => void, debounceMs = 200): () => void {
-  const dirs = new Set([tls.cert, tls.key, ...(tls.ca === undefined ? [] : [tls.ca])].map((f) => dirname(f)));
-  let timer: NodeJS.Timeout | null = null;
-  const watchers: FSWatcher[] = [];
-  for (const dir of dirs) {
-    try {
-      const watcher = watch(dir, { persistent: false }, () => {
-        if (timer !== null) clearTimeout(timer);
-        timer = setTimeout(() => {
-          timer = null;
-          onChange();
-        }, debounceMs);
-      });
-      watcher.on('error', () => {});
-      watchers.push(watcher);
-    } catch {
-      // No watch support here: SIGHUP still re-reads the files.
-    }
-  }
-  return () => {
-    if (timer !== null) clearTimeout(timer);
-    for (const watcher of watchers) watcher.close();
-  };
+  const files = [tls.cert, tls.key, ...(tls.ca === undefined ? [] : [tls.ca])];
+  return watchDirectories(
+    files.map((f) => dirname(f)),
+    onChange,
+    { debounceMs },
+  );
 }

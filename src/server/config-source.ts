@@ -1,4 +1,4 @@
-import { watch, type FSWatcher } from 'node:fs';
+import { watchDirectories } from '../core/watch.js';
 import { basename, dirname, resolve } from 'node:path';
 import { loadConfigFile, parseConfig, type ConfigCheck, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
@@ -86,24 +86,5 @@ export function parseWithOverrides(source: string, file: string, overrides: Over
  */
 export function watchConfig(file: string, onChange: () => void, debounceMs = 150): () => void {
   const path = resolve(file);
-  const name = basename(path);
-  let timer: NodeJS.Timeout | null = null;
-  let watcher: FSWatcher | null = null;
-  try {
-    watcher = watch(dirname(path), { persistent: false }, (_event, changed) => {
-      if (changed !== null && changed !== name) return;
-      if (timer !== null) clearTimeout(timer);
-      timer = setTimeout(() => {
-        timer = null;
-        onChange();
-      }, debounceMs);
-    });
-    watcher.on('error', () => {});
-  } catch {
-    // No watch support on this filesystem: SIGHUP still reloads.
-  }
-  return () => {
-    if (timer !== null) clearTimeout(timer);
-    watcher?.close();
-  };
+  return watchDirectories([dirname(path)], onChange, { debounceMs, names: new Set([basename(path)]) });
 }

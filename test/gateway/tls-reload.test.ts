@@ -3,7 +3,6 @@
  * watcher), a reload naming other files, an explicit refresh. New connections get the new
  * certificate; files that cannot serve are refused and the running certificate stays.
  */
-import { execFileSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -16,36 +15,12 @@ import { Gateway } from '../../src/gateway/gateway.js';
 import { TlsMaterialError } from '../../src/gateway/tls.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
+import { selfSignedCert } from '../helpers/net.js';
 import { parsePrometheus, valueOf } from '../telemetry/helpers.js';
 
 const root = mkdtempSync(join(tmpdir(), 'bulwark-tls-reload-'));
 
-/** A self-signed P-256 pair for CN=`cn`, as `<name>.crt` / `<name>.key` in `dir`. */
-function makePair(dir: string, cn: string): { cert: string; key: string } {
-  mkdirSync(dir, { recursive: true });
-  const cert = join(dir, `${cn}.crt`);
-  const key = join(dir, `${cn}.key`);
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '2',
-    ].concat(['-subj', `/CN=${cn}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1']),
-    { stdio: 'ignore' },
-  );
-  return { cert, key };
-}
+const makePair = (dir: string, cn: string) => selfSignedCert({ dir, cn });
 
 /** The CN of the certificate a new TLS connection is offered. */
 function servedCn(port: number): Promise<string> {
@@ -58,9 +33,9 @@ function servedCn(port: number): Promise<string> {
       ALPNProtocols: ['http/1.1'],
     });
     socket.once('secureConnect', () => {
-      const cn = socket.getPeerCertificate().subject.CN;
+      const cn: string | string[] | undefined = socket.getPeerCertificate().subject.CN;
       socket.destroy();
-      resolve(Array.isArray(cn) ? cn.join(',') : cn);
+      resolve(Array.isArray(cn) ? cn.join(',') : (cn ?? ''));
     });
     socket.once('error', reject);
   });

@@ -16,7 +16,9 @@ import { ECHO_SERVICE, echoClient, startEchoUpstream, type EchoClientInstance, t
 const POLICY = { id: 'per-minute', rate: 2, per: '1m', key: ['route'] };
 
 function unary(client: EchoClientInstance): Promise<grpc.ServiceError | null> {
-  return new Promise((resolve) => client.Unary(Buffer.from('hi'), new grpc.Metadata(), (err) => resolve(err)));
+  return new Promise((resolve) =>
+    client.Unary(Buffer.from('hi'), new grpc.Metadata(), {}, (err: grpc.ServiceError | null) => resolve(err)),
+  );
 }
 
 function expectPushback(err: grpc.ServiceError | null): void {

@@ -1,7 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { connect, type AddressInfo } from 'node:net';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../src/config/load.js';
@@ -94,34 +94,19 @@ export function bodyOf(rawResponse: string): string {
   return i === -1 ? '' : rawResponse.slice(i + 4);
 }
 
-/** A throwaway self-signed certificate for TLS listeners. */
-export function selfSignedCert(): { cert: string; key: string; dir: string } {
-  const dir = mkdtempSync(join(tmpdir(), 'bulwark-tls-'));
-  const cert = join(dir, 'cert.pem');
-  const key = join(dir, 'key.pem');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '1',
-      '-subj',
-      '/CN=localhost',
-      '-addext',
-      'subjectAltName=DNS:localhost,IP:127.0.0.1',
-    ],
-    { stdio: 'ignore' },
-  );
+/**
+ * A throwaway self-signed P-256 certificate for TLS listeners (localhost, 127.0.0.1): in a new
+ * temporary directory as cert.pem / key.pem, or in `dir` as `<cn>.crt` / `<cn>.key`.
+ */
+export function selfSignedCert(options: { dir?: string; cn?: string } = {}): { cert: string; key: string; dir: string } {
+  const cn = options.cn ?? 'localhost';
+  const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'bulwark-tls-'));
+  mkdirSync(dir, { recursive: true });
+  const cert = join(dir, options.dir === undefined ? 'cert.pem' : `${cn}.crt`);
+  const key = join(dir, options.dir === undefined ? 'key.pem' : `${cn}.key`);
+  const subject = ['-subj', `/CN=${cn}`, '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1'];
+  const pair = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert];
+  execFileSync('openssl', ['req', '-x509', ...pair, '-days', '2', ...subject], { stdio: 'ignore' });
   return { cert, key, dir };
 }
 
