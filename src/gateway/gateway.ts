@@ -46,11 +46,13 @@ export interface GatewayOptions {
   audit?: AuditLog | null;
   /** The process's telemetry; a default one (metrics on, traces off) when absent. */
   telemetry?: Telemetry;
+  /** How often TLS files are checked besides change events (ms; default 5000). */
+  tlsPollMs?: number;
 }
 
-/** What the end of a request reports to telemetry; one small object per request. */
 type TlsSwaps = [BoundListener, TlsSwap][];
 
+/** What the end of a request reports to telemetry; one small object per request. */
 class Outcome {
   code: string | null = null;
   upstream: string | null = null;
@@ -84,6 +86,7 @@ export class Gateway {
   /** The denial over the cap, built once per cap value (refusing must stay cheap under overload). */
   private overloaded: BulwarkError | null = null;
   private readonly onIssuerEvent: (event: IssuerEvent) => void;
+  private readonly tlsPollMs: number | undefined;
   private readonly compileOptions: CompileOptions = {
     issuer: { onEvent: (event) => this.onIssuerEvent(event) },
     // Decisions then take each policy's failure mode (fail open or closed): operators must hear of it.
@@ -99,6 +102,7 @@ export class Gateway {
     this.logger = options.logger;
     this.telemetry = options.telemetry ?? createTelemetry({}, { logger: options.logger, role: 'single' });
     this.audit = options.audit ?? null;
+    this.tlsPollMs = options.tlsPollMs;
     this.onIssuerEvent = issuerEventSink(this.logger, this.telemetry, this.audit);
     // The `bulwark_active_connections` / `bulwark_active_streams` gauges, read at scrape time.
     // Note: setMetricSources replaces the whole set; a source owned elsewhere must be added here.
@@ -196,8 +200,16 @@ export class Gateway {
     const swaps: TlsSwaps = [];
     for (const listenerConfig of config.listeners) {
       const running = this.listeners.get(listenerKey(listenerConfig));
-      const swap = running?.prepareTls(listenerConfig.tls) ?? null;
-      if (swap !== null) swaps.push([running!, swap]);
+      if (running === undefined) continue;
+      // Files the new config names are part of it: they must serve, or the reload is refused. The
+      // same files renewed on disk are the watcher's business: broken, they do not block a reload.
+      if (running.tlsFilesDiffer(listenerConfig.tls)) {
+        const swap = running.prepareTls(listenerConfig.tls);
+        if (swap !== null) swaps.push([running, swap]);
+      } else {
+        const swap = this.tryPrepareTls(running, 'reload');
+        if (swap !== null) swaps.push([running, swap]);
+      }
     }
     const added: BoundListener[] = [];
     const global = runtime.limits?.global;
@@ -206,12 +218,13 @@ export class Gateway {
         const key = listenerKey(listenerConfig);
         if (this.listeners.has(key)) continue;
         const listener = new BoundListener(listenerConfig, this.onRequest, this.onClientError);
-        listener.watchTls(this.onTlsFilesChanged);
         // Capped before the first connection can arrive.
         listener.applyCaps(global?.maxConnections ?? null, global?.maxConcurrentStreams ?? null);
         this.watchDrops(listener);
         await listener.listen();
         added.push(listener);
+        // Watched once bound: a listener that failed to bind is dropped with nothing left running.
+        listener.watchTls(() => this.refreshListenerTls(listener, 'file'), this.tlsPollMs);
       }
     } catch (err) {
       for (const listener of added) {
@@ -230,19 +243,50 @@ export class Gateway {
   }
 
   /**
-   * Re-reads every TLS listener's certificate files (SIGHUP with an unchanged config, or the
-   * files changed on disk) and swaps those that changed: all or none. Throws TlsMaterialError
-   * naming the file when one cannot serve; the running certificates stay. Returns how many changed.
+   * Re-reads every TLS listener's certificate files (SIGHUP with an unchanged config) and swaps
+   * those that changed. Each listener on its own: one whose files cannot serve keeps its running
+   * certificate (logged with the file and returned) and blocks no other. Returns what happened.
    */
-  refreshTls(trigger = 'refresh'): number {
-    if (this.draining) return 0;
-    const swaps: TlsSwaps = [];
+  refreshTls(trigger = 'refresh'): { changed: number; failed: { listener: string; error: TlsMaterialError }[] } {
+    const result = { changed: 0, failed: [] as { listener: string; error: TlsMaterialError }[] };
+    if (this.draining) return result;
     for (const listener of this.listeners.values()) {
-      const swap = listener.prepareTls();
-      if (swap !== null) swaps.push([listener, swap]);
+      try {
+        const swap = listener.prepareTls();
+        if (swap === null) continue;
+        this.applyTls([[listener, swap]], trigger);
+        result.changed++;
+      } catch (err) {
+        this.logTlsRefusal(listener, err, trigger);
+        result.failed.push({ listener: listener.key, error: err as TlsMaterialError });
+      }
     }
-    this.applyTls(swaps, trigger);
-    return swaps.length;
+    return result;
+  }
+
+  private refreshListenerTls(listener: BoundListener, trigger: string): void {
+    if (this.draining || this.listeners.get(listener.key) !== listener) return;
+    const swap = this.tryPrepareTls(listener, trigger);
+    if (swap !== null) this.applyTls([[listener, swap]], trigger);
+  }
+
+  private tryPrepareTls(listener: BoundListener, trigger: string): TlsSwap | null {
+    try {
+      return listener.prepareTls();
+    } catch (err) {
+      this.logTlsRefusal(listener, err, trigger);
+      return null;
+    }
+  }
+
+  // Renewals land file by file (a certificate, then its key): a pair caught half-written is
+  // refused here, and the next event, once both are in place, applies it.
+  private logTlsRefusal(listener: BoundListener, err: unknown, trigger: string): void {
+    const { code, file } = err as TlsMaterialError;
+    this.logger.warn(
+      { listener: listener.key, trigger, code, file, err },
+      'TLS files cannot be used: keeping the running certificate',
+    );
   }
 
   private applyTls(swaps: TlsSwaps, trigger: string): void {
@@ -254,17 +298,6 @@ export class Gateway {
       );
     }
   }
-
-  // Renewals land file by file (a certificate, then its key): a pair caught half-written is
-  // refused here and the next event, once both are in place, applies it.
-  private readonly onTlsFilesChanged = (): void => {
-    try {
-      this.refreshTls('file');
-    } catch (err) {
-      const { code, file } = err as TlsMaterialError;
-      this.logger.warn({ code, file, err }, 'TLS files changed but cannot be used: keeping the running certificate');
-    }
-  };
 
   /** The snapshot's global caps onto the process-wide gate and every running listener. */
   private applyGlobalCaps(runtime: Runtime): void {

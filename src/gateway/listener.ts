@@ -68,6 +68,7 @@ export class BoundListener {
   private tlsFiles: TlsConfig | null = null;
   private tlsMaterial: TlsMaterial | null = null;
   private tlsChanged: (() => void) | null = null;
+  private tlsPollMs: number | undefined;
   private unwatchTls: (() => void) | null = null;
 
   constructor(config: ListenerConfig, onRequest: RequestHandler, onClientError: ClientErrorHandler) {
@@ -260,7 +261,7 @@ export class BoundListener {
    */
   prepareTls(files: TlsConfig | undefined = this.tlsFiles ?? undefined): TlsSwap | null {
     if (this.tlsMaterial === null || files === undefined) return null;
-    const material = loadTlsMaterial(files);
+    const material = loadTlsMaterial(files, { swap: true });
     const same = this.tlsFiles !== null && sameFiles(this.tlsFiles, files);
     return same && material.fingerprint === this.tlsMaterial.fingerprint ? null : { files, material };
   }
@@ -271,15 +272,21 @@ export class BoundListener {
     const moved = this.tlsFiles === null || !sameFiles(this.tlsFiles, swap.files);
     this.tlsFiles = swap.files;
     this.tlsMaterial = swap.material;
-    if (moved && this.tlsChanged !== null) this.watchTls(this.tlsChanged);
+    if (moved && this.tlsChanged !== null) this.watchTls(this.tlsChanged, this.tlsPollMs);
+  }
+
+  /** True when `files` names other files than the ones in use. */
+  tlsFilesDiffer(files: TlsConfig | undefined): boolean {
+    return this.tlsFiles !== null && files !== undefined && !sameFiles(this.tlsFiles, files);
   }
 
   /** Calls `onChange` when the TLS files may have changed (renewed in place); nothing without TLS. */
-  watchTls(onChange: () => void): void {
-    if (this.tlsFiles === null) return;
+  watchTls(onChange: () => void, pollMs?: number): void {
+    if (this.tlsFiles === null || this.draining) return;
     this.unwatchTls?.();
     this.tlsChanged = onChange;
-    this.unwatchTls = watchTlsFiles(this.tlsFiles, onChange);
+    this.tlsPollMs = pollMs;
+    this.unwatchTls = watchTlsFiles(this.tlsFiles, onChange, pollMs === undefined ? {} : { pollMs });
   }
 
   /** Stop accepting; let in-flight requests finish; close idle keep-alive connections now. */

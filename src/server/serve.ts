@@ -5,7 +5,6 @@ import type { Server } from 'node:http';
 import { ConfigError, formatIssues, redactConfig, type LoadedConfig } from '../config/load.js';
 import type { BulwarkConfig } from '../config/schema.js';
 import { Gateway } from '../gateway/gateway.js';
-import type { TlsMaterialError } from '../gateway/tls.js';
 import { flushLogger, type Logger } from '../telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../telemetry/index.js';
 import { LimitsPrimaryHost } from '../limits/index.js';
@@ -20,7 +19,9 @@ export interface ServeOptions extends Overrides {
 }
 
 /** Messages between the primary and its workers. */
-type ToWorker = { type: 'config'; source: string; file: string; overrides: Overrides } | { type: 'shutdown'; deadlineMs: number };
+type ToWorker =
+  | { type: 'config'; source: string; file: string; overrides: Overrides; trigger?: string }
+  | { type: 'shutdown'; deadlineMs: number };
 type ToPrimary =
   | { type: 'hello' }
   | { type: 'ready'; hash: string; ports: [string, number][] }
@@ -115,7 +116,10 @@ async function runSingle(options: ServeOptions, overrides: Overrides, initial: L
     const next = await loadForReload(options, overrides, trigger, telemetry);
     if (next === null) return;
     // The same config: its TLS files may still have been renewed (SIGHUP after a renewal).
-    if (next.hash === current.hash) return refreshTls(gateway, logger, trigger);
+    if (next.hash === current.hash) {
+      gateway.refreshTls(trigger);
+      return;
+    }
     try {
       await gateway.reload(next.config, next.hash);
       current = next;
@@ -159,15 +163,21 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   const send = (worker: Worker, message: ToWorker) => {
     if (worker.isConnected()) worker.send(message);
   };
-  const configMessage = (): ToWorker => ({ type: 'config', source: current.source, file: current.file, overrides });
+  const configMessage = (trigger?: string): ToWorker => ({
+    type: 'config',
+    source: current.source,
+    file: current.file,
+    overrides,
+    ...(trigger === undefined ? {} : { trigger }),
+  });
   /** Workers whose answer to the config being rolled out is awaited. */
   const answers = new Map<Worker, (outcome: 'ok' | 'failed') => void>();
   /**
    * Sends the current config to every running worker; resolves with whether all of them applied
    * it (a worker that exits meanwhile is not waited for: it restarts on the current config).
    */
-  const rollOut = async (): Promise<boolean> => {
-    const message = configMessage();
+  const rollOut = async (trigger?: string): Promise<boolean> => {
+    const message = configMessage(trigger);
     const outcomes = [...ready].map(
       (worker) =>
         new Promise<'ok' | 'failed'>((resolve) => {
@@ -258,7 +268,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     if (next === null) return;
     // The same config: each worker re-reads its TLS files (renewed in place), nothing else changes.
     if (next.hash === current.hash) {
-      await rollOut();
+      await rollOut(trigger);
       return;
     }
     if (workerCount(next.config) !== count) logger.warn({}, 'a change of `workers` takes effect on restart');
@@ -311,16 +321,6 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   return 0;
 }
 
-/** Re-reads the TLS files of a running gateway; files that cannot serve are logged, the running certificate stays. */
-function refreshTls(gateway: Gateway, logger: Logger, trigger: string): void {
-  try {
-    gateway.refreshTls(trigger);
-  } catch (err) {
-    const { code, file } = err as TlsMaterialError;
-    logger.error({ trigger, code, file, err }, 'TLS files cannot be used: keeping the running certificate');
-  }
-}
-
 // When each config took effect, for `/config`: a reload that failed or was rolled back leaves the running one's.
 const appliedAt = new WeakMap<LoadedConfig, string>();
 function applied(loaded: LoadedConfig): void {
@@ -361,7 +361,7 @@ export async function runWorker(logger: Logger): Promise<void> {
     // Already running it (a rollback to the config this worker kept): say so, the primary waits for every answer.
     if (loaded.hash === hash) {
       if (started) {
-        refreshTls(gateway!, logger, 'reload');
+        gateway!.refreshTls(message.trigger ?? 'reload');
         post({ type: 'reloaded', hash });
       }
       return;
