@@ -385,10 +385,18 @@ export class Gateway {
         runtime.release();
       }
     };
+    let deciding = false; // an asynchronous stage is still deciding
+    let finishWhenDecided = false;
     // One listener for the end of the exchange, whatever path it took: finished, failed or abandoned.
     res.once('close', () => {
       closed = true;
       release();
+      // Gone while a stage decides (a key fetch, a Redis call): the decision says how it ended —
+      // a denial stays a denial in the audit, not an abort.
+      if (deciding) finishWhenDecided = true;
+      else finish();
+    });
+    const finish = () => {
       const status = res.headersSent && !abandoned ? res.statusCode : 499;
       // Gone before any answer (an HTTP/2 reset lands here before the forward notices): an abort, not a served request.
       if (status === 499 && outcome.code === null) outcome.code = 'request.aborted';
@@ -403,7 +411,7 @@ export class Gateway {
           code: outcome.code,
           grpcStatus: outcome.grpcStatus,
         });
-    });
+    };
     if (!isH2 && (res as ServerResponse).socket === null) {
       // Pipelined behind a response still in progress: Node gives a queued response no 'close' of
       // its own when the connection goes first, so its exchange would run on upstream, unaudited.
@@ -461,15 +469,24 @@ export class Gateway {
     } else if (decision instanceof BulwarkError) {
       this.deny(req, res, ctx, decision, isH2, grpc, outcome);
     } else {
+      deciding = true;
+      // The client left while a stage waited (a Redis acquire, a key fetch): its slots were released
+      // at close, so slots a stage took since would be held for ever. Free them, record how the
+      // request ended; nobody is there to answer.
+      const decidedAfterClose = (code: string | null) => {
+        releaseLimits(ctx);
+        if (code !== null) outcome.code = code;
+        if (finishWhenDecided) finish();
+      };
       decision.then(
         (d) => {
-          // The client left while a stage waited (a Redis acquire, a key fetch): its end has run already,
-          // so slots a stage took since would be held for ever. Free them; nobody is there to answer.
-          if (closed) return releaseLimits(ctx);
+          deciding = false;
+          if (closed) return decidedAfterClose(d === null ? null : d.code);
           return d === null ? pass() : this.deny(req, res, ctx, d, isH2, grpc, outcome);
         },
         (err: unknown) => {
-          if (closed) return releaseLimits(ctx);
+          deciding = false;
+          if (closed) return decidedAfterClose('gateway.internal');
           return this.deny(req, res, ctx, new BulwarkError('gateway.internal', undefined, { cause: err }), isH2, grpc, outcome);
         },
       );

@@ -75,7 +75,7 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
     const end = (status: number) => {
       if (ended !== -1) return;
       ended = status;
-      if (evaluation !== null) engine.complete?.(evaluation, 200, completion(status, aborted));
+      if (evaluation !== null) engine.complete?.(evaluation, 200, completion(status, aborted && evaluation.error === null));
     };
     const listener = new ServerListenerBuilder()
       .withOnReceiveMetadata((metadata, next) => {
@@ -92,7 +92,11 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
               }
             }
             // Cancelled (or past its deadline) while the stages ran: nobody to answer, no handler to start.
-            if (ended !== -1) return engine.complete?.(result, 200, completion(ended, aborted));
+            // A denial keeps its code; an allowed call the client left is an abort, its handler never run (499, as the gateway).
+            if (ended !== -1) {
+              const gone = aborted && result.error === null;
+              return engine.complete?.(result, gone ? 499 : 200, completion(ended, gone));
+            }
             if (error !== null) {
               deny(call, error, ctx.requestId);
               return end(grpcStatusFor(error));
