@@ -481,6 +481,15 @@ function pushW3C(headers: string[], traceId: string, spanId: string, flags: numb
   }
 }
 
+/** B3's sampling "deny" with no W3C context and no debug flag (which wins, as in B3). */
+function b3Denies(headers: IncomingHttpHeaders): boolean {
+  if (headers['traceparent'] !== undefined || headers['x-b3-flags'] === '1') return false;
+  const single = headers['b3'];
+  if (single !== undefined) return single === '0';
+  const sampled = headers['x-b3-sampled'];
+  return sampled === '0' || sampled === 'false';
+}
+
 /** A new trace, not sampled: ids for the logs and the upstream, which is told sampled=0. */
 function unsampledRoot(runtime: TracingRuntime, ctx: RequestContext): ServerSpan {
   const traceId = runtime.ids.rootTraceId();
@@ -944,12 +953,19 @@ class SdkTracing implements Tracing {
         ctx.trace = { traceId, spanId: runtime.ids.generateSpanId(), sampled: false };
         return new UnsampledServerSpan(runtime, traceId);
       }
-      if (runtime.parentBased && headers['b3'] === '0' && headers['traceparent'] === undefined)
-        return unsampledRoot(runtime, ctx);
       parent = lowerCaseIds(runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
-    } else if (runtime.parentBased && headers['x-b3-sampled'] === '0') {
-      // B3's "deny" without ids (`b3: 0`, above, or a lone `X-B3-Sampled: 0`): the caller decided
-      // not to trace and has no trace to continue; a parent-based sampler follows the decision.
+      // B3's "deny" without ids (`b3: 0`; `X-B3-Sampled: 0` next to baggage): no trace to continue, but
+      // a decision the parent-based sampler follows. A new trace, as an unsampled parent in the
+      // extracted context, so its baggage still goes upstream.
+      if (runtime.parentBased && b3Denies(headers) && trace.getSpanContext(parent) === undefined)
+        parent = trace.setSpanContext(parent, {
+          traceId: runtime.ids.rootTraceId(),
+          spanId: runtime.ids.generateSpanId(),
+          traceFlags: TraceFlags.NONE,
+          isRemote: true,
+        });
+    } else if (runtime.parentBased && headers['x-b3-sampled'] !== undefined && b3Denies(headers)) {
+      // A lone `X-B3-Sampled: 0`: the same decision, nothing else to carry.
       return unsampledRoot(runtime, ctx);
     } else {
       // A new root trace: the ratio decides on the trace id, as the SDK sampler would (parent-based

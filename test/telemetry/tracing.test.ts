@@ -159,6 +159,57 @@ describe('propagation: extraction', () => {
   });
 });
 
+describe("propagation: B3's deny without ids, under a parent-based sampler", () => {
+  function run(propagators: ('tracecontext' | 'baggage' | 'b3' | 'b3multi')[], headers: Record<string, string>) {
+    const { tracing, spans } = tracer({ propagators, sampler: { ratio: 1, parentBased: true } });
+    const ctx = makeContext({ headers });
+    const server = tracing.startServerSpan(ctx);
+    const client = server.startClientSpan('r', 'http://10.0.0.1:8080', 'GET');
+    const flat: string[] = [];
+    for (const [k, v] of Object.entries(headers)) flat.push(k, v);
+    client.inject(flat);
+    client.end(200);
+    server.end(ctx, 200);
+    const up: Record<string, string> = {};
+    for (let i = 0; i < flat.length; i += 2) up[flat[i]!.toLowerCase()] = flat[i + 1]!;
+    return { sampled: ctx.trace!.sampled, traceId: ctx.trace!.traceId, up, spans: spans().length };
+  }
+  const cases: [string, ('tracecontext' | 'baggage' | 'b3' | 'b3multi')[], Record<string, string>, boolean][] = [
+    ['b3: 0', ['tracecontext', 'baggage'], { b3: '0' }, false],
+    ['b3: 0 with baggage', ['tracecontext', 'baggage'], { b3: '0', baggage: 'tenant=acme' }, false],
+    ['X-B3-Sampled: 0', ['tracecontext', 'baggage'], { 'x-b3-sampled': '0' }, false],
+    ['X-B3-Sampled: 0 with baggage', ['tracecontext', 'baggage'], { 'x-b3-sampled': '0', baggage: 'tenant=acme' }, false],
+    ['X-B3-Sampled: false', ['tracecontext', 'baggage'], { 'x-b3-sampled': 'false' }, false],
+    [
+      'X-B3-Sampled: 0 with X-B3-Flags: 1 (debug wins)',
+      ['tracecontext', 'baggage'],
+      { 'x-b3-sampled': '0', 'x-b3-flags': '1' },
+      true,
+    ],
+    [
+      'a sampled traceparent wins',
+      ['tracecontext'],
+      { 'x-b3-sampled': '0', traceparent: `00-${TRACE_ID}-${PARENT_ID}-01` },
+      true,
+    ],
+    ['b3: 0, injected as B3', ['b3'], { b3: '0' }, false],
+    ['X-B3-Sampled: 0, injected as B3 multi', ['b3multi'], { 'x-b3-sampled': '0' }, false],
+  ];
+  for (const [name, propagators, headers, sampled] of cases) {
+    it(name, () => {
+      const r = run(propagators, headers);
+      expect(r.sampled).toBe(sampled);
+      expect(r.spans).toBe(sampled ? 2 : 0);
+      expect(r.traceId).toMatch(/^[0-9a-f]{32}$/);
+      if (propagators.includes('tracecontext')) expect(r.up['traceparent']).toMatch(sampled ? /-01$/ : /-00$/);
+      if (propagators.includes('b3')) expect(r.up['b3']).toMatch(new RegExp(`^${r.traceId}-[0-9a-f]{16}-0$`));
+      if (propagators.includes('b3multi')) expect(r.up['x-b3-sampled']).toBe('0');
+      // The caller's baggage goes on upstream, decision or not.
+      if (headers['baggage'] !== undefined) expect(r.up['baggage']).toBe('tenant=acme');
+    });
+  }
+});
+
 describe('propagation: injection', () => {
   const incoming = {
     traceparent: `00-${TRACE_ID}-${PARENT_ID}-01`,
