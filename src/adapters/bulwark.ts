@@ -88,6 +88,8 @@ export class Bulwark {
   /** Requests evaluated and not yet completed: their span and the snapshot they run on (dropped by `complete`). */
   private readonly inFlight = new WeakMap<RequestContext, { span: ServerSpan; runtime: Runtime }>();
   private readonly unavailable = new BulwarkError('audit.unavailable');
+  /** Issuer endpoints' refusal codes, by request, until the request completes. */
+  private readonly issuerCodes = new WeakMap<RequestContext, string>();
   /** Reloads run one at a time, in order. */
   private reloading: Promise<unknown> = Promise.resolve();
   private unwatch: (() => void) | null = null;
@@ -127,7 +129,10 @@ export class Bulwark {
   issuerServes(ctx: RequestContext, req: IncomingMessage, res: ServerResponse): boolean {
     const issuer = this.runtime.issuer;
     if (issuer === null || ctx.route === null || !this.issuerRoutes.has(ctx.route.id)) return false;
-    void respondToAdmitted(issuer, ctx, req, res);
+    void respondToAdmitted(issuer, ctx, req, res).then((response) => {
+      // Known before the response's end completes the request: a refused grant is audited as the denial it is.
+      if (response.code !== null) this.issuerCodes.set(ctx, response.code);
+    });
     return true;
   }
 
@@ -266,7 +271,7 @@ export class Bulwark {
     const span = entry.span;
     releaseLimits(ctx);
     entry.runtime.release();
-    let code = info.code !== undefined ? info.code : (error?.code ?? null);
+    let code = info.code !== undefined ? info.code : (error?.code ?? this.issuerCodes.get(ctx) ?? null);
     // Gone before any answer: an abort, as the gateway records it, not a served request.
     if (code === null && status === 499) code = 'request.aborted';
     const grpcStatus = info.grpcStatus ?? null;

@@ -43,7 +43,8 @@ function logFields(event: Exclude<IssuerEvent, { type: 'store_error' }>, telemet
     case 'token_issued':
       return {
         grant: event.grant,
-        subject_hash: telemetry.subjectForLog(event.sub),
+        // A client's own token: its subject is its id, which a pseudonym next to it would give away.
+        ...(event.grant === 'client_credentials' ? {} : { subject_hash: telemetry.subjectForLog(event.sub) }),
         client_id: event.clientId,
         jti: event.jti,
         ...(event.sid === undefined ? {} : { sid: event.sid }),

@@ -16,7 +16,7 @@ import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { createBulwark } from '../../src/index.js';
 import { auditConfig } from '../audit/helpers.js';
-import { secretHashes } from './helpers.js';
+import { SECRET, secretHashes } from './helpers.js';
 
 const HMAC_KEY = 'issuer-events-hmac-key-0123456789';
 const records: Record<string, unknown>[] = [];
@@ -152,6 +152,22 @@ ${await sectionYaml(dir)}routes:
     expect(log.text()).not.toContain('alice@bank.example');
     expect(log.text()).not.toContain(session.refreshToken);
   });
+
+  it("a client's own token: its id is logged, no pseudonym next to it that would give the pseudonym away", async () => {
+    const res = await request(`${url}/oauth/token`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/x-www-form-urlencoded',
+        authorization: `Basic ${Buffer.from(`billing:${SECRET}`).toString('base64')}`,
+      },
+      body: 'grant_type=client_credentials',
+    });
+    expect(res.statusCode).toBe(200);
+    await res.body.dump();
+    const line = log.lines.find((l) => l['event'] === 'token_issued' && l['grant'] === 'client_credentials')!;
+    expect(line).toMatchObject({ client_id: 'billing', request_id: res.headers['x-request-id'] });
+    expect(line['subject_hash']).toBeUndefined();
+  });
 });
 
 describe('issuer events (library)', () => {
@@ -184,6 +200,12 @@ describe('issuer events (library)', () => {
       expect(warn['request_id']).toBe(replay.headers['x-request-id']);
       expect(warn['subject_hash']).toMatch(/^sha256:[0-9a-f]{16}$/);
       expect(log.text()).not.toContain('bob@bank.example');
+      // The refused grant's request is audited as the denial it is (it was `allow`, status 400).
+      expect(records.find((r) => r['kind'] === 'request' && r['requestId'] === replay.headers['x-request-id'])).toMatchObject({
+        status: 400,
+        decision: 'deny',
+        reason: 'issuer.invalid_grant',
+      });
     } finally {
       await new Promise((r) => server.close(r));
       await bulwark.close();
