@@ -245,8 +245,11 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
   });
 
   const telemetry = createTelemetry(current.config, { logger, role: 'primary' });
+  // What `/config` shows: the config every worker runs. `current` moves first (it is what the
+  // rollout sends, and what restarted workers get); this one only once the rollout succeeded.
+  let serving = current;
   const admin = await startAdmin(
-    () => current,
+    () => serving,
     () => !shuttingDown && ready.size === count,
     count,
     logger,
@@ -277,6 +280,7 @@ async function runPrimary(options: ServeOptions, overrides: Overrides, initial: 
     // Before the workers see the config: a worker whose list changes store says hello to the new list.
     await revocations.configure(next.config.revocation);
     if (await rollOut()) {
+      serving = next;
       applied(next);
       telemetry.metrics.configReload('ok');
       void telemetry.reload(next.config);
