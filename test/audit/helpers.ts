@@ -9,6 +9,7 @@ import { GENESIS_HASH, sha256Hex, signatureInput } from '../../src/audit/chain.j
 import { openSqlite, createPgPool, type PgPool } from '../../src/audit/drivers.js';
 import { keyFingerprint } from '../../src/audit/keys.js';
 import type { AuditConfig } from '../../src/audit/schema.js';
+import type { AuditSink, WalEntry } from '../../src/audit/index.js';
 import { rowOf } from '../../src/audit/sinks/sink.js';
 import { ensurePostgresTable } from '../../src/audit/sinks/postgres.js';
 import { prepareSqlite, sqliteInsert } from '../../src/audit/sinks/sqlite.js';
@@ -244,4 +245,17 @@ export async function waitFor(check: () => boolean | Promise<boolean>, timeoutMs
     if (Date.now() > deadline) throw new Error('timed out waiting for a condition');
     await new Promise((r) => setTimeout(r, stepMs));
   }
+}
+
+/** An audit sink keeping each written record, parsed, in `records` (tests that read what was audited). */
+export function memorySink(records: Record<string, unknown>[]): AuditSink {
+  return {
+    name: 'memory',
+    batchSize: 1000,
+    exactCursor: false,
+    open: async () => {},
+    write: async (batch: readonly WalEntry[]) =>
+      void records.push(...batch.map((e) => JSON.parse(e.line) as Record<string, unknown>)),
+    close: async () => {},
+  };
 }

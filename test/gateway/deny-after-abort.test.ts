@@ -13,26 +13,18 @@ import { join } from 'node:path';
 import { request } from 'undici';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createBulwark, type Bulwark } from '../../src/adapters/bulwark.js';
-import { createAuditLog, type AuditLog, type AuditSink, type WalEntry } from '../../src/audit/index.js';
+import { createAuditLog, type AuditLog } from '../../src/audit/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { Gateway } from '../../src/gateway/gateway.js';
 import { bulwarkGrpcInterceptor } from '../../src/grpc/interceptors.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
-import { auditConfig } from '../audit/helpers.js';
+import { auditConfig, memorySink } from '../audit/helpers.js';
 import { AUDIENCE, ISSUER, jwks, makeKey, mint, type TestKey } from '../authn/helpers.js';
 import { ECHO_SERVICE, echoClient, type EchoClientInstance } from '../grpc/harness.js';
 
 const records: Record<string, unknown>[] = [];
-const sink: AuditSink = {
-  name: 'memory',
-  batchSize: 1000,
-  exactCursor: false,
-  open: async () => {},
-  write: async (batch: readonly WalEntry[]) =>
-    void records.push(...batch.map((e) => JSON.parse(e.line) as Record<string, unknown>)),
-  close: async () => {},
-};
+const sink = memorySink(records);
 const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const lastRequest = () => records.filter((r) => r['kind'] === 'request').at(-1);
 

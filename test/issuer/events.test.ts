@@ -8,27 +8,19 @@ import { join } from 'node:path';
 import { Writable } from 'node:stream';
 import { request } from 'undici';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createAuditLog, type AuditLog, type AuditSink, type WalEntry } from '../../src/audit/index.js';
+import { createAuditLog, type AuditLog } from '../../src/audit/index.js';
 import { parseConfig } from '../../src/config/load.js';
 import { Gateway } from '../../src/gateway/gateway.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { createBulwark } from '../../src/index.js';
-import { auditConfig } from '../audit/helpers.js';
+import { auditConfig, memorySink } from '../audit/helpers.js';
 import { SECRET, secretHashes } from './helpers.js';
 
 const HMAC_KEY = 'issuer-events-hmac-key-0123456789';
 const records: Record<string, unknown>[] = [];
-const sink: AuditSink = {
-  name: 'memory',
-  batchSize: 1000,
-  exactCursor: false,
-  open: async () => {},
-  write: async (batch: readonly WalEntry[]) =>
-    void records.push(...batch.map((e) => JSON.parse(e.line) as Record<string, unknown>)),
-  close: async () => {},
-};
+const sink = memorySink(records);
 
 function capture(): { logger: ReturnType<typeof createLogger>; lines: Record<string, unknown>[]; text: () => string } {
   const raw: string[] = [];
