@@ -203,13 +203,10 @@ export class Gateway {
       if (running === undefined) continue;
       // Files the new config names are part of it: they must serve, or the reload is refused. The
       // same files renewed on disk are the watcher's business: broken, they do not block a reload.
-      if (running.tlsFilesDiffer(listenerConfig.tls)) {
-        const swap = running.prepareTls(listenerConfig.tls);
-        if (swap !== null) swaps.push([running, swap]);
-      } else {
-        const swap = this.tryPrepareTls(running, 'reload');
-        if (swap !== null) swaps.push([running, swap]);
-      }
+      const swap = running.tlsFilesDiffer(listenerConfig.tls)
+        ? running.prepareTls(listenerConfig.tls)
+        : this.tryPrepareTls(running, 'reload');
+      if (swap !== null) swaps.push([running, swap]);
     }
     const added: BoundListener[] = [];
     const global = runtime.limits?.global;

@@ -21,7 +21,7 @@ import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { auditConfig, memorySink } from '../audit/helpers.js';
 import { AUDIENCE, ISSUER, jwks, makeKey, mint, type TestKey } from '../authn/helpers.js';
-import { ECHO_SERVICE, echoClient, type EchoClientInstance } from '../grpc/harness.js';
+import { echoClient, serveEcho, type EchoClientInstance } from '../grpc/harness.js';
 
 const records: Record<string, unknown>[] = [];
 const sink = memorySink(records);
@@ -114,17 +114,8 @@ describe('a decision reached after the client left', () => {
         await delay(300);
         return evaluation;
       };
-      server = new grpc.Server({ interceptors: [bulwarkGrpcInterceptor(bulwark)] });
-      const echo = (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request);
-      server.addService(ECHO_SERVICE, {
-        Unary: echo,
-        ServerStream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => call.end(),
-        ClientStream: echo,
-        Bidi: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => call.end(),
-      });
-      const port = await new Promise<number>((resolve, reject) =>
-        server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-      );
+      let port: number;
+      ({ server, port } = await serveEcho([bulwarkGrpcInterceptor(bulwark)]));
       client = echoClient(port);
     });
     afterAll(async () => {

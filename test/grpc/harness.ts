@@ -72,6 +72,28 @@ export type EchoClientInstance = InstanceType<typeof EchoClient> & {
   Bidi: (md: grpc.Metadata, opts?: grpc.CallOptions) => grpc.ClientDuplexStream<Buffer, Buffer>;
 };
 
+/**
+ * A grpc-js server with the echo service behind `interceptors` (Unary echoes; the others end at
+ * once, ClientStream is UNIMPLEMENTED), on a free port; `handlers` replaces any of them.
+ */
+export async function serveEcho(
+  interceptors: grpc.ServerInterceptor[],
+  handlers: Partial<grpc.UntypedServiceImplementation> = {},
+): Promise<{ server: grpc.Server; port: number }> {
+  const server = new grpc.Server({ interceptors });
+  server.addService(ECHO_SERVICE, {
+    Unary: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request),
+    ServerStream: (call: grpc.ServerWritableStream<Buffer, Buffer>) => call.end(),
+    ClientStream: (_call: unknown, cb: grpc.sendUnaryData<Buffer>) => cb({ code: grpc.status.UNIMPLEMENTED }, null),
+    Bidi: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => call.end(),
+    ...handlers,
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
+  );
+  return { server, port };
+}
+
 export const MAX_MESSAGE = 64 << 20;
 const SIZE_OPTIONS = { 'grpc.max_receive_message_length': MAX_MESSAGE, 'grpc.max_send_message_length': MAX_MESSAGE };
 

@@ -11,7 +11,7 @@ import { Gateway } from '../../src/gateway/gateway.js';
 import { bulwarkGrpcInterceptor } from '../../src/grpc/interceptors.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
-import { ECHO_SERVICE, echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from './harness.js';
+import { echoClient, serveEcho, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from './harness.js';
 
 const POLICY = { id: 'per-minute', rate: 2, per: '1m', key: ['route'] };
 
@@ -69,18 +69,8 @@ routes:
       },
       logger: createLogger({ level: 'silent' }),
     });
-    server = new grpc.Server({ interceptors: [bulwarkGrpcInterceptor(bulwark)] });
-    const echo = (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => cb(null, call.request);
-    const unimplemented = (_call: unknown, cb: grpc.sendUnaryData<Buffer>) => cb({ code: grpc.status.UNIMPLEMENTED }, null);
-    server.addService(ECHO_SERVICE, {
-      Unary: echo,
-      ServerStream: unimplemented,
-      ClientStream: unimplemented,
-      Bidi: unimplemented,
-    });
-    const port = await new Promise<number>((resolve, reject) =>
-      server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (e, p) => (e ? reject(e) : resolve(p))),
-    );
+    let port: number;
+    ({ server, port } = await serveEcho([bulwarkGrpcInterceptor(bulwark)]));
     libClient = echoClient(port);
   });
   afterAll(async () => {
