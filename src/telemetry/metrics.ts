@@ -448,7 +448,7 @@ export class BulwarkMetrics {
     this.configReloadTime.set(Date.now() / 1000);
     this.spans = new Counter({
       name: 'bulwark_trace_spans_exported_total',
-      help: 'Spans handed to the trace exporter, by outcome (ok, failed).',
+      help: 'Sampled spans by export outcome: ok, failed (the exporter gave up on them), dropped (the export queue was full).',
       labelNames: ['outcome'],
       registers,
     });
@@ -545,6 +545,10 @@ export class BulwarkMetrics {
   /** Trace exporter feedback (wired by createTelemetry). */
   spansExported(count: number, failed: boolean): void {
     this.spans.labels(failed ? 'failed' : 'ok').inc(count);
+  }
+
+  spanDropped(): void {
+    this.spans.labels('dropped').inc();
   }
 
   get contentType(): string {

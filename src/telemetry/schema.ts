@@ -95,7 +95,8 @@ export const BatchSchema = Closed(
         minimum: 1,
         maximum: 1_000_000,
         default: 2048,
-        description: 'Spans buffered; beyond, new spans are dropped.',
+        description:
+          'Spans waiting for export; beyond, new spans are dropped (counted: `bulwark_trace_spans_exported_total{outcome="dropped"}`).',
       }),
     ),
     maxExportBatchSize: Type.Optional(

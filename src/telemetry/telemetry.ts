@@ -258,6 +258,7 @@ export class Telemetry {
       routes: input.routes ?? [],
       ...(this.role === 'primary' ? {} : { exporter: this.options.spanExporter }),
       simpleProcessor: this.options.simpleSpanProcessor,
+      onDrop: () => this.metrics.spanDropped(),
       onExport: (spans, error) => {
         this.metrics.spansExported(spans, error !== null);
         // An unreachable collector fails every few seconds: one line a minute says it.

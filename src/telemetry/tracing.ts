@@ -75,6 +75,7 @@ import {
   ATTR_URL_SCHEME,
 } from '@opentelemetry/semantic-conventions';
 import type { DecisionRecord, RequestContext } from '../core/context.js';
+import { createOtlpBatchExporter, EncodingSpanProcessor, type OtlpHttpOptions } from './otlp-spans.js';
 import type { PropagatorName, ResolvedTelemetryConfig } from './schema.js';
 
 // The gRPC attributes the issue names (rpc.system, rpc.service, rpc.grpc.status_code) are
@@ -221,6 +222,8 @@ export interface TracingOptions {
   simpleProcessor?: boolean;
   /** Called with the outcome of every export batch (metrics, rate-limited logs). */
   onExport?: (spans: number, error: Error | null) => void;
+  /** Called for each sampled span dropped because the export queue was full (OTLP exporter). */
+  onDrop?: () => void;
 }
 
 export interface EndInfo {
@@ -784,17 +787,24 @@ export class ExportTimeoutError extends Error {
   }
 }
 
+/** What both exporters share: span arrays (SDK exporters) or encoded batches (otlp-spans.ts). */
+interface Exporting<T extends { length: number }> {
+  export(items: T, resultCallback: (result: ExportResult) => void): void;
+  shutdown(): Promise<void>;
+  forceFlush?(): Promise<void>;
+}
+
 /** Reports every export batch's outcome before passing it on. */
-class ObservedExporter implements SpanExporter {
-  private readonly inner: SpanExporter;
+class ObservedExporter<T extends { length: number }> implements Exporting<T> {
+  private readonly inner: Exporting<T>;
   private readonly onExport: (spans: number, error: Error | null) => void;
   private readonly deadlineMs: number;
-  constructor(inner: SpanExporter, onExport: (spans: number, error: Error | null) => void, timeoutMs: number) {
+  constructor(inner: Exporting<T>, onExport: (spans: number, error: Error | null) => void, timeoutMs: number) {
     this.inner = inner;
     this.onExport = onExport;
     this.deadlineMs = timeoutMs + EXPORT_GRACE_MS;
   }
-  export(spans: ReadableSpan[], resultCallback: (result: ExportResult) => void): void {
+  export(spans: T, resultCallback: (result: ExportResult) => void): void {
     // A collector that accepts the request and then trickles its answer never lets the socket
     // idle out, so the OTLP exporter never calls back (the batch processor just gives up waiting):
     // without this deadline such an outage would be neither counted nor logged. One timer per batch.
@@ -821,8 +831,6 @@ class ObservedExporter implements SpanExporter {
     return this.inner.forceFlush?.() ?? Promise.resolve();
   }
 }
-
-type OtlpExporterOptions = NonNullable<ConstructorParameters<typeof OTLPTraceExporter>[0]>;
 
 export function createSampler(config: { ratio: number; parentBased: boolean }): Sampler {
   const root = new TraceIdRatioBasedSampler(config.ratio);
@@ -875,30 +883,42 @@ export function createTracing(config: ResolvedTelemetryConfig, options: TracingO
   // Our own agent, destroyed on shutdown: a send in flight to a collector that never finishes its
   // answer would otherwise keep the process alive after it has stopped (bin/ waits for the loop).
   let agent: HttpAgent | undefined;
-  let exporter: SpanExporter =
-    options.exporter ??
-    (traces.exporter === 'console'
-      ? new ConsoleSpanExporter()
-      : new OTLPTraceExporter({
-          httpAgentOptions: (protocol: string) =>
-            (agent = protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })),
-          url: traces.endpoint,
-          headers: { ...traces.headers },
-          timeoutMillis: traces.timeoutMs,
-          // The exporter types this as an enum whose values are these very strings.
-          compression: traces.compression as OtlpExporterOptions['compression'],
-        }));
-  if (options.onExport !== undefined) exporter = new ObservedExporter(exporter, options.onExport, traces.timeoutMs);
-  // Console output is for a developer watching: show each span as it ends.
-  const processor: SpanProcessor =
-    options.simpleProcessor === true || traces.exporter === 'console'
-      ? new SimpleSpanProcessor(exporter)
-      : new BatchSpanProcessor(exporter, {
-          maxQueueSize: traces.batch.maxQueueSize,
-          maxExportBatchSize: traces.batch.maxExportBatchSize,
-          scheduledDelayMillis: traces.batch.scheduledDelayMs,
-          exportTimeoutMillis: traces.timeoutMs,
-        });
+  const otlp: OtlpHttpOptions = {
+    httpAgentOptions: (protocol: string) =>
+      (agent = protocol === 'https:' ? new HttpsAgent({ keepAlive: true }) : new HttpAgent({ keepAlive: true })),
+    url: traces.endpoint,
+    headers: { ...traces.headers },
+    timeoutMillis: traces.timeoutMs,
+    // The exporter types this as an enum whose values are these very strings.
+    compression: traces.compression as OtlpHttpOptions['compression'],
+  };
+  const observe = <T extends { length: number }>(inner: Exporting<T>): Exporting<T> =>
+    options.onExport === undefined ? inner : new ObservedExporter(inner, options.onExport, traces.timeoutMs);
+  let processor: SpanProcessor;
+  if (options.exporter === undefined && traces.exporter === 'otlp' && options.simpleProcessor !== true) {
+    // The gateway's own path: spans encoded as they end (src/telemetry/otlp-spans.ts).
+    processor = new EncodingSpanProcessor(observe(createOtlpBatchExporter(otlp)), {
+      maxQueueSize: traces.batch.maxQueueSize,
+      maxExportBatchSize: traces.batch.maxExportBatchSize,
+      scheduledDelayMs: traces.batch.scheduledDelayMs,
+      exportTimeoutMs: traces.timeoutMs,
+      onDrop: options.onDrop,
+    });
+  } else {
+    const exporter = observe<ReadableSpan[]>(
+      options.exporter ?? (traces.exporter === 'console' ? new ConsoleSpanExporter() : new OTLPTraceExporter(otlp)),
+    ) as SpanExporter;
+    // Console output is for a developer watching: show each span as it ends.
+    processor =
+      options.simpleProcessor === true || traces.exporter === 'console'
+        ? new SimpleSpanProcessor(exporter)
+        : new BatchSpanProcessor(exporter, {
+            maxQueueSize: traces.batch.maxQueueSize,
+            maxExportBatchSize: traces.batch.maxExportBatchSize,
+            scheduledDelayMillis: traces.batch.scheduledDelayMs,
+            exportTimeoutMillis: traces.timeoutMs,
+          });
+  }
   const ids = new FastIds();
   const provider = new BasicTracerProvider({
     idGenerator: ids,

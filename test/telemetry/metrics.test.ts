@@ -26,6 +26,8 @@ describe('metric families', () => {
     m.keySourceEvent({ type: 'keys_loaded', provider: 'corp', source: 'jwks_url', changed: true });
     m.configReload('ok');
     m.spansExported(3, false);
+    m.spanDropped();
+    m.spanDropped();
     m.setSources({
       connections: () => [['http://0.0.0.0:8080', 4]],
       streams: () => [['http://0.0.0.0:8080', 2]],
@@ -88,6 +90,7 @@ describe('metric families', () => {
     expect(valueOf(families, 'bulwark_config_reloads_total', { outcome: 'ok' })).toBe(1);
     expect(valueOf(families, 'bulwark_config_reloads_total', { outcome: 'failed' })).toBe(0);
     expect(valueOf(families, 'bulwark_trace_spans_exported_total', { outcome: 'ok' })).toBe(3);
+    expect(valueOf(families, 'bulwark_trace_spans_exported_total', { outcome: 'dropped' })).toBe(2);
   });
 
   it('a recorded request moves exactly its series', async () => {

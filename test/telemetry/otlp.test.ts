@@ -152,6 +152,66 @@ describe('OTLP trace export to a real HTTP receiver', () => {
     expect(outcomes.length).toBeGreaterThan(0);
     expect(outcomes[0]).toBeInstanceOf(Error);
   });
+
+  it('batched (the default processor): a refused export is reported with its span count', async () => {
+    const collector = await receiver(400);
+    const outcomes: [number, Error | null][] = [];
+    const tracing = createTracing(
+      resolveTelemetryConfig({
+        traces: { exporter: 'otlp', endpoint: `${collector.url}/v1/traces`, batch: { scheduledDelayMs: 20 } },
+      }),
+      { onExport: (n, err) => outcomes.push([n, err]) },
+    );
+    for (let i = 0; i < 3; i++) {
+      const ctx = makeContext();
+      tracing.startServerSpan(ctx).end(ctx, 200);
+    }
+    await tracing.forceFlush();
+    await tracing.shutdown();
+    expect(collector.received).toHaveLength(1);
+    expect(outcomes).toHaveLength(1);
+    expect(outcomes[0]![0]).toBe(3);
+    expect(outcomes[0]![1]).toBeInstanceOf(Error);
+  });
+
+  it('a collector that holds its answer: spans past maxQueueSize are dropped and counted, the rest still leave', async () => {
+    const held: (() => void)[] = [];
+    const posts: Buffer[] = [];
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        posts.push(Buffer.concat(chunks));
+        held.push(() => res.writeHead(200, { 'content-type': 'application/x-protobuf' }).end());
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    servers.push(server);
+    let dropped = 0;
+    const tracing = createTracing(
+      resolveTelemetryConfig({
+        traces: {
+          exporter: 'otlp',
+          endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}/v1/traces`,
+          batch: { maxQueueSize: 4, maxExportBatchSize: 2, scheduledDelayMs: 10_000 },
+        },
+      }),
+      { onDrop: () => dropped++ },
+    );
+    // Two batches' worth fill the queue (one export in flight, one batch waiting); three more are dropped.
+    for (let i = 0; i < 7; i++) {
+      const ctx = makeContext();
+      tracing.startServerSpan(ctx).end(ctx, 200);
+    }
+    expect(dropped).toBe(3);
+    await expect.poll(() => posts.length).toBe(1);
+    held.shift()!();
+    await expect.poll(() => posts.length).toBe(2);
+    held.shift()!();
+    const spansIn = (body: Buffer) => messages(messages(decode(body), 1)[0]!, 2).flatMap((scope) => messages(scope, 2)).length;
+    expect(posts.map(spansIn)).toEqual([2, 2]);
+    await tracing.shutdown();
+  });
 });
 
 describe('OTLP metrics push', () => {
