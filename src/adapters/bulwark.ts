@@ -4,7 +4,7 @@ import { BulwarkError } from '../core/errors.js';
 import { ConfigError, loadConfigFile, parseConfig, type LoadedConfig } from '../config/load.js';
 import type { ListenerConfig, PathPolicyConfig } from '../config/schema.js';
 import { admit, contextFor, problemResponse, type RequestLike } from '../engine/admission.js';
-import { auditRequest } from '../engine/audit.js';
+import { auditRequest, auditRequestDurable, holdEnd, type RequestEnd } from '../engine/audit.js';
 import { compileRuntime, ListenerSettings, retireRuntime, type CompileOptions, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS, watchConfig } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
@@ -43,6 +43,15 @@ export interface BulwarkOptions {
 }
 
 /** How a response ended, for `complete`. */
+interface InFlight {
+  span: ServerSpan;
+  runtime: Runtime;
+  /** Holds a place in the audit queue (`whenFull: block`). */
+  reserved: boolean;
+  /** Its audit event is recorded (durable mode: before the response ended). */
+  audited: boolean;
+}
+
 export interface CompletionInfo {
   /** Response body bytes sent; -1 (default) when unknown. */
   bytes?: number;
@@ -86,7 +95,7 @@ export class Bulwark {
   readonly telemetry: Telemetry;
   private readonly owned: { audit: boolean; telemetry: boolean };
   /** Requests evaluated and not yet completed: their span and the snapshot they run on (dropped by `complete`). */
-  private readonly inFlight = new WeakMap<RequestContext, { span: ServerSpan; runtime: Runtime }>();
+  private readonly inFlight = new WeakMap<RequestContext, InFlight>();
   private readonly unavailable = new BulwarkError('audit.unavailable');
   /** Issuer endpoints' refusal codes, by request, until the request completes. */
   private readonly issuerCodes = new WeakMap<RequestContext, string>();
@@ -243,9 +252,14 @@ export class Bulwark {
     // The snapshot of this request, start to end: a reload meanwhile retires it only once it is done.
     const runtime = this.runtime;
     runtime.acquire();
-    this.inFlight.set(ctx, { span: this.telemetry.startRequest(ctx), runtime });
-    // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
-    if (this.audit !== null && !this.audit.accepting()) return { ctx, error: this.unavailable };
+    const entry: InFlight = { span: this.telemetry.startRequest(ctx), runtime, reserved: false, audited: false };
+    this.inFlight.set(ctx, entry);
+    // `whenFull: block`: refuse now rather than serve a request its audit event would miss; the
+    // place its event will take is held from here, so requests admitted together cannot overrun it.
+    if (this.audit !== null) {
+      if (!this.audit.reserve()) return { ctx, error: this.unavailable };
+      entry.reserved = true;
+    }
     const admitted = admit(req, ctx, this.settings, runtime);
     if (admitted instanceof BulwarkError) return { ctx, error: admitted };
     ctx.stripHeaders = runtime.ownedHeaders;
@@ -264,21 +278,42 @@ export class Bulwark {
    * and records its audit event. Only the first call per request counts.
    */
   complete(evaluation: Evaluation, status: number, info: CompletionInfo = {}): void {
-    const { ctx, error } = evaluation;
+    const { ctx } = evaluation;
     const entry = this.inFlight.get(ctx);
     if (entry === undefined) return;
     this.inFlight.delete(ctx);
     const span = entry.span;
     releaseLimits(ctx);
     entry.runtime.release();
-    let code = info.code !== undefined ? info.code : (error?.code ?? this.issuerCodes.get(ctx) ?? null);
+    const end = this.endOf(evaluation, status, info, entry.reserved);
+    this.telemetry.finishRequest(ctx, span, status, end.bytesOut, end);
+    if (this.audit !== null && !entry.audited) {
+      entry.audited = true;
+      auditRequest(this.audit, this.telemetry, ctx, end);
+    }
+  }
+
+  /**
+   * `durability: durable`: records the request's event now, as `complete` would, and settles once
+   * it is committed. The adapters end the response only then (a later `complete` records nothing again).
+   */
+  commitAudit(evaluation: Evaluation, status: number, info: CompletionInfo = {}): Promise<void> {
+    const entry = this.inFlight.get(evaluation.ctx);
+    if (entry === undefined || entry.audited || this.audit === null) return Promise.resolve();
+    entry.audited = true;
+    return auditRequestDurable(this.audit, this.telemetry, evaluation.ctx, this.endOf(evaluation, status, info, entry.reserved));
+  }
+
+  private endOf(evaluation: Evaluation, status: number, info: CompletionInfo, reserved: boolean): RequestEnd {
+    let code = info.code !== undefined ? info.code : (evaluation.error?.code ?? this.issuerCodes.get(evaluation.ctx) ?? null);
     // Gone before any answer: an abort, as the gateway records it, not a served request.
     if (code === null && status === 499) code = 'request.aborted';
-    const grpcStatus = info.grpcStatus ?? null;
-    const bytes = info.bytes ?? -1;
-    this.telemetry.finishRequest(ctx, span, status, bytes, { code, grpcStatus });
-    if (this.audit !== null)
-      auditRequest(this.audit, this.telemetry, ctx, { status, upstream: null, bytesOut: bytes, code, grpcStatus });
+    return { status, upstream: null, bytesOut: info.bytes ?? -1, code, grpcStatus: info.grpcStatus ?? null, reserved };
+  }
+
+  /** Whether responses wait for their audit event's commit (`durability: durable`). */
+  get holdsResponses(): boolean {
+    return this.audit !== null && this.audit.durable;
   }
 
   /** Prometheus text of the engine's metrics (mount it where your service exposes metrics); null when disabled. */
@@ -367,6 +402,18 @@ export class Exchange {
     // A HEAD response announces a length and sends no body.
     this.bytes = req.method === 'HEAD' ? () => 0 : bytes;
     onResponseOver(req, res, () => this.finish());
+    if (bulwark.holdsResponses) holdEnd(res, () => this.commit());
+  }
+
+  /** Durable mode: the event, committed before the response's end goes out. */
+  private commit(): Promise<void> {
+    const evaluation = this.evaluation;
+    if (evaluation === null) return Promise.resolve();
+    return this.bulwark.commitAudit(evaluation, this.res.statusCode, { bytes: this.sentBytes() });
+  }
+
+  private sentBytes(): number {
+    return this.problemBytes >= 0 ? this.problemBytes : this.bytes();
   }
 
   /** Records the evaluation; false when the client has left already (nothing more to send). */
@@ -387,8 +434,7 @@ export class Exchange {
     const evaluation = this.evaluation;
     if (evaluation === null) return;
     const res = this.res;
-    const bytes = this.problemBytes >= 0 ? this.problemBytes : this.bytes();
-    this.bulwark.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes });
+    this.bulwark.complete(evaluation, res.headersSent ? res.statusCode : 499, { bytes: this.sentBytes() });
   }
 }
 

@@ -97,21 +97,32 @@ export interface AuditStats {
 
 export interface AuditLog {
   readonly enabled: boolean;
+  /** `durability: durable`: a request's event is committed (fdatasync'ed) before its response ends. */
+  readonly durable: boolean;
   /** This process's chain id (null when disabled). */
   readonly chainId: string | null;
-  /** Never blocks on I/O. Business events with a bad shape throw TypeError (a caller bug). */
-  record(event: AuditInput): EnqueueResult;
+  /**
+   * Never blocks on I/O. Business events with a bad shape throw TypeError (a caller bug).
+   * `reserved`: the event takes the queue place `reserve()` held for it.
+   */
+  record(event: AuditInput, reserved?: boolean): EnqueueResult;
   /**
    * Whether a request may start: false under \`whenFull: block\` while the queue is full or the
    * log is closed, so the gateway refuses it (503) rather than serve it unaudited. Cheap.
    */
   accepting(): boolean;
   /**
+   * `accepting()`, and under \`whenFull: block\` a queue place held for the request's event until it
+   * is recorded (`record(event, true)`): requests admitted together cannot outnumber the places
+   * left, so none of them is served and then finds the queue full. True for a log that never refuses.
+   */
+  reserve(): boolean;
+  /**
    * Resolves once the event is committed to the WAL — fdatasync'ed in `durable`
    * mode, written in `fast` mode; under `drop`, once the gap marker standing for
    * it is. Rejects with BulwarkError `audit.unavailable` when refused (`block`, closed).
    */
-  recordDurable(event: AuditInput): Promise<DurableResult>;
+  recordDurable(event: AuditInput, reserved?: boolean): Promise<DurableResult>;
   /** A request event from a context, with this log's configured extra fields. */
   fromContext(ctx: RequestContext, outcome: RequestOutcome): RequestEventInput;
   /** Everything recorded so far is in the WAL and taken by every sink. Rejects on timeout. */
@@ -278,6 +289,7 @@ function num(value: unknown): number | null {
 
 class DisabledAuditLog implements AuditLog {
   readonly enabled = false;
+  readonly durable = false;
   readonly chainId = null;
   record(): EnqueueResult {
     return DISABLED;
@@ -291,6 +303,9 @@ class DisabledAuditLog implements AuditLog {
   async flush(): Promise<void> {}
   async close(): Promise<void> {}
   accepting(): boolean {
+    return true;
+  }
+  reserve(): boolean {
     return true;
   }
 
@@ -325,6 +340,8 @@ class AuditLogImpl implements AuditLog {
   readonly #durable: boolean;
   readonly #block: boolean;
   readonly #maxEvents: number;
+  /** Queue places `reserve()` holds for requests in flight (block mode). */
+  #reserved = 0;
   readonly #fsyncIntervalMs: number;
   readonly #walMaxBytes: number;
   readonly #checkpointEvery: number;
@@ -535,27 +552,42 @@ class AuditLogImpl implements AuditLog {
     return eventFromContext(ctx, outcome, this.#extras);
   }
 
-  record(event: AuditInput): EnqueueResult {
-    return this.#enqueue(event, null);
+  get durable(): boolean {
+    return this.#durable;
+  }
+
+  record(event: AuditInput, reserved = false): EnqueueResult {
+    return this.#enqueue(event, null, reserved);
   }
 
   accepting(): boolean {
     if (this.#state !== 'open') return false;
-    return !this.#block || this.#queue.length - this.#head < this.#maxEvents;
+    return !this.#block || this.#queue.length - this.#head + this.#reserved < this.#maxEvents;
   }
 
-  recordDurable(event: AuditInput): Promise<DurableResult> {
+  reserve(): boolean {
+    if (!this.accepting()) return false;
+    if (this.#block) this.#reserved++;
+    return true;
+  }
+
+  recordDurable(event: AuditInput, reserved = false): Promise<DurableResult> {
     return new Promise<DurableResult>((resolve, reject) => {
-      const result = this.#enqueue(event, { resolve, reject });
+      const result = this.#enqueue(event, { resolve, reject }, reserved);
       if (result.status === 'rejected') reject(result.error);
     });
   }
 
-  #enqueue(input: AuditInput, waiter: Waiter | null): EnqueueResult {
+  #enqueue(input: AuditInput, waiter: Waiter | null, reserved: boolean): EnqueueResult {
+    // The place held for this event is taken now, whatever becomes of the event.
+    if (reserved && this.#block && this.#reserved > 0) this.#reserved--;
+    else reserved = false;
     const event = input.kind === 'request' ? input : snapshotBusinessEvent(input);
     if (this.#state !== 'open') return REJECTED_CLOSED;
     const depth = this.#queue.length - this.#head;
-    if (depth >= this.#maxEvents) {
+    // A reserved event was promised its place: others may have filled the queue since (business
+    // events, refusals recorded before admission), so the queue may run over by the places held.
+    if (depth >= this.#maxEvents && !reserved) {
       if (this.#block) {
         this.#stats.rejected++;
         return REJECTED_FULL;

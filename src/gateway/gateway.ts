@@ -20,7 +20,7 @@ import {
 } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
-import { auditRequest } from '../engine/audit.js';
+import { auditRequest, auditRequestDurable, holdEnd } from '../engine/audit.js';
 import { issuerEventSink } from '../engine/issuer-events.js';
 import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
@@ -382,6 +382,8 @@ export class Gateway {
         runtime.release();
       }
     };
+    let reserved = false; // holds a place in the audit queue (`whenFull: block`)
+    let audited = false; // the event is recorded (durable mode: before the response ended)
     let deciding = false; // an asynchronous stage is still deciding
     let finishWhenDecided = false;
     // One listener for the end of the exchange, whatever path it took: finished, failed or abandoned.
@@ -400,15 +402,34 @@ export class Gateway {
       // A call whose status was never decided ended with the client's reset: CANCELLED, as the client saw it.
       if (grpc && outcome.grpcStatus === null && !health) outcome.grpcStatus = GrpcStatus.CANCELLED;
       this.telemetry.finishRequest(ctx, span, status, outcome.bytes, outcome);
-      if (this.audit !== null)
+      if (this.audit !== null && !audited) {
+        audited = true;
         auditRequest(this.audit, this.telemetry, ctx, {
           status,
           upstream: outcome.upstream,
           bytesOut: outcome.bytes,
           code: outcome.code,
           grpcStatus: outcome.grpcStatus,
+          reserved,
         });
+      }
     };
+    const audit = this.audit;
+    if (audit !== null && audit.durable) {
+      // Every answer, denials included, ends only once its event is committed.
+      holdEnd(res, () => {
+        if (audited) return Promise.resolve();
+        audited = true;
+        return auditRequestDurable(audit, this.telemetry, ctx, {
+          status: res.statusCode,
+          upstream: outcome.upstream,
+          bytesOut: outcome.bytes,
+          code: outcome.code,
+          grpcStatus: outcome.grpcStatus,
+          reserved,
+        });
+      });
+    }
     if (!isH2 && (res as ServerResponse).socket === null) {
       // Pipelined behind a response still in progress: Node gives a queued response no 'close' of
       // its own when the connection goes first, so its exchange would run on upstream, unaudited.
@@ -435,10 +456,14 @@ export class Gateway {
     slot = true;
     listener.inFlight++;
     const settings = runtime.listeners.get(listener.key)!;
-    // `whenFull: block`: refuse now rather than serve a request its audit event would miss.
-    if (this.audit !== null && !this.audit.accepting()) {
-      this.deny(req, res, ctx, new BulwarkError('audit.unavailable'), isH2, grpc, outcome);
-      return;
+    // `whenFull: block`: refuse now rather than serve a request its audit event would miss; the
+    // place its event will take is held from here, so requests admitted together cannot overrun it.
+    if (audit !== null) {
+      if (!audit.reserve()) {
+        this.deny(req, res, ctx, new BulwarkError('audit.unavailable'), isH2, grpc, outcome);
+        return;
+      }
+      reserved = true;
     }
     // Before admission: a request refused there (bad path, no route) is explained too.
     if (runtime.explain !== null) ctx.explain = runtime.explain.allows(req.headers);

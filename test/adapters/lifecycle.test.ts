@@ -269,3 +269,67 @@ describe('library audit under whenFull: block', () => {
     }
   });
 });
+
+describe('library audit in durable mode', () => {
+  // A wide group-commit window: a response that did not wait for its event would end well before the commit.
+  const durableConfig = (dir: string) => ({
+    ...configFor(dir),
+    rateLimits: undefined,
+    routes: [{ id: 'items', auth: { public: true }, match: { path: { glob: '/items/{id}' } } }],
+    audit: {
+      durability: 'durable',
+      wal: { dir: join(dir, 'wal'), fsyncIntervalMs: 50 },
+      sinks: [{ file: { path: join(dir, 'audit.jsonl') } }],
+    },
+  });
+
+  const apps: Record<string, (bulwark: Bulwark) => Promise<{ base: string; close: () => Promise<void> }>> = {
+    'node:http': async (bulwark) => {
+      const server = createServer(bulwark.protect((_req, res) => res.end('served')));
+      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+    },
+    express: async (bulwark) => {
+      const app = express();
+      app.use(bulwark.middleware());
+      app.get('/items/:id', (_req, res) => void res.send('served'));
+      const server = createServer(app);
+      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+    },
+    fastify: async (bulwark) => {
+      const app = Fastify();
+      await app.register(bulwarkFastify, { bulwark });
+      app.get('/items/:id', async () => 'served');
+      await app.listen({ port: 0, host: '127.0.0.1' });
+      return { base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, close: () => app.close() };
+    },
+  };
+
+  for (const [name, start] of Object.entries(apps)) {
+    it(`${name}: a response ends only once its event is committed, denials included`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'bulwark-durable-lib-'));
+      const bulwark = await createBulwark({ config: durableConfig(dir), logger: createLogger({ level: 'silent' }) });
+      const app = await start(bulwark);
+      try {
+        const written = () => bulwark.audit!.stats().written;
+        await bulwark.audit!.flush();
+        const before = written();
+        let done = 0;
+        const behind: number[] = [];
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, i) => {
+            const res = await request(`${app.base}${i % 4 === 3 ? '/nowhere' : `/items/${i}`}`);
+            await res.body.text();
+            done++;
+            // Every response over so far has its event in the WAL (besides the start record and checkpoints).
+            if (written() - before < done) behind.push(done);
+          }),
+        );
+        expect(behind).toEqual([]);
+      } finally {
+        await app.close();
+        await bulwark.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});

@@ -162,6 +162,26 @@ describe('queue full', () => {
     expect(report.gaps).toEqual([]);
   });
 
+  it('block: reserve() holds a place per request in flight; reserved events are taken even once others filled the queue', async () => {
+    const dir = setup();
+    const log = await open(auditConfig(dir, { queue: { maxEvents: 4 }, whenFull: 'block' }));
+    // One tick: the drain cannot run, so places held and events queued add up.
+    expect([log.reserve(), log.reserve(), log.reserve()]).toEqual([true, true, true]);
+    expect(log.record(event(0)).status).toBe('accepted');
+    // Three places held and one queued: a fourth request is refused at admission.
+    expect(log.accepting()).toBe(false);
+    expect(log.reserve()).toBe(false);
+    // Unreserved events fill the queue; the three held places still take their events.
+    for (let i = 1; i < 4; i++) expect(log.record(event(i)).status).toBe('accepted');
+    expect(log.record(event(4)).status).toBe('rejected');
+    for (let i = 5; i < 8; i++) expect(log.record(event(i), true).status).toBe('accepted');
+    // Every place is used: a reservation is taken once, a second `reserved` record is an ordinary one.
+    expect(log.record(event(8), true).status).toBe('rejected');
+    await log.flush();
+    expect(log.accepting()).toBe(true);
+    expect(log.stats()).toMatchObject({ recorded: 7, rejected: 2 });
+  });
+
   it('drop: the event is counted and a gap marker takes its place in the chain; verify reports the gap', async () => {
     const dir = setup();
     const log = await open(auditConfig(dir, { queue: { maxEvents: 16 }, whenFull: 'drop' }));
