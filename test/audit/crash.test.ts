@@ -6,13 +6,14 @@
  * in the sinks, and every chain must verify.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync, readdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openSqlite } from '../../src/audit/drivers.js';
+import { createAuditLog } from '../../src/audit/log.js';
 import { verifyAudit } from '../../src/audit/verify.js';
-import { auditConfig, ed25519Keys, tempDir, writeKey } from './helpers.js';
+import { auditConfig, ed25519Keys, silentLogger, tempDir, writeKey } from './helpers.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'durable-writer.mjs');
@@ -163,4 +164,43 @@ describe('orphaned WAL slots', () => {
     expect(await again.closed).toBe(0);
     expect(readFileSync(join(base, 'audit-1.jsonl'), 'utf8')).toBe(before);
   }, 90_000);
+});
+
+describe('restart with the same pid (a container gateway is PID 1 again)', () => {
+  it('the dead predecessor’s lock carries our pid: its slot is still taken over, replayed and sealed', async () => {
+    const keys = ed25519Keys();
+    const base = join(dir, 'same-pid');
+    mkdirSync(base);
+    const config = auditConfig(base, {
+      durability: 'durable',
+      chain: { checkpointEvery: 100, checkpointIntervalMs: 60_000, signingKey: writeKey(base, keys) },
+      sinks: [{ file: { path: join(base, 'audit-{slot}.jsonl') } }],
+    });
+    const writer = run('write', config);
+    const deadline = Date.now() + 20_000;
+    while (writer.lines.length < 51 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 5));
+    writer.child.kill('SIGKILL');
+    expect(await writer.closed).toBeNull();
+    const acknowledged = writer.lines.slice(1);
+    expect(acknowledged.length).toBeGreaterThanOrEqual(50);
+    // The predecessor had the pid this process has now; its lock is in the format before instance tokens.
+    writeFileSync(join(base, 'wal', 'slot-0', 'lock'), `${process.pid}\n`);
+
+    const log = await createAuditLog(config, { logger: silentLogger(), orphanDrainDelayMs: false });
+    expect(log.stats().slot).toBe(0);
+    await log.flush({ timeoutMs: 30_000 });
+    await log.close();
+    expect(existsSync(join(base, 'wal', 'slot-1'))).toBe(false);
+    const path = join(base, 'audit-0.jsonl');
+    const delivered = new Set(
+      readFileSync(path, 'utf8')
+        .trim()
+        .split('\n')
+        .map((l) => (JSON.parse(l) as { id: string }).id),
+    );
+    expect(acknowledged.filter((id) => !delivered.has(id))).toEqual([]);
+    const report = await verifyAudit({ file: path }, { publicKeys: [keys.publicPem], sealed: true });
+    expect(report.issues).toEqual([]);
+    expect(report.chains.map((c) => c.sealed)).toEqual(['recovered', 'close']);
+  }, 60_000);
 });

@@ -3,7 +3,7 @@ import { appendFileSync, mkdirSync, readdirSync, readFileSync, truncateSync, wri
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
-import { claimSlot } from '../../src/audit/slot.js';
+import { claimSlot, staleSlots } from '../../src/audit/slot.js';
 import { FileSink, rotationSet } from '../../src/audit/sinks/file.js';
 import { verifyAudit } from '../../src/audit/verify.js';
 import { Wal } from '../../src/audit/wal.js';
@@ -103,6 +103,55 @@ describe('WAL slots', () => {
     expect(readFileSync(join(d, 'slot-2', 'lock'), 'utf8').split('\n')[0]).toBe(String(process.pid));
     for (const s of [b, c, taken]) await s.release();
   });
+});
+
+describe('WAL slot locks and pid reuse', () => {
+  const lockOf = (d: string, slot: number) => readFileSync(join(d, `slot-${slot}`, 'lock'), 'utf8');
+  const writeLock = (d: string, slot: number, text: string) => {
+    mkdirSync(join(d, `slot-${slot}`), { recursive: true });
+    writeFileSync(join(d, `slot-${slot}`, 'lock'), text);
+  };
+
+  it('a lock with our pid that this process does not hold is a dead predecessor’s (restarted container, PID 1 again)', async () => {
+    const d = dir();
+    // An old-format lock (pid only) and a new-format one from another instance, both with our pid.
+    writeLock(d, 0, `${process.pid}\n2024-01-01T00:00:00.000Z\n`);
+    writeLock(d, 1, `${process.pid}\n2024-01-01T00:00:00.000Z\ninstance=0f0e0d0c-dead-beef-0000-000000000000\n`);
+    expect(await staleSlots(d)).toEqual([0, 1]);
+    const a = await claimSlot(d);
+    const b = await claimSlot(d);
+    expect([a.slot, b.slot]).toEqual([0, 1]);
+    // Taken over: the lock now names this instance, and is not stale while we hold it.
+    expect(lockOf(d, 0)).toMatch(/^\d+\n.*\ninstance=[0-9a-f-]{36}\n/);
+    expect(lockOf(d, 0)).not.toContain('dead-beef');
+    expect(await staleSlots(d)).toEqual([]);
+    for (const s of [a, b]) await s.release();
+  });
+
+  it('a lock this process holds stays held, even read as a file (another copy of the module)', async () => {
+    const d = dir();
+    const a = await claimSlot(d);
+    const text = lockOf(d, 0);
+    // The same lock text in another slot, as a second module instance in this process would have written it.
+    writeLock(d, 1, text);
+    expect(await staleSlots(d)).toEqual([]);
+    expect((await claimSlot(d)).slot).toBe(2);
+    await a.release();
+  });
+
+  it.runIf(process.platform === 'linux')(
+    'a live pid whose start time differs from the lock’s is a reused pid: stale',
+    async () => {
+      const d = dir();
+      const parent = process.ppid;
+      const stat = readFileSync(`/proc/${parent}/stat`, 'utf8');
+      const start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+      writeLock(d, 0, `${parent}\n2024-01-01T00:00:00.000Z\ninstance=x\nstart=${start}\n`);
+      writeLock(d, 1, `${parent}\n2024-01-01T00:00:00.000Z\ninstance=x\nstart=1\n`);
+      writeLock(d, 2, `${parent}\n2024-01-01T00:00:00.000Z\n`);
+      expect(await staleSlots(d)).toEqual([1]);
+    },
+  );
 });
 
 describe('WAL slot races', () => {
