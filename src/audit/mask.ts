@@ -408,6 +408,7 @@ function sweepObject(object: Record<string, unknown>, depth: number): Record<str
   for (const k in object) {
     if (!integerKeySeen && isIntegerKey(k)) integerKeySeen = true;
     if (previous !== undefined && !(previous < k)) sorted = false;
+    else if (!isWellFormed(k)) sorted = false; // a lone surrogate in a key: rebuilt with the key cleaned
     previous = k;
   }
   if (!sorted) return sweepKeys(object, Object.keys(object), depth);
@@ -430,6 +431,9 @@ function sweepKeys(object: Record<string, unknown>, keys: string[], depth: numbe
   }
   let sorted = true;
   for (let i = 1; i < keys.length && sorted; i++) sorted = (keys[i - 1] as string) < (keys[i] as string);
+  let wellFormedKeys = true;
+  for (let i = 0; i < keys.length && wellFormedKeys; i++) wellFormedKeys = isWellFormed(keys[i] as string);
+  if (!wellFormedKeys) return sweepCleanKeys(object, keys, depth);
   if (sorted) {
     for (const k of keys) {
       const member = object[k];
@@ -441,5 +445,26 @@ function sweepKeys(object: Record<string, unknown>, keys: string[], depth: numbe
   // Caller data comes in any order: rebuild in canonical order (records we build are already sorted).
   const out: Record<string, unknown> = {};
   for (const k of sortCodeUnits(keys)) setKey(out, k, sweep(object[k], k, depth + 1));
+  return out;
+}
+
+/**
+ * An object with a lone surrogate in a key (a header or query name from a library caller;
+ * request inputs do not go through `toJsonData`): rebuilt with each key made well-formed as
+ * values are (U+FFFD), in canonical order — `JSON.stringify` would escape the surrogate where
+ * the canonicalizer refuses it, and verify would see a hash mismatch. Keys that clean to the
+ * same text keep the value of the first in code-unit order of the original keys.
+ */
+function sweepCleanKeys(object: Record<string, unknown>, keys: string[], depth: number): Record<string, unknown> {
+  const byClean = new Map<string, string>();
+  for (const k of sortCodeUnits(keys)) {
+    const clean = wellFormed(k);
+    if (!byClean.has(clean)) byClean.set(clean, k);
+  }
+  const out: Record<string, unknown> = {};
+  for (const clean of sortCodeUnits([...byClean.keys()])) {
+    if (!integerKeySeen && isIntegerKey(clean)) integerKeySeen = true;
+    setKey(out, clean, sweep(object[byClean.get(clean) as string], clean, depth + 1));
+  }
   return out;
 }

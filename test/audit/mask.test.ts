@@ -427,6 +427,29 @@ describe('masking through the pipeline: nothing secret reaches the file', () => 
     });
   });
 
+  it('a lone surrogate in a header or query NAME of a request event: cleaned like values, the record verifies', async () => {
+    const { dir, cleanup } = tempDir();
+    dirs.push(cleanup);
+    const path = join(dir, 'audit.jsonl');
+    const log = await createAuditLog(auditConfig(dir), { logger: silentLogger() });
+    const event = eventFromContext(context(), { status: 200, latencyMs: 1, bytesIn: 0, bytesOut: 0, clientIp: '10.0.0.9' });
+    log.record({ ...event, headers: { 'x-\ud800': 'v', 'x-b': 'w' }, query: { ['\udc00q']: '1', a: '2' } });
+    // Two names that clean to the same text: one of them is kept, deterministically; still verifiable.
+    log.record({ ...event, headers: { 'x-\ud800': 'first', 'x-\udbff': 'second' } });
+    await log.close();
+    const report = await verifyAudit({ file: path }, { sealed: true });
+    expect(report.issues.filter((i) => i.severity === 'error').map((i) => i.code)).toEqual([]);
+    expect(report.ok).toBe(true);
+    const requests = readFileSync(path, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((r) => r['kind'] === 'request');
+    expect(requests[0]!['headers']).toEqual({ 'x-\ufffd': 'v', 'x-b': 'w' });
+    expect(requests[0]!['query']).toEqual({ a: '2', '\ufffdq': '1' });
+    expect(Object.keys(requests[1]!['headers'] as object)).toEqual(['x-\ufffd']);
+  });
+
   it('hostile business events: refused at record() or written safely, never a crash, never raw, always verifiable', async () => {
     const { dir, cleanup } = tempDir();
     dirs.push(cleanup);
