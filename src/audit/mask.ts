@@ -18,7 +18,7 @@
 import { createHmac } from 'node:crypto';
 import { canonicalize, sortCodeUnits } from './canonical.js';
 import type { MaskAction, MaskingConfig, MaskRuleConfig } from './schema.js';
-import { NEVER_RAW_HEADERS } from './schema.js';
+import { NEVER_RAW_HEADERS, STRUCTURAL_FIELDS } from './schema.js';
 
 export const REDACTED = '[redacted]';
 export const REDACTED_JWT = '[redacted:jwt]';
@@ -282,6 +282,9 @@ export class Masker {
     const keys =
       segment === '*' ? Object.keys(container) : Object.prototype.hasOwnProperty.call(container, segment) ? [segment] : [];
     for (const key of keys) {
+      // The record's own fields (id, seq, chain…): auditChecks refuses rules naming them; a library
+      // caller's unchecked config must not break the chain or a store either.
+      if (index === 0 && STRUCTURAL_FIELDS.has(key)) continue;
       if (last) {
         // Nothing to hide in an absent value (an anonymous request's subject): null stays null, not "[redacted]".
         const value = container[key];

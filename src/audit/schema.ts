@@ -61,7 +61,7 @@ export const FieldMaskSchema = Closed({
   path: Type.String({
     pattern: FIELD_PATH,
     description:
-      'Dot path into the event as written: `subject`, `clientIp`, `userAgent`, `claims.email`, `headers.x-api-key`, `details.card.number`; `*` matches any key or array element.',
+      "Dot path into the event as written: `subject`, `clientIp`, `userAgent`, `claims.email`, `headers.x-api-key`, `details.card.number`; `*` matches any key or array element. Not the record's own fields (`id`, `ts`, `kind`, `chain`, `n`, `prev`, `hash`, `v`, `seq`).",
   }),
   action: MaskActionSchema,
   keep: Type.Optional(Keep),
@@ -337,6 +337,12 @@ export const AUDIT_DEFAULTS = {
 /** Headers whose values are credentials: never written raw, whatever the config says. */
 export const NEVER_RAW_HEADERS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']);
 
+/**
+ * Fields of every event record that the chain (`v`, `id`, `ts`, `chain`, `n`, `prev`, `hash`),
+ * verify (`kind`, `seq`) and the stores' key columns depend on: masking rules may not name them.
+ */
+export const STRUCTURAL_FIELDS: ReadonlySet<string> = new Set(['v', 'id', 'ts', 'kind', 'chain', 'n', 'prev', 'hash', 'seq']);
+
 /** Read a signing key spec (PEM text or a PEM file path); throws with a reason. */
 export function readKeySpec(spec: string): string {
   return spec.trimStart().startsWith('-----BEGIN') ? spec : readFileSync(spec, 'utf8');
@@ -372,6 +378,17 @@ export function auditChecks(
     (masking.fields ?? []).forEach((rule, i) => {
       if (keepWithoutPartial(rule))
         report(at('masking', 'fields', i, 'keep'), 'config.audit_mask_keep', '`keep` applies only to action `partial`');
+    });
+    (masking.fields ?? []).forEach((rule, i) => {
+      // Chain, verify and stores rely on these: masked, a record has a hashed id (a UUID column refuses it
+      // for ever), a "[redacted]" seq (verify stops checking the sequence). Paths start with a field name
+      // (no `*` at the top level, see FIELD_PATH), so only a one-segment path can name one.
+      if (!rule.path.includes('.') && STRUCTURAL_FIELDS.has(rule.path))
+        report(
+          at('masking', 'fields', i, 'path'),
+          'config.audit_mask_structural',
+          `"${rule.path}" is a field of the record itself (the chain, verify and the sinks depend on it): it cannot be masked`,
+        );
     });
     const seenPaths = new Map<string, number>();
     (masking.fields ?? []).forEach((rule, i) => {

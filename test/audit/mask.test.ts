@@ -192,6 +192,29 @@ describe('masking', () => {
     expect(a['subject']).toBe('alice');
   });
 
+  it("never masks the record's own fields, even in a config that skipped auditChecks (library callers)", () => {
+    const record = {
+      chain: 'c',
+      hash: 'h',
+      id: '0190a0b0-0000-7000-8000-000000000000',
+      kind: 'event',
+      n: 3,
+      prev: 'p',
+      seq: 7,
+      subject: 'alice',
+      ts: 't',
+      v: 1,
+    };
+    const fields = ['chain', 'hash', 'id', 'kind', 'n', 'prev', 'seq', 'ts', 'v'].map((path) => ({
+      path,
+      action: 'redact' as const,
+    }));
+    expect(mask({ ...record }, { headers: {}, query: {}, fields: [...fields, { path: 'subject', action: 'redact' }] })).toEqual({
+      ...record,
+      subject: REDACTED,
+    });
+  });
+
   it('an absent value stays absent: an anonymous request is not "[redacted]"', () => {
     const config: MaskingConfig = {
       hmacKey: HMAC_KEY,

@@ -169,6 +169,31 @@ describe('auditChecks', () => {
     );
   });
 
+  it("masking rules on the record's own fields (id, seq, chain…) are refused, with the rule's path", () => {
+    const structural = ['id', 'ts', 'kind', 'n', 'chain', 'prev', 'hash', 'v', 'seq'];
+    const issues = checks({
+      masking: {
+        hmacKey: 'k'.repeat(32),
+        fields: [
+          ...structural.map((path) => ({ path, action: 'hash' })),
+          // Fine: event fields, and paths below the top level that happen to use those names.
+          { path: 'subject', action: 'hash' },
+          { path: 'details.id', action: 'redact' },
+          { path: 'claims.*', action: 'redact' },
+          { path: 'details.seq', action: 'redact' },
+        ],
+      },
+      sinks: [{ stdout: {} }],
+    });
+    expect(issues.filter((i) => i.path.startsWith('audit.masking'))).toEqual(
+      structural.map((_, i) => ({
+        path: `audit.masking.fields.${i}.path`,
+        code: 'config.audit_mask_structural',
+        severity: 'error',
+      })),
+    );
+  });
+
   it('an unreadable key file, and no key at all, are reported', () => {
     expect(checks({ chain: { signingKey: '/nonexistent/key.pem' }, sinks: [{ stdout: {} }] })).toEqual([
       { path: 'audit.chain.signingKey', code: 'config.audit_signing_key', severity: 'error' },
