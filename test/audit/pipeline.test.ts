@@ -1,4 +1,6 @@
 import { readdirSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { PassThrough } from 'node:stream';
 import { join } from 'node:path';
 import { setImmediate as tick } from 'node:timers/promises';
@@ -227,6 +229,46 @@ describe('sink outage', () => {
     expect(new Set(received).size).toBe(received.length);
     expectChainOrder(receiver.events);
     expect(log.stats().sinks[0]).toMatchObject({ state: 'ok', lag: 0, errors: 6 });
+  });
+
+  it('webhook 200 whose response body is cut off: the batch failed, is retried, every event arrives', async () => {
+    const dir = setup();
+    // A receiver that, for its first batches, sends 200 headers and part of the body, then drops the
+    // connection (it died before it committed them: those events are not kept); afterwards it answers properly.
+    const events: Rec[] = [];
+    let attempts = 0;
+    const server = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (++attempts <= 3) {
+          res.writeHead(200, { 'content-type': 'text/plain', 'content-length': '100' });
+          res.write('accepted, committing', () => setTimeout(() => res.socket?.destroy(), 10));
+          return;
+        }
+        events.push(...(JSON.parse(Buffer.concat(chunks).toString('utf8')) as { events: Rec[] }).events);
+        res.writeHead(200, { 'content-type': 'text/plain' });
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    cleanups.push(
+      () =>
+        new Promise<void>((resolve) => {
+          server.closeAllConnections();
+          server.close(() => resolve());
+        }),
+    );
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/ingest`;
+    const log = await open(auditConfig(dir, { sinks: [{ webhook: { url, batchSize: 40, timeoutMs: 2_000 } }] }));
+    const ids = accepted(Array.from({ length: 39 }, (_, i) => log.record(event(i))));
+    expect(ids).toHaveLength(39);
+    await log.flush({ timeoutMs: 10_000 });
+    expect(attempts).toBeGreaterThan(3);
+    expect(log.stats().sinks[0]).toMatchObject({ state: 'ok', lag: 0, errors: 3 });
+    const received = new Set(events.map((r) => String(r['id'])));
+    expect(ids.filter((id) => !received.has(id))).toEqual([]);
+    expectChainOrder(events);
   });
 
   it('the WAL grows to its quota, whenFull applies, and it drains when the sink is back', async () => {

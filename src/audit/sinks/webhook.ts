@@ -6,9 +6,10 @@
  * stale: `bulwark-signature: t=<unix seconds>,v1=<hex HMAC-SHA-256(secret, "<t>.<body>")>`.
  * `bulwark-batch` names the first and last event id, for receivers' logs.
  *
- * Any non-2xx, timeout or network error fails the batch; the pipeline retries
- * with backoff, forever, and the WAL keeps the events. Delivery is
- * at-least-once: receivers must deduplicate by event `id`.
+ * Any non-2xx, timeout or network error fails the batch, and so does a 2xx
+ * whose response body does not arrive whole (the receiver died answering); the
+ * pipeline retries with backoff, forever, and the WAL keeps the events. Delivery
+ * is at-least-once: receivers must deduplicate by event `id`.
  */
 import { createHmac } from 'node:crypto';
 import { Agent, request } from 'undici';
@@ -79,10 +80,22 @@ export class WebhookSink implements AuditSink {
       bodyTimeout: this.#options.timeoutMs,
       signal: AbortSignal.timeout(this.#options.timeoutMs),
     });
-    // Drain the body either way: an unread body pins the connection.
-    await response.body.dump();
-    if (response.statusCode < 200 || response.statusCode > 299)
+    if (response.statusCode < 200 || response.statusCode > 299) {
+      // Drain the body (an unread body pins the connection); the attempt failed anyway.
+      await response.body.dump();
       throw new WebhookError(`webhook answered ${response.statusCode}`, response.statusCode);
+    }
+    // A 2xx counts once its whole body is in: a receiver that dies mid-answer (connection cut, body
+    // shorter than announced, timeout) may not have kept the batch. `dump()` would swallow that error.
+    try {
+      for await (const _chunk of response.body) {
+        // discarded: only the body's complete arrival matters
+      }
+    } catch (error) {
+      throw new WebhookError(
+        `webhook answered ${response.statusCode} but its response did not complete (${error instanceof Error ? error.message : String(error)})`,
+      );
+    }
   }
 
   async close(): Promise<void> {
