@@ -10,8 +10,8 @@
  * 2. Configured rules — by field path, header name, query parameter — replace
  *    values with `[redacted]`, an HMAC pseudonym or a partial mask.
  * 3. The never-raw sweep, which config cannot turn off: values under
- *    credential-named keys (`authorization`, `cookie`, `*_token`, `password`…)
- *    are redacted unless a rule already hashed them, and anything shaped like a
+ *    credential-named keys (`authorization`, `cookie`, `*_token`, `password`,
+ *    `x-goog-api-key`…: see `isCredentialName`) are redacted unless a rule already hashed them, and anything shaped like a
  *    JWT or an `Authorization` credential (`Bearer …`, `Basic …`) is cut out of
  *    every string in the record, whatever field it is in.
  */
@@ -19,6 +19,7 @@ import { createHmac } from 'node:crypto';
 import { canonicalize, sortCodeUnits } from './canonical.js';
 import type { MaskAction, MaskingConfig, MaskRuleConfig } from './schema.js';
 import { NEVER_RAW_HEADERS, STRUCTURAL_FIELDS } from './schema.js';
+import { isCredentialName } from './sensitive.js';
 
 export const REDACTED = '[redacted]';
 export const REDACTED_JWT = '[redacted:jwt]';
@@ -34,17 +35,15 @@ const MAX_NODES = 5_000;
 let nodesLeft = MAX_NODES;
 const LONE_SURROGATE = /\p{Cs}/gu;
 
-/**
- * Keys whose values are credentials wherever they appear (headers, query,
- * claims, details). Exact names, plus `…_token`, `…-secret`, `…_password`.
- */
-const SENSITIVE_KEY =
-  /^(?:authorization|proxy-authorization|cookie|set-cookie|password|passwd|passphrase|secret|token|apikey|api[-_]key|x-api-key|private[-_]?key|session[-_]?id|sessionid|jsessionid|phpsessid)$|(?:[-_]|[a-z])(?:token|secret|password|passwd)$/i;
-
 /** A JWS/JWE compact serialization: base64url JSON header (`eyJ`), then 2 or 4 more dot-separated parts. */
 const JWT = /eyJ[A-Za-z0-9_-]{6,}\.[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?/g;
-/** An HTTP credential as it appears in Authorization-like headers or pasted into free text. */
-const CREDENTIAL = /\b(Bearer|Basic|Digest|Negotiate|Token|Bot|ApiKey)(\s+)[A-Za-z0-9._~+/=:-]{8,}/gi;
+/**
+ * An HTTP credential as it appears in Authorization-like headers or pasted into free text:
+ * after `Bearer`, any token at all (a short one is still a secret); after the other scheme
+ * names, which are also ordinary words ("Basic usage"), 8 characters or more.
+ */
+const CREDENTIAL =
+  /\b(?:(Bearer)(\s+)[A-Za-z0-9._~+/=:-]+|(Basic|Digest|Negotiate|Token|Bot|ApiKey)(\s+)[A-Za-z0-9._~+/=:-]{8,})/gi;
 /** Cheap pre-tests so the common string (no token) costs a scan or two. */
 const MAYBE_TOKEN = /bearer|basic|digest|negotiate|token|bot|apikey/i;
 const WHITESPACE = /\s/;
@@ -57,7 +56,7 @@ const sensitiveCache = new Map<string, boolean>();
 export function isSensitiveKey(key: string): boolean {
   let sensitive = sensitiveCache.get(key);
   if (sensitive === undefined) {
-    sensitive = NEVER_RAW_HEADERS.has(key.toLowerCase()) || SENSITIVE_KEY.test(key);
+    sensitive = NEVER_RAW_HEADERS.has(key.toLowerCase()) || isCredentialName(key);
     if (sensitiveCache.size < 4096) sensitiveCache.set(key, sensitive);
   }
   return sensitive;
@@ -72,7 +71,8 @@ function wellFormed(value: string): string {
 
 /** Token-shaped substrings cut out of free text; the rest of the string stays (a path, a message). */
 export function scrubTokens(value: string): string {
-  if (value.length < 12 || !MAYBE_ANY.test(value)) return value;
+  // "Bearer x" (8 characters) is the shortest thing to cut.
+  if (value.length < 8 || !MAYBE_ANY.test(value)) return value;
   // Cheap pre-tests: a JWT has `eyJ`; a credential has whitespace after its scheme name.
   const maybeJwt = value.includes('eyJ');
   if (!maybeJwt && !(WHITESPACE.test(value) && MAYBE_TOKEN.test(value))) return value;
@@ -80,7 +80,11 @@ export function scrubTokens(value: string): string {
   CREDENTIAL.lastIndex = 0;
   return value
     .replace(JWT, REDACTED_JWT)
-    .replace(CREDENTIAL, (_m, scheme: string, space: string) => `${scheme}${space}${REDACTED}`);
+    .replace(
+      CREDENTIAL,
+      (_m, bearer: string | undefined, bearerSpace: string | undefined, scheme: string | undefined, space: string | undefined) =>
+        `${bearer ?? scheme ?? ''}${bearerSpace ?? space ?? ''}${REDACTED}`,
+    );
 }
 
 /**

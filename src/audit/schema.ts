@@ -29,6 +29,7 @@ import { createPrivateKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve as resolvePath } from 'node:path';
 import { Type, type Static, type TObject, type TProperties, type ObjectOptions } from '@sinclair/typebox';
+import { isCredentialName } from './sensitive.js';
 
 function Closed<T extends TProperties>(properties: T, options: ObjectOptions = {}): TObject<T> {
   return Type.Object(properties, { additionalProperties: false, ...options });
@@ -334,7 +335,10 @@ export const AUDIT_DEFAULTS = {
   webhook: { batchSize: 200, timeoutMs: 10_000 },
 } as const;
 
-/** Headers whose values are credentials: never written raw, whatever the config says. */
+/**
+ * Headers whose values are credentials: never written raw, whatever the config says. The
+ * examples of the general rule (`isCredentialName`, which also covers `x-goog-api-key`, `cookies`…).
+ */
 export const NEVER_RAW_HEADERS: ReadonlySet<string> = new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']);
 
 /**
@@ -411,7 +415,7 @@ export function auditChecks(
       if (keepWithoutPartial(rule))
         report(at('masking', 'headers', name, 'keep'), 'config.audit_mask_keep', '`keep` applies only to action `partial`');
       const action = typeof rule === 'string' ? rule : rule.action;
-      if (NEVER_RAW_HEADERS.has(lower) && action === 'partial')
+      if (isCredentialName(lower) && action === 'partial')
         report(
           at('masking', 'headers', name),
           'config.audit_never_raw',
@@ -427,7 +431,7 @@ export function auditChecks(
 
   (audit.extraFields?.headers ?? []).forEach((name, i) => {
     const lower = name.toLowerCase();
-    if (NEVER_RAW_HEADERS.has(lower) && !Object.keys(masking?.headers ?? {}).some((h) => h.toLowerCase() === lower))
+    if (isCredentialName(lower) && !Object.keys(masking?.headers ?? {}).some((h) => h.toLowerCase() === lower))
       report(
         at('extraFields', 'headers', i),
         'config.audit_never_raw',

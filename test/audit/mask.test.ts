@@ -6,7 +6,7 @@ import { compileExtraFields, eventFromContext } from '../../src/audit/event.js';
 import { createAuditLog } from '../../src/audit/log.js';
 import { verifyAudit } from '../../src/audit/verify.js';
 import { canonicalize } from '../../src/audit/canonical.js';
-import { compileMasking, Masker, REDACTED, scrubTokens, toJsonData } from '../../src/audit/mask.js';
+import { compileMasking, isSensitiveKey, Masker, REDACTED, scrubTokens, toJsonData } from '../../src/audit/mask.js';
 import type { MaskingConfig } from '../../src/audit/schema.js';
 import { auditConfig, silentLogger, tempDir } from './helpers.js';
 
@@ -287,6 +287,73 @@ describe('masking', () => {
       { hmacKey: HMAC_KEY, fields: [], headers: { authorization: 'hash' }, query: {} },
     );
     expect((hashed['headers'] as Record<string, string>)['authorization']).toMatch(/^hmac:/);
+  });
+
+  it('credential names beyond the exact list: any *api-key, cookies, token/secret/password words', () => {
+    const credentials = [
+      'x-goog-api-key',
+      'X-Goog-Api-Key',
+      'googleApiKey',
+      'ocp-apim-subscription-key',
+      'cookies',
+      'Cookies',
+      'x-auth-token',
+      'x-csrf-token',
+      'x-amz-security-token',
+      'authtoken',
+      'tokenValue',
+      'client_secret_hash',
+      'secrets',
+      'db.password',
+      'passwords',
+      'x-session-id',
+      'session',
+      'PHPSESSID',
+      'credentials',
+      'x-auth',
+      'proxy-authorization',
+      'private_key',
+    ];
+    const ordinary = [
+      'x-request-id',
+      'x-client-version',
+      'user-agent',
+      'keyId',
+      'tokens_remaining',
+      'max_tokens',
+      'tokenizer',
+      'token_type',
+      'password_length',
+      'cookie_count',
+      'secret_name',
+      'api_key_id',
+      'author',
+      'session_count',
+    ];
+    expect(credentials.filter((name) => !isSensitiveKey(name))).toEqual([]);
+    expect(ordinary.filter((name) => isSensitiveKey(name))).toEqual([]);
+    const masked = mask(
+      {
+        headers: { 'x-goog-api-key': 'AIzaSyA-raw-key', 'x-request-id': 'req-9' },
+        details: { cookies: { sid: 'abc' }, usage: { max_tokens: 5 } },
+      },
+      { fields: [], headers: {}, query: {} },
+    );
+    expect(masked).toEqual({
+      headers: { 'x-goog-api-key': REDACTED, 'x-request-id': 'req-9' },
+      details: { cookies: REDACTED, usage: { max_tokens: 5 } },
+    });
+  });
+
+  it('any Bearer token in free text, however short', () => {
+    expect(scrubTokens('Bearer x')).toBe('Bearer [redacted]');
+    expect(scrubTokens('upstream said: bearer abc123 rejected')).toBe('upstream said: bearer [redacted] rejected');
+    expect(scrubTokens('Authorization: Bearer s3cr3t')).toBe('Authorization: Bearer [redacted]');
+    // The other scheme names are ordinary words too: a short word after them stays.
+    expect(scrubTokens('Basic usage of the Token API')).toBe('Basic usage of the Token API');
+    expect(
+      JSON.stringify(mask({ details: { note: 'login with Bearer ab12' } }, { fields: [], headers: {}, query: {} })),
+    ).not.toContain('ab12');
   });
 
   it('cuts token-shaped text out of any string: JWTs and HTTP credentials', () => {

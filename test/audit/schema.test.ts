@@ -194,6 +194,18 @@ describe('auditChecks', () => {
     );
   });
 
+  it('warns about recording a header the general credential-name rule always redacts', () => {
+    const issues = checks({
+      masking: { headers: { 'x-goog-api-key': 'partial' } },
+      extraFields: { headers: ['x-goog-api-key', 'cookies', 'x-request-id'] },
+      sinks: [{ stdout: {} }],
+    });
+    expect(issues.filter((i) => i.code === 'config.audit_never_raw').map((i) => `${i.severity} ${i.path}`)).toEqual([
+      'warning audit.masking.headers.x-goog-api-key',
+      'warning audit.extraFields.headers.1',
+    ]);
+  });
+
   it('an unreadable key file, and no key at all, are reported', () => {
     expect(checks({ chain: { signingKey: '/nonexistent/key.pem' }, sinks: [{ stdout: {} }] })).toEqual([
       { path: 'audit.chain.signingKey', code: 'config.audit_signing_key', severity: 'error' },
