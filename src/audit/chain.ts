@@ -54,8 +54,13 @@ export interface ChainedRecord {
 
 /** The stored JSON line (no trailing newline): the canonical JSON with `"hash"` appended as its last member. */
 export function storedLine(chained: ChainedRecord): string {
+  return storedLineOf(chained.canonical, chained.hash);
+}
+
+/** The stored line of a record from its canonical form (without `hash`) and its hash: what verify expects to read back. */
+export function storedLineOf(canonical: string, hash: string): string {
   // Canonical JSON always ends in `}` and, with members present, needs a comma before the new one.
-  return `${chained.canonical.slice(0, -1)},"hash":"${chained.hash}"}`;
+  return `${canonical.slice(0, -1)},"hash":"${hash}"}`;
 }
 
 /** Most bytes `writeStoredLine` may write for a record (UTF-8 is at most 3 bytes per UTF-16 unit). */

@@ -4,6 +4,13 @@
  * What is checked, per record in storage order (file line order, table `pos`):
  * - its `hash` is SHA-256 of its canonical JSON (RFC 8785) without `hash`
  *   → a modified record (`record.hash_mismatch`);
+ * - the stored text is exactly what the writer stores: that canonical JSON with
+ *   `"hash"` appended last (`record.not_canonical`). Text that parses to the same
+ *   value but differs — a member named twice (JSON.parse keeps the last, other
+ *   readers the first), spacing, escapes, member order — is an edit. A file
+ *   with CRLF line ends still verifies: the file reader takes `\r\n` as the end
+ *   of a line; any other stray byte is not canonical. SQL stores keep the line
+ *   in a TEXT column and are checked the same way;
  * - in its chain, `n` is the previous record's `n` + 1 and `prev` its hash
  *   → deleted (`record.missing`), inserted or reordered (`record.out_of_order`,
  *   `record.prev_mismatch`) records; a chain must begin at n = 0 with a `start`
@@ -42,7 +49,7 @@
  * a store that cannot deduplicate) are counted, not errors.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { GENESIS_HASH, hashInput, sha256Hex, signatureInput } from './chain.js';
+import { GENESIS_HASH, hashInput, sha256Hex, signatureInput, storedLineOf } from './chain.js';
 import { keyFingerprint, loadPublicKey, verifyBytes } from './keys.js';
 import { INDEXED_COLUMNS, indexedColumns } from './sinks/sink.js';
 import { describeSource, readSource, type AuditSource, type SourceRow } from './sources.js';
@@ -290,19 +297,33 @@ class Verifier {
 
     // Content against its own hash.
     let contentOk = true;
-    let computed: string;
+    let canonical: string | null;
     try {
-      computed = sha256Hex(hashInput(record));
+      canonical = hashInput(record);
     } catch {
-      computed = '';
+      canonical = null;
     }
-    if (computed !== hash) {
+    if (canonical === null || sha256Hex(canonical) !== hash) {
       contentOk = false;
       this.#issue(
         {
           code: 'record.hash_mismatch',
           severity: 'error',
           message: 'content does not match its hash: the record was modified',
+          ...at,
+        },
+        state,
+      );
+    } else if (row.line !== storedLineOf(canonical, hash)) {
+      // The writer stores exactly the canonical bytes (hash last). Other bytes that parse to the same value — a
+      // member twice (JSON.parse keeps the last, other readers the first), spacing, escapes, key order — are an edit.
+      contentOk = false;
+      this.#issue(
+        {
+          code: 'record.not_canonical',
+          severity: 'error',
+          message:
+            'the stored text is not the canonical JSON the writer stores (a duplicate member, other spacing, escapes or order): edited',
           ...at,
         },
         state,

@@ -341,3 +341,50 @@ describe.each(['sqlite', 'postgres'] as const)('%s: indexed columns must agree w
     }
   });
 });
+
+describe('stored bytes must be the canonical JSON the writer stores', () => {
+  /** The genuine log with one event line replaced by `edit(line)`. */
+  const edited = (edit: (line: string) => string) => {
+    const records = recs();
+    const i = eventOf(chainA, 6)(records);
+    const lines = [...genuine];
+    lines[i] = edit(lines[i] as string);
+    return { lines, id: String(records[i]?.['id']) };
+  };
+
+  it.each(['file', 'sqlite'] as const)(
+    'a duplicate member name (a first-key reader sees another value) is record.not_canonical in %s',
+    async (kind) => {
+      const { lines, id } = edited((line) => `{"subject":"mallory",${line.slice(1)}`);
+      expect((JSON.parse(lines[eventOf(chainA, 6)(recs())] as string) as Rec)['subject']).toBe('user6');
+      const report = await verifyIn(kind, lines);
+      expect(report.ok).toBe(false);
+      expect(report.firstBad).toMatchObject({ code: 'record.not_canonical', id, severity: 'error' });
+      expect(codes(report)).toEqual(['record.not_canonical']);
+    },
+  );
+
+  it('other spacing, escapes or member order are not the stored bytes either', () => {
+    const variants = [
+      (line: string) => line.replace(',"hash":', ', "hash":'),
+      (line: string) => line.replace('"subject":"user6"', '"subject":"user\\u0036"'),
+      (line: string) =>
+        `{"hash":${line.slice(line.lastIndexOf('"hash":') + 7, -1)},${line.slice(1, line.lastIndexOf(',"hash":'))}}`,
+      (line: string) => `${line}\r`,
+    ];
+    for (const variant of variants) {
+      const { lines, id } = edited(variant);
+      const report = verifyLines(lines, { publicKeys: [keys.publicPem] });
+      expect(codes(report)).toEqual(['record.not_canonical']);
+      expect(report.firstBad?.id).toBe(id);
+    }
+  });
+
+  it('a file converted to CRLF line ends still verifies (the reader takes \\r\\n as the line end)', async () => {
+    const { writeFileSync } = await import('node:fs');
+    const path = join(dir, 'crlf.jsonl');
+    writeFileSync(path, genuine.map((l) => `${l}\r\n`).join(''));
+    const report = await verifyAudit({ file: path }, { publicKeys: [keys.publicPem] });
+    expect(report.issues).toEqual([]);
+  });
+});
