@@ -22,7 +22,13 @@
  *   (`checkpoint.untrusted_key`, `checkpoint.bad_signature`), else against the
  *   key the chain's own start record declares (which only catches clumsy
  *   tampering: someone rewriting the whole store can declare their own key —
- *   reported as the warning `verify.unanchored`);
+ *   reported as the warning `verify.unanchored`). Self-declared, a chain that
+ *   declares a key must have every checkpoint its writer wrote signed by it
+ *   (`checkpoint.unsigned`, `checkpoint.unverified` are then errors); its
+ *   `recovered` seal, written by the next process on the slot, by the key that
+ *   successor declares (or its own). A seal no key in the store can check (its
+ *   successor is missing) is the warning `checkpoint.unverified`, an error
+ *   with `sealed`;
  * - nothing follows a chain's final checkpoint (`record.after_seal`);
  * - event `seq` numbers are consecutive, gap markers accounting for drops.
  *
@@ -155,8 +161,10 @@ interface ChainState {
   lastKind: string;
   final: boolean;
   expectSeq: number | null;
-  startKey: KeyObject | null;
-  startKeyId: string | null;
+  /** What the chain's start record declares (null until it is seen): its key, or none (`keyId` null). */
+  declared: { key: KeyObject | null; keyId: string | null } | null;
+  /** The chain's `recovered` seal, checked once its successor (who wrote it) has been seen. */
+  seal: { at: Where; sig: string | null; keyId: unknown; input: string } | null;
   after: { chain: string; n: number; hash: string } | null;
   recent: Map<number, string>;
   unsignedWarned: boolean;
@@ -242,8 +250,8 @@ class Verifier {
         lastKind: '',
         final: false,
         expectSeq: n === 0 ? 1 : null,
-        startKey: null,
-        startKeyId: null,
+        declared: null,
+        seal: null,
         after: null,
         recent: new Map(),
         unsignedWarned: false,
@@ -553,11 +561,13 @@ class Verifier {
     report.pid = typeof record['pid'] === 'number' ? record['pid'] : null;
     report.startedAt = typeof record['ts'] === 'string' ? record['ts'] : null;
     const pem = record['publicKey'];
+    state.declared = { key: null, keyId: null };
     if (typeof pem === 'string') {
       try {
-        state.startKey = createPublicKey(pem);
-        state.startKeyId = keyFingerprint(state.startKey);
+        const key = createPublicKey(pem);
+        state.declared = { key, keyId: keyFingerprint(key) };
       } catch {
+        state.declared = { key: null, keyId: typeof record['keyId'] === 'string' ? record['keyId'] : 'unparsable' };
         this.#issue(
           { code: 'chain.bad_public_key', severity: 'error', message: "the start record's public key does not parse", ...at },
           state,
@@ -589,78 +599,26 @@ class Verifier {
       );
     const sig = record['sig'];
     const keyId = record['keyId'];
-    if (sig === null || sig === undefined) {
-      this.#unsigned = true;
-      if (this.#trusted.length > 0)
-        this.#issue(
-          {
-            code: 'checkpoint.unsigned',
-            severity: 'error',
-            message: 'unsigned checkpoint where signed ones are required',
-            ...at,
-          },
-          state,
-        );
-      else if (!state.unsignedWarned) {
-        state.unsignedWarned = true;
-        this.#issue({
-          code: 'checkpoint.unsigned',
-          severity: 'warning',
-          message: 'checkpoints are not signed: a rewrite of the whole chain cannot be detected',
-          ...at,
-        });
-      }
-    } else if (typeof sig !== 'string') {
+    if (sig !== null && sig !== undefined && typeof sig !== 'string') {
       this.#issue({ code: 'checkpoint.bad_signature', severity: 'error', message: 'signature is not a string', ...at }, state);
+    } else if (this.#trusted.length > 0) {
+      this.#trustedSignature(record, state, at, sig ?? null, keyId);
+    } else if (record['reason'] === 'recovered' && record['final'] === true) {
+      // Written by the next process on the slot, with its own key (which its start record declares): checked at the end.
+      state.seal = { at, sig: sig ?? null, keyId, input: signatureInput(record) };
+    } else if (state.declared !== null) {
+      this.#declaredSignature(record, state, at, sig ?? null, keyId);
+    } else if (sig === null || sig === undefined) {
+      this.#unsignedWarning(state, at);
     } else {
-      const input = signatureInput(record);
-      if (this.#trusted.length > 0) {
-        const trusted = this.#trusted.find((t) => t.keyId === keyId);
-        if (trusted === undefined)
-          this.#issue(
-            {
-              code: 'checkpoint.untrusted_key',
-              severity: 'error',
-              message: `signed by key ${String(keyId)}, not a trusted key: forged`,
-              ...at,
-            },
-            state,
-          );
-        else if (!verifyBytes(trusted.key, input, sig))
-          this.#issue(
-            {
-              code: 'checkpoint.bad_signature',
-              severity: 'error',
-              message: 'signature does not verify: forged or altered',
-              ...at,
-            },
-            state,
-          );
-        else {
-          this.#trustedChecked = true;
-          state.trustedCheckpoints++;
-        }
-      } else if (state.startKey !== null && state.startKeyId === keyId) {
-        this.#selfDeclared = true;
-        if (!verifyBytes(state.startKey, input, sig))
-          this.#issue(
-            {
-              code: 'checkpoint.bad_signature',
-              severity: 'error',
-              message: "signature does not verify with the chain's declared key: forged or altered",
-              ...at,
-            },
-            state,
-          );
-      } else {
-        // A recovered seal written by a successor with another key, or a chain seen without its start record.
-        this.#issue({
-          code: 'checkpoint.unverified',
-          severity: 'warning',
-          message: `signed by key ${String(keyId)}, which this chain does not declare; pass --public-key to check it`,
-          ...at,
-        });
-      }
+      // A chain seen without its start record (pruned, --allow-partial): nothing declares its key.
+      this.#unverifiable(
+        state,
+        at,
+        keyId,
+        record['final'] === true,
+        'this chain does not declare (its start record is not in this store)',
+      );
     }
     if (record['final'] === true) {
       state.final = true;
@@ -668,7 +626,193 @@ class Verifier {
     }
   }
 
+  #trustedSignature(record: Record<string, unknown>, state: ChainState, at: Where, sig: string | null, keyId: unknown): void {
+    if (sig === null) {
+      this.#unsigned = true;
+      this.#issue(
+        { code: 'checkpoint.unsigned', severity: 'error', message: 'unsigned checkpoint where signed ones are required', ...at },
+        state,
+      );
+      return;
+    }
+    const trusted = this.#trusted.find((t) => t.keyId === keyId);
+    if (trusted === undefined)
+      this.#issue(
+        {
+          code: 'checkpoint.untrusted_key',
+          severity: 'error',
+          message: `signed by key ${String(keyId)}, not a trusted key: forged`,
+          ...at,
+        },
+        state,
+      );
+    else if (!verifyBytes(trusted.key, signatureInput(record), sig))
+      this.#issue(
+        { code: 'checkpoint.bad_signature', severity: 'error', message: 'signature does not verify: forged or altered', ...at },
+        state,
+      );
+    else {
+      this.#trustedChecked = true;
+      state.trustedCheckpoints++;
+    }
+  }
+
+  /**
+   * Without trusted keys, a checkpoint written by the chain's own writer (periodic, close) is signed with the key
+   * its start record declares, or unsigned when that declares none: nothing else is genuine.
+   */
+  #declaredSignature(record: Record<string, unknown>, state: ChainState, at: Where, sig: string | null, keyId: unknown): void {
+    const declared = state.declared as { key: KeyObject | null; keyId: string | null };
+    if (declared.keyId === null) {
+      if (sig === null && (keyId === null || keyId === undefined)) this.#unsignedWarning(state, at);
+      else
+        this.#issue(
+          {
+            code: 'checkpoint.unverified',
+            severity: 'error',
+            message: `signed by key ${String(keyId)}, but the chain's start record declares no key: not written by its writer`,
+            ...at,
+          },
+          state,
+        );
+      return;
+    }
+    if (declared.key === null) return; // the declared key does not parse: chain.bad_public_key already
+    if (sig === null) {
+      this.#unsigned = true;
+      this.#issue(
+        {
+          code: 'checkpoint.unsigned',
+          severity: 'error',
+          message: `unsigned, but the chain declares key ${declared.keyId}: its writer signs every checkpoint`,
+          ...at,
+        },
+        state,
+      );
+    } else if (keyId !== declared.keyId)
+      this.#issue(
+        {
+          code: 'checkpoint.unverified',
+          severity: 'error',
+          message: `signed by key ${String(keyId)}, not the key the chain declares (${declared.keyId}): forged`,
+          ...at,
+        },
+        state,
+      );
+    else {
+      this.#selfDeclared = true;
+      if (!verifyBytes(declared.key, signatureInput(record), sig))
+        this.#issue(
+          {
+            code: 'checkpoint.bad_signature',
+            severity: 'error',
+            message: "signature does not verify with the chain's declared key: forged or altered",
+            ...at,
+          },
+          state,
+        );
+    }
+  }
+
+  #unsignedWarning(state: ChainState, at: Where): void {
+    this.#unsigned = true;
+    if (state.unsignedWarned) return;
+    state.unsignedWarned = true;
+    this.#issue({
+      code: 'checkpoint.unsigned',
+      severity: 'warning',
+      message: 'checkpoints are not signed: a rewrite of the whole chain cannot be detected',
+      ...at,
+    });
+  }
+
+  /** A signature no key in the store can check: a warning, but an error on a final seal under `sealed`. */
+  #unverifiable(state: ChainState, at: Where, keyId: unknown, final: boolean, why: string): void {
+    const error = final && this.#options.sealed === true;
+    this.#issue(
+      {
+        code: 'checkpoint.unverified',
+        severity: error ? 'error' : 'warning',
+        message: `signed by key ${String(keyId)}, which ${why}; ${
+          error ? 'with --sealed a final checkpoint must verify' : 'this seal vouches for nothing'
+        }: pass --public-key to check it`,
+        ...at,
+      },
+      state,
+    );
+  }
+
+  /**
+   * A `recovered` seal is written by the next process on the slot with its key, which that successor's start
+   * record declares (or with none, when it has none). The chain's own key is accepted too (one key file for both).
+   */
+  #recoveredSeal(state: ChainState, successor: ChainState | undefined): void {
+    const seal = state.seal;
+    if (seal === null) return;
+    const { at, sig, keyId, input } = seal;
+    const candidates = [successor?.declared, state.declared].filter(
+      (d): d is { key: KeyObject | null; keyId: string | null } => d !== undefined && d !== null && d.keyId !== null,
+    );
+    const successorKeyId = successor?.declared?.keyId;
+    if (sig === null) {
+      if (successorKeyId !== undefined && successorKeyId !== null)
+        this.#issue(
+          {
+            code: 'checkpoint.unsigned',
+            severity: 'error',
+            message: `unsigned, but the process that wrote this seal (chain ${successor?.report.chain}) signs with key ${successorKeyId}: forged`,
+            ...at,
+          },
+          state,
+        );
+      else if (successor === undefined && typeof state.declared?.keyId === 'string')
+        // Its writer signed; the successor that sealed it is not here to say whether it had a key.
+        this.#issue(
+          {
+            code: 'checkpoint.unsigned',
+            severity: this.#options.sealed === true ? 'error' : 'warning',
+            message: `an unsigned recovered seal on a chain signed with key ${state.declared.keyId}, and the chain that sealed it is not in this store: it vouches for nothing`,
+            ...at,
+          },
+          state,
+        );
+      else this.#unsignedWarning(state, at);
+      return;
+    }
+    const match = candidates.find((d) => d.keyId === keyId);
+    if (match === undefined) {
+      if (successor !== undefined)
+        this.#issue(
+          {
+            code: 'checkpoint.unverified',
+            severity: 'error',
+            message: `signed by key ${String(keyId)}, but the process that wrote this seal (chain ${successor.report.chain}) declares ${successorKeyId ?? 'no key'}: forged`,
+            ...at,
+          },
+          state,
+        );
+      else this.#unverifiable(state, at, keyId, true, 'no chain in this store declares (the chain that sealed it is missing)');
+      return;
+    }
+    if (match.key === null) return; // its start record's key does not parse: reported there
+    this.#selfDeclared = true;
+    if (!verifyBytes(match.key, input, sig))
+      this.#issue(
+        {
+          code: 'checkpoint.bad_signature',
+          severity: 'error',
+          message: 'signature does not verify with the key its writer declares: forged or altered',
+          ...at,
+        },
+        state,
+      );
+  }
+
   finish(source: string): VerifyReport {
+    const successors = new Map<string, ChainState>();
+    for (const state of this.#chains.values())
+      if (state.after !== null && !successors.has(state.after.chain)) successors.set(state.after.chain, state);
+    for (const state of this.#chains.values()) this.#recoveredSeal(state, successors.get(state.report.chain));
     for (const state of this.#chains.values()) {
       const report = state.report;
       if (state.fork !== null) this.#conflict(state.fork, state);

@@ -388,3 +388,123 @@ describe('stored bytes must be the canonical JSON the writer stores', () => {
     expect(report.issues).toEqual([]);
   });
 });
+
+/**
+ * A genuine crash on one WAL slot, by the real pipeline: run 1 (key 1) writes and delivers events, and is
+ * "killed" (its WAL and file are put back as they were before its close); run 2 (key 2) finds the unsealed
+ * chain, seals it `recovered` with its own key, and closes. Returns the file's lines.
+ */
+async function crashThenRecover(at: string, first: TestKeys, second: TestKeys, events = 7): Promise<string[]> {
+  const { cpSync, rmSync } = await import('node:fs');
+  const file = join(at, 'audit.jsonl');
+  const config = (k: TestKeys, name: string) =>
+    auditConfig(at, {
+      chain: { checkpointEvery: 5, checkpointIntervalMs: 60_000, signingKey: writeKey(join(at, name), k) },
+    });
+  const { mkdirSync } = await import('node:fs');
+  mkdirSync(join(at, 'k1'), { recursive: true });
+  mkdirSync(join(at, 'k2'), { recursive: true });
+  const log = await createAuditLog(config(first, 'k1'), { logger: silentLogger(), orphanDrainDelayMs: false });
+  for (let i = 0; i < events; i++) log.record({ action: 'payment.refund', subject: `user${i}`, tenant: 'acme' });
+  await log.flush();
+  cpSync(join(at, 'wal'), join(at, 'wal-crashed'), { recursive: true });
+  cpSync(file, join(at, 'audit-crashed.jsonl'));
+  await log.close();
+  rmSync(join(at, 'wal'), { recursive: true });
+  cpSync(join(at, 'wal-crashed'), join(at, 'wal'), { recursive: true });
+  rmSync(join(at, 'wal', 'slot-0', 'lock'), { force: true });
+  cpSync(join(at, 'audit-crashed.jsonl'), file);
+  const next = await createAuditLog(config(second, 'k2'), { logger: silentLogger(), orphanDrainDelayMs: false });
+  await next.close();
+  return readFileSync(file, 'utf8').trim().split('\n');
+}
+
+describe('self-declared keys (no --public-key): every checkpoint must verify with the key its writer declares', () => {
+  const checkpointOf = (records: Rec[], chain: string) =>
+    records.findIndex((r) => r['chain'] === chain && r['kind'] === 'checkpoint' && r['final'] === false);
+
+  it('an unsigned checkpoint in a chain that declares a key is an error', () => {
+    const records = recs();
+    const i = checkpointOf(records, chainA);
+    (records[i] as Rec)['sig'] = null;
+    const report = verifyLines(rechain(records, null));
+    expect(report.firstBad).toMatchObject({ code: 'checkpoint.unsigned', severity: 'error', id: records[i]?.['id'] });
+  });
+
+  it('a checkpoint under a key id the chain does not declare is an error', () => {
+    const records = recs();
+    const i = checkpointOf(records, chainB);
+    (records[i] as Rec)['keyId'] = 'made-up';
+    const report = verifyLines(rechain(records, null));
+    expect(report.firstBad).toMatchObject({ code: 'checkpoint.unverified', severity: 'error', id: records[i]?.['id'] });
+    // (The close seal after it no longer verifies either: rechaining moved its head.)
+    expect(codes(report)).toEqual(['checkpoint.unverified', 'checkpoint.bad_signature']);
+  });
+
+  it('a made-up recovered seal (the tail after the last checkpoint cut or edited): error with sealed, a warning without', () => {
+    const records = recs();
+    const last = records.length - 1; // chain B's close seal
+    const cp = checkpointOf(records, chainB);
+    const kept = records.slice(0, cp + 2); // the last checkpoint and one record after it
+    const tail = kept[kept.length - 1] as Rec;
+    const forged: Rec = {
+      ...(records[last] as Rec),
+      count: Number(tail['n']) + 1,
+      n: Number(tail['n']) + 1,
+      head: tail['hash'],
+      prev: tail['hash'],
+      reason: 'recovered',
+      keyId: 'k-forged',
+      sig: 'AAAA',
+    };
+    const lines = [...kept.map(rawLine), lineOf(forged)];
+    const open = verifyLines(lines);
+    expect(open.ok).toBe(true);
+    expect(open.issues).toContainEqual(
+      expect.objectContaining({ code: 'checkpoint.unverified', severity: 'warning', id: forged['id'] }),
+    );
+    const sealed = verifyLines(lines, { sealed: true });
+    expect(sealed.firstBad).toMatchObject({ code: 'checkpoint.unverified', severity: 'error', id: forged['id'] });
+    // With the trusted key it is what it is: a forgery.
+    expect(verifyLines(lines, { publicKeys: [keys.publicPem] }).firstBad).toMatchObject({
+      code: 'checkpoint.untrusted_key',
+      id: forged['id'],
+    });
+  });
+
+  describe('a genuine recovered seal, signed by the successor with its own key', () => {
+    let crashed: string[];
+    let second: TestKeys;
+    beforeAll(async () => {
+      second = ed25519Keys();
+      const at = join(dir, 'crash');
+      const { mkdirSync } = await import('node:fs');
+      mkdirSync(at);
+      crashed = await crashThenRecover(at, keys, second);
+    });
+
+    it('verifies, self-declared and against both trusted keys', () => {
+      const records = parseLines(crashed);
+      const seal = records.find((r) => r['reason'] === 'recovered') as Rec;
+      expect(seal).toMatchObject({ final: true, keyId: second.keyId });
+      expect(records[0]?.['keyId']).toBe(keys.keyId);
+      const self = verifyLines(crashed, { sealed: true });
+      expect(self.issues.filter((i) => i.code !== 'verify.unanchored')).toEqual([]);
+      expect(self.chains.map((c) => c.sealed)).toEqual(['recovered', 'close']);
+      expect(verifyLines(crashed, { sealed: true, publicKeys: [keys.publicPem, second.publicPem] }).issues).toEqual([]);
+    });
+
+    it('the same seal unsigned, or re-keyed, is an error: its writer declares key 2', () => {
+      for (const edit of [(r: Rec) => void (r['sig'] = null), (r: Rec) => void (r['keyId'] = keys.keyId)]) {
+        const records = parseLines(crashed);
+        const seal = records.find((r) => r['reason'] === 'recovered') as Rec;
+        edit(seal);
+        const report = verifyLines(rechain(records, null));
+        // The successor's own checkpoints no longer verify (rechaining moved their heads); the seal is named as well.
+        const onSeal = report.issues.filter((x) => x.id === seal['id']);
+        expect(onSeal).toEqual([expect.objectContaining({ severity: 'error' })]);
+        expect(['checkpoint.unsigned', 'checkpoint.bad_signature']).toContain(onSeal[0]?.code);
+      }
+    });
+  });
+});
