@@ -178,6 +178,8 @@ export class ChainWriter {
     const body: Record<string, unknown> = {
       after: info.after,
       chain: '',
+      checkpoint:
+        info.checkpoint === undefined ? undefined : { every: info.checkpoint.every, intervalMs: info.checkpoint.intervalMs },
       host: info.host,
       id: this.#uuid.next(ns),
       keyId: this.#key?.keyId ?? null,

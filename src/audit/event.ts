@@ -200,6 +200,11 @@ export interface StartRecord extends RecordBase {
   keyId: string | null;
   /** The last record of the previous chain written from the same WAL slot, when known. */
   after: { chain: string; n: number; hash: string } | null;
+  /**
+   * The writer's checkpoint policy (`chain.checkpointEvery`, `chain.checkpointIntervalMs`): verify then knows
+   * how many records may follow a checkpoint before the next one. Absent in records written before it existed.
+   */
+  checkpoint?: { every: number; intervalMs: number };
 }
 
 export type AuditRecord = RequestRecord | BusinessRecord | GapRecord | CheckpointRecord | StartRecord;

@@ -479,7 +479,14 @@ class AuditLogImpl implements AuditLog {
     }
     const startIndex = this.#wal.nextIndex + this.#pendingEntries.length;
     this.#pushPending(
-      this.#chain.start({ host: hostname(), pid: process.pid, slot: this.#slot.slot, software: this.#software, after }),
+      this.#chain.start({
+        host: hostname(),
+        pid: process.pid,
+        slot: this.#slot.slot,
+        software: this.#software,
+        after,
+        checkpoint: { every: this.#checkpointEvery, intervalMs: this.#checkpointIntervalMs },
+      }),
     );
 
     const saved = await this.#loadCursors();

@@ -29,6 +29,12 @@
  *   successor declares (or its own). A seal no key in the store can check (its
  *   successor is missing) is the warning `checkpoint.unverified`, an error
  *   with `sealed`;
+ * - no more records follow a checkpoint (or the start) than the checkpoint
+ *   policy in the chain's start record lets its writer write before the next
+ *   one (`checkpoint.missing`: checkpoints were removed). Start records from
+ *   before the policy was recorded are not checked. Record timestamps are not
+ *   used: they are when events were queued, and a backed-up queue puts events
+ *   far apart between two checkpoints legitimately;
  * - nothing follows a chain's final checkpoint (`record.after_seal`);
  * - event `seq` numbers are consecutive, gap markers accounting for drops.
  *
@@ -163,6 +169,13 @@ interface ChainState {
   expectSeq: number | null;
   /** What the chain's start record declares (null until it is seen): its key, or none (`keyId` null). */
   declared: { key: KeyObject | null; keyId: string | null } | null;
+  /**
+   * Most records (start included) that may follow a checkpoint, or the start, before the next checkpoint: from the
+   * policy the start record declares (null: unknown — no start record, or one written before policies were recorded).
+   */
+  checkpointLimit: number | null;
+  /** `checkpoint.missing` reported for the current run of records without a checkpoint. */
+  missingReported: boolean;
   /** The chain's `recovered` seal, checked once its successor (who wrote it) has been seen. */
   seal: { at: Where; sig: string | null; keyId: unknown; input: string } | null;
   after: { chain: string; n: number; hash: string } | null;
@@ -252,6 +265,8 @@ class Verifier {
         expectSeq: n === 0 ? 1 : null,
         declared: null,
         seal: null,
+        checkpointLimit: null,
+        missingReported: false,
         after: null,
         recent: new Map(),
         unsignedWarned: false,
@@ -486,7 +501,25 @@ class Verifier {
       const seq = record['seq'];
       if (typeof seq === 'number') this.#seq(state, seq, seq, linked && contentOk, at);
     }
-    if (kind !== 'checkpoint') report.unsignedTail++;
+    if (kind !== 'checkpoint') {
+      report.unsignedTail++;
+      // By position, so a second record claiming one place (reported on its own) is not counted twice.
+      const since = report.lastCheckpointN === null ? n + 1 : n - report.lastCheckpointN;
+      if (state.checkpointLimit !== null && since > state.checkpointLimit && !state.missingReported) {
+        state.missingReported = true;
+        this.#issue(
+          {
+            code: 'checkpoint.missing',
+            severity: 'error',
+            message: `${since} records since ${
+              report.lastCheckpointN === null ? 'the start' : `the checkpoint at n=${report.lastCheckpointN}`
+            } without a checkpoint, where the chain's writer writes one after every ${state.checkpointLimit}: checkpoints were removed`,
+            ...at,
+          },
+          state,
+        );
+      }
+    }
 
     // Anchors from outside.
     if (this.#anchors.size > 0) {
@@ -574,6 +607,7 @@ class Verifier {
         );
       }
     }
+    state.checkpointLimit = checkpointLimit(record['checkpoint']);
     const after = record['after'];
     if (after !== null && typeof after === 'object') {
       const a = after as Record<string, unknown>;
@@ -587,6 +621,7 @@ class Verifier {
     report.checkpoints++;
     report.lastCheckpointN = at.n;
     report.unsignedTail = 0;
+    state.missingReported = false;
     if (record['count'] !== at.n || record['head'] !== record['prev'])
       this.#issue(
         {
@@ -981,4 +1016,17 @@ export function verifyLines(lines: readonly string[], options: VerifyOptions = {
 /** A text column's value as the record has it, before indexedText. */
 function rawColumn(record: Record<string, unknown>, column: (typeof INDEXED_COLUMNS)[number]): unknown {
   return record[column === 'request_id' ? 'requestId' : column];
+}
+
+/**
+ * How many records (start included) a writer with this policy lets follow a checkpoint, or the start: the log
+ * appends a checkpoint right after the record that brings the count to `checkpointEvery` (log.ts #appendItem),
+ * in the same step, so no other record can come between. The start record is appended without that check, so
+ * with `checkpointEvery: 1` the start and the first event share one run. null: no (valid) policy recorded.
+ */
+function checkpointLimit(policy: unknown): number | null {
+  if (policy === null || typeof policy !== 'object') return null;
+  const every = (policy as Record<string, unknown>)['every'];
+  if (typeof every !== 'number' || !Number.isSafeInteger(every) || every < 1) return null;
+  return Math.max(every, 2);
 }

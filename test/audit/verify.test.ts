@@ -508,3 +508,71 @@ describe('self-declared keys (no --public-key): every checkpoint must verify wit
     });
   });
 });
+
+describe('checkpoints stripped from a chain (its start record says how often its writer checkpoints)', () => {
+  /** Chain B with record n=8 edited, every checkpoint removed, the rest renumbered and rehashed. */
+  const stripped = (edit: (start: Rec) => void = () => {}) => {
+    const records = recs();
+    const a = records.filter((r) => r['chain'] === chainA);
+    const b = records.filter((r) => r['chain'] === chainB && r['kind'] !== 'checkpoint');
+    (records.find((r) => r['chain'] === chainB && r['n'] === 8) as Rec)['subject'] = 'mallory';
+    b.forEach((r, n) => (r['n'] = n));
+    edit(b[0] as Rec);
+    return { lines: rechain([...a, ...b], null), sixth: b[5] as Rec };
+  };
+
+  it('the start record carries the policy', () => {
+    const start = recs().find((r) => r['kind'] === 'start') as Rec;
+    expect(start['checkpoint']).toEqual({ every: 5, intervalMs: 60_000 });
+  });
+
+  it.each(['file', 'sqlite'] as const)(
+    'edit, rehash, strip every checkpoint, renumber: checkpoint.missing in %s',
+    async (kind) => {
+      const { lines, sixth } = stripped();
+      const report = await verifyIn(kind, lines);
+      expect(report.ok).toBe(false);
+      expect(report.firstBad).toMatchObject({ code: 'checkpoint.missing', chain: chainB, n: 5, id: sixth['id'] });
+      expect(codes(report)).toEqual(['checkpoint.missing']);
+    },
+  );
+
+  it('an open tail no longer than the policy allows is not a missing checkpoint', () => {
+    const records = recs();
+    const lastCheckpointB = records.findLastIndex((r) => r['chain'] === chainB && r['kind'] === 'checkpoint' && !r['final']);
+    const cut = records.slice(0, lastCheckpointB + 1 + 4).map(rawLine); // the 4 events after it (5 would need a checkpoint)
+    const report = verifyLines(cut, { publicKeys: [keys.publicPem] });
+    expect(report.issues.map((i) => i.code)).toEqual(['chain.open']);
+  });
+
+  it('a start record without a policy (written before policies were recorded) is unknown, not an error', () => {
+    const { lines } = stripped((start) => delete start['checkpoint']);
+    const report = verifyLines(lines, { publicKeys: [keys.publicPem] });
+    expect(report.ok).toBe(true);
+    expect(report.issues.map((i) => i.code)).toEqual(['chain.open']);
+  });
+
+  it('checkpointEvery: 1 (the start and the first event share a run) verifies intact', async () => {
+    const { mkdirSync } = await import('node:fs');
+    const at = join(dir, 'every1');
+    mkdirSync(at);
+    const log = await createAuditLog(
+      auditConfig(at, { chain: { checkpointEvery: 1, checkpointIntervalMs: 60_000, signingKey: writeKey(at, keys) } }),
+      { logger: silentLogger(), orphanDrainDelayMs: false },
+    );
+    for (let i = 0; i < 3; i++) log.record({ action: 'payment.refund', subject: `user${i}` });
+    await log.close();
+    const lines = readFileSync(join(at, 'audit.jsonl'), 'utf8').trim().split('\n');
+    expect(parseLines(lines).map((r) => r['kind'])).toEqual([
+      'start',
+      'event',
+      'checkpoint',
+      'event',
+      'checkpoint',
+      'event',
+      'checkpoint',
+      'checkpoint',
+    ]);
+    expect(verifyLines(lines, { publicKeys: [keys.publicPem], sealed: true }).issues).toEqual([]);
+  });
+});
