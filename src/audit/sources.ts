@@ -22,6 +22,13 @@ export interface SourceRow {
   line: string;
   /** Indexed columns of SQL stores (verify checks they agree with the record). */
   columns?: IndexedColumns;
+  /** Files: the file a sink appended these lines to (rotated files count as the live one they were cut from). */
+  stream?: string;
+}
+
+/** `audit.20261124T022301123Z.jsonl` → `audit.jsonl`: a rotated file continues the stream of the live one. */
+function streamOf(file: string): string {
+  return file.replace(/\.\d{8}T\d{9}Z(?=(\.[^./\\]*)?$)/, '');
 }
 
 export function describeSource(source: AuditSource): string {
@@ -72,11 +79,12 @@ function columnsOf(row: SqlRow): IndexedColumns {
 export async function* readSource(source: AuditSource, where?: { sql: string; params: unknown[] }): AsyncGenerator<SourceRow> {
   if ('file' in source) {
     for (const file of await sourceFiles(source)) {
+      const stream = streamOf(file);
       const lines = createInterface({ input: createReadStream(file, { encoding: 'utf8' }), crlfDelay: Infinity });
       let n = 0;
       for await (const line of lines) {
         n++;
-        yield { position: `${file}:${n}`, line };
+        yield { position: `${file}:${n}`, line, stream };
       }
     }
     return;

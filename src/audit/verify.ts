@@ -57,8 +57,12 @@
  * kept elsewhere can show that.
  *
  * Gap markers (events dropped under `whenFull: drop`) are reported as gaps,
- * not as tampering. Exact duplicates of a record (an at-least-once replay into
- * a store that cannot deduplicate) are counted, not errors.
+ * not as tampering. Exact duplicates of a record are counted, and tolerated
+ * only where an at-least-once replay into a file produces them: after a
+ * restart, the WAL re-sent from the sink's saved cursor repeats records the
+ * file has, in order, up to the newest one it had (see StreamState). Copies
+ * anywhere else, or cut short, are the error `record.duplicate`; so is any copy
+ * in a SQL store (a unique id constraint: it cannot hold one).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { GENESIS_HASH, hashInput, sha256Hex, signatureInput, storedLineOf } from './chain.js';
@@ -154,6 +158,29 @@ const KINDS = new Set(['request', 'event', 'gap', 'checkpoint', 'start']);
 /** Recent (n → hash) kept per chain to recognize exact duplicates from a replay. */
 const DUPLICATE_WINDOW = 8192;
 
+/**
+ * Where a file stream is in the replay pattern. The file sink writes WAL entries in WAL order; after a restart
+ * whose resume point could not be used, the WAL is re-sent from the sink's saved cursor, which lags what the
+ * file holds: the file then repeats a block of records it already has, up to the newest one it had, and goes
+ * on from there. Each record gets the position (`pos`) it first appeared at; a duplicate must either go on
+ * from the previous one (`cur + 1`) or jump back (a restart re-sending from its cursor: not before where the
+ * replay in progress started, as cursors only move forward), and a new record may only come once the replay
+ * has reached the newest record (`cur === high`).
+ */
+interface StreamState {
+  high: number;
+  cur: number;
+  /** Where the replay in progress jumped back to (null: none). */
+  floor: number | null;
+  /** The first duplicate of the replay in progress. */
+  replayStart: Where | null;
+  /** hash → position it first appeared at (recent ones). */
+  positions: Map<string, number>;
+}
+
+/** Record positions kept per stream to follow a replay (a replay re-sends at most what the cursor lags). */
+const REPLAY_WINDOW = 65_536;
+
 /** Where a record is, spread into the issues about it. */
 interface Where {
   chain: string;
@@ -213,6 +240,8 @@ class Verifier {
   #firstBad: VerifyIssue | null = null;
   #records = 0;
   #duplicates = 0;
+  #replayWarned = false;
+  readonly #streams = new Map<string, StreamState>();
   #selfDeclared = false;
   #trustedChecked = false;
   #unsigned = false;
@@ -415,14 +444,7 @@ class Verifier {
       }
       if (n < expected) {
         if (state.recent.get(n) === hash && contentOk) {
-          this.#duplicates++;
-          if (this.#duplicates === 1)
-            this.#issue({
-              code: 'record.duplicate',
-              severity: 'warning',
-              message: 'exact duplicate of an earlier record (an at-least-once replay); further duplicates are counted',
-              ...at,
-            });
+          this.#duplicate(row, hash, state, at);
           return;
         }
         linked = false;
@@ -476,6 +498,7 @@ class Verifier {
         state.final = false;
       }
     }
+    if (row.columns === undefined) this.#fresh(this.#streamOf(row), hash);
     report.records++;
     if (!advance) return;
 
@@ -542,6 +565,86 @@ class Verifier {
     state.lastId = id;
     state.recent.set(n, hash);
     if (state.recent.size > DUPLICATE_WINDOW) state.recent.delete(state.recent.keys().next().value as number);
+  }
+
+  #streamOf(row: SourceRow): StreamState {
+    const key = row.stream ?? '';
+    let stream = this.#streams.get(key);
+    if (stream === undefined) {
+      stream = { high: 0, cur: 0, floor: null, replayStart: null, positions: new Map() };
+      this.#streams.set(key, stream);
+    }
+    return stream;
+  }
+
+  /** A record seen for the first time: a replay in progress must have reached the newest record. */
+  #fresh(stream: StreamState, hash: string): void {
+    if (stream.cur !== stream.high) this.#replayCut(stream);
+    stream.high++;
+    stream.cur = stream.high;
+    stream.floor = null;
+    stream.replayStart = null;
+    stream.positions.set(hash, stream.high);
+    if (stream.positions.size > REPLAY_WINDOW) stream.positions.delete(stream.positions.keys().next().value as string);
+  }
+
+  #replayCut(stream: StreamState): void {
+    const start = stream.replayStart;
+    stream.cur = stream.high;
+    stream.floor = null;
+    stream.replayStart = null;
+    if (start === null) return;
+    this.#issue(
+      {
+        code: 'record.duplicate',
+        severity: 'error',
+        message:
+          'duplicates of earlier records that stop before the newest record the store held: a replay after a restart re-sends everything from its cursor on, so these were copied in',
+        ...start,
+      },
+      this.#chains.get(start.chain),
+    );
+  }
+
+  /**
+   * An exact copy of an earlier record. SQL stores deduplicate by id (a unique constraint), so any copy is an
+   * error; in a file, only one that fits an at-least-once replay after a restart (see StreamState) is tolerated.
+   */
+  #duplicate(row: SourceRow, hash: string, state: ChainState, at: Where): void {
+    this.#duplicates++;
+    const error = (why: string) =>
+      this.#issue(
+        { code: 'record.duplicate', severity: 'error', message: `exact duplicate of an earlier record ${why}`, ...at },
+        state,
+      );
+    if (row.columns !== undefined) {
+      error('in a store that keeps each id once (the table lost its unique constraint): copied in');
+      return;
+    }
+    const stream = this.#streamOf(row);
+    const pos = stream.positions.get(hash);
+    if (pos !== undefined && pos === stream.cur + 1) stream.cur = pos;
+    else if (pos !== undefined && pos <= stream.cur && (stream.floor === null || pos >= stream.floor)) {
+      stream.floor = pos;
+      stream.cur = pos;
+      stream.replayStart ??= at;
+    } else {
+      error('where no replay re-sends it (a replay goes on from the previous record or starts again from a cursor): copied in');
+      return;
+    }
+    if (stream.cur === stream.high) {
+      stream.floor = null;
+      stream.replayStart = null;
+    }
+    if (!this.#replayWarned) {
+      this.#replayWarned = true;
+      this.#issue({
+        code: 'record.duplicate',
+        severity: 'warning',
+        message: 'exact duplicate of an earlier record (an at-least-once replay); further duplicates are counted',
+        ...at,
+      });
+    }
   }
 
   #inserted(fork: Fork, side: ForkSide, state: ChainState): void {
@@ -844,6 +947,9 @@ class Verifier {
   }
 
   finish(source: string): VerifyReport {
+    // A stream ending in the middle of a replay: its writer may still be re-sending; not when all are stopped.
+    if (this.#options.sealed === true)
+      for (const stream of this.#streams.values()) if (stream.cur !== stream.high) this.#replayCut(stream);
     const successors = new Map<string, ChainState>();
     for (const state of this.#chains.values())
       if (state.after !== null && !successors.has(state.after.chain)) successors.set(state.after.chain, state);

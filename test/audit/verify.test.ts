@@ -576,3 +576,61 @@ describe('checkpoints stripped from a chain (its start record says how often its
     expect(verifyLines(lines, { publicKeys: [keys.publicPem], sealed: true }).issues).toEqual([]);
   });
 });
+
+describe('exact duplicates: tolerated only as an at-least-once replay re-sends them', () => {
+  /** The genuine lines with `extra` (indexes into them) inserted before index `at`. */
+  const withCopies = (at: number, extra: number[]) => {
+    const lines = [...genuine];
+    lines.splice(at, 0, ...extra.map((k) => genuine[k] as string));
+    return lines;
+  };
+  const idAt = (k: number) => String(parseLines([genuine[k] as string])[0]?.['id']);
+
+  it('a replay re-sending up to the newest record, also one interrupted and started again, is counted', () => {
+    const once = verifyLines(withCopies(10, [6, 7, 8, 9]), { publicKeys: [keys.publicPem], sealed: true });
+    expect(once.ok).toBe(true);
+    expect(once.duplicates).toBe(4);
+    expect(once.issues.map((i) => `${i.severity} ${i.code}`)).toEqual(['warning record.duplicate']);
+    // Crash in the middle of the replay (6, 7), the next one re-sends from a cursor the first had saved (7…9).
+    const twice = verifyLines(withCopies(10, [6, 7, 7, 8, 9]), { publicKeys: [keys.publicPem], sealed: true });
+    expect(twice.ok).toBe(true);
+    expect(twice.duplicates).toBe(5);
+  });
+
+  it('copies that stop short of the newest record (the chain goes on after them) are an error', () => {
+    const report = verifyLines(withCopies(10, [6, 7]), { publicKeys: [keys.publicPem] });
+    expect(report.ok).toBe(false);
+    expect(report.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(6), position: 'line 11' });
+  });
+
+  it('a copy of an older record jumping forward, or anywhere no replay goes, is an error', () => {
+    const forward = verifyLines(withCopies(10, [6, 8, 9]), { publicKeys: [keys.publicPem] });
+    expect(forward.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(8) });
+    const backward = verifyLines(withCopies(10, [7, 8, 6, 7, 8, 9]), { publicKeys: [keys.publicPem] });
+    expect(backward.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(6) });
+  });
+
+  it('a copy at the very end is a replay in progress, unless every writer is stopped (--sealed)', async () => {
+    const lines = [...genuine, genuine[3] as string];
+    expect(verifyLines(lines, { publicKeys: [keys.publicPem] }).ok).toBe(true);
+    const sealed = verifyLines(lines, { publicKeys: [keys.publicPem], sealed: true });
+    expect(sealed.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(3) });
+    const report = await verifyIn('file', withCopies(10, [6, 7]));
+    expect(report.firstBad).toMatchObject({ code: 'record.duplicate', id: idAt(6) });
+    expect(report.firstBad?.position).toMatch(/\.jsonl:11$/);
+  });
+
+  it('sqlite, which keeps each id once: any copy is an error, even one shaped like a replay', async () => {
+    const { source } = await writeStore('sqlite', genuine, dir);
+    const { openSqlite } = await import('../../src/audit/drivers.js');
+    const db = openSqlite(source['sqlite'] as string);
+    // The attacker's way in: a copy of the table without the unique constraint.
+    db.exec(`CREATE TABLE copy AS SELECT * FROM audit_events;
+      INSERT INTO copy SELECT pos + 1000, id, chain, n, ts, kind, subject, tenant, decision, route, action, status, request_id, record
+        FROM audit_events WHERE pos = (SELECT max(pos) FROM audit_events);
+      DROP TABLE audit_events; ALTER TABLE copy RENAME TO audit_events;`);
+    db.close();
+    const report = await verifyAudit(source as never, { publicKeys: [keys.publicPem] });
+    expect(report.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(genuine.length - 1) });
+  });
+});
