@@ -52,9 +52,14 @@
  * - `anchors` (chain, n, hash) taken from elsewhere (the gateway logs each
  *   final checkpoint's head): a chain that ends before an anchor, or has another
  *   hash there, is `chain.truncated` / `anchor.mismatch`.
+ * - a successor's predecessor missing is a warning (`chain.predecessor_missing`:
+ *   pruned, or written before the sink existed), but an error (`chain.deleted`)
+ *   when an older chain of the same host and slot, which nothing follows, is
+ *   still in the store: pruning removes the oldest first.
  * Not detectable from the store alone: cutting the newest chain's unsigned tail
- * together with everything after it while its writer is down — only an anchor
- * kept elsewhere can show that.
+ * together with everything after it while its writer is down, deleting the
+ * newest chain of a slot, or one worker's every chain in a shared store — only
+ * an anchor kept elsewhere can show that.
  *
  * Gap markers (events dropped under `whenFull: drop`) are reported as gaps,
  * not as tampering. Exact duplicates of a record are counted, and tolerated
@@ -212,6 +217,11 @@ interface ChainState {
   trustedCheckpoints: number;
   lastPosition: string;
   lastId: string;
+  /** `ts` of the chain's last record. */
+  lastTs: string;
+  /** From the start record: its slot, and where the start record is. */
+  slot: number | null;
+  startAt: Where | null;
   fork: Fork | null;
 }
 
@@ -302,6 +312,9 @@ class Verifier {
         trustedCheckpoints: 0,
         lastPosition: '',
         lastId: '',
+        lastTs: '',
+        slot: null,
+        startAt: null,
         fork: null,
       };
       this.#chains.set(chain, state);
@@ -563,6 +576,7 @@ class Verifier {
     state.lastKind = kind;
     state.lastPosition = row.position;
     state.lastId = id;
+    if (typeof record['ts'] === 'string') state.lastTs = record['ts'];
     state.recent.set(n, hash);
     if (state.recent.size > DUPLICATE_WINDOW) state.recent.delete(state.recent.keys().next().value as number);
   }
@@ -696,6 +710,8 @@ class Verifier {
     report.host = typeof record['host'] === 'string' ? record['host'] : null;
     report.pid = typeof record['pid'] === 'number' ? record['pid'] : null;
     report.startedAt = typeof record['ts'] === 'string' ? record['ts'] : null;
+    state.slot = typeof record['slot'] === 'number' ? record['slot'] : null;
+    state.startAt = at;
     const pem = record['publicKey'];
     state.declared = { key: null, keyId: null };
     if (typeof pem === 'string') {
@@ -946,6 +962,26 @@ class Verifier {
       );
   }
 
+  /**
+   * A chain of the same host and WAL slot as `state`, started and ended before it, that no chain in the store
+   * follows: the lineage `older → … → state` lost a link in between — not pruning (which removes the oldest
+   * first), nor a sink added later (it held `older`). Host and slot as the start records give them; a gateway
+   * whose host name changes on every restart (containers) is not matched, and then a missing predecessor stays
+   * the warning it always was.
+   */
+  #olderOnSlot(state: ChainState, successors: Map<string, ChainState>): ChainState | undefined {
+    const host = state.report.host;
+    const startedAt = state.report.startedAt;
+    if (host === null || state.slot === null || startedAt === null) return undefined;
+    for (const other of this.#chains.values()) {
+      if (other === state || other.report.host !== host || other.slot !== state.slot) continue;
+      const otherStart = other.report.startedAt;
+      if (otherStart === null || otherStart >= startedAt || other.lastTs > startedAt) continue;
+      if (!successors.has(other.report.chain)) return other;
+    }
+    return undefined;
+  }
+
   finish(source: string): VerifyReport {
     // A stream ending in the middle of a replay: its writer may still be re-sending; not when all are stopped.
     if (this.#options.sealed === true)
@@ -1001,6 +1037,19 @@ class Verifier {
       const predecessor = this.#chains.get(after.chain);
       const from = { chain: state.report.chain, n: state.report.firstN, position: '' };
       if (predecessor === undefined) {
+        const older = this.#olderOnSlot(state, successors);
+        if (older !== undefined) {
+          this.#issue(
+            {
+              code: 'chain.deleted',
+              severity: 'error',
+              message: `follows chain ${after.chain}, which is not in this store, while the older chain ${older.report.chain} of the same host and slot is (and nothing follows it): pruning removes the oldest first, so ${after.chain} was deleted`,
+              ...(state.startAt ?? from),
+            },
+            state,
+          );
+          continue;
+        }
         this.#issue({
           code: 'chain.predecessor_missing',
           severity: 'warning',

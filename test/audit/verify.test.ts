@@ -634,3 +634,50 @@ describe('exact duplicates: tolerated only as an at-least-once replay re-sends t
     expect(report.firstBad).toMatchObject({ code: 'record.duplicate', severity: 'error', id: idAt(genuine.length - 1) });
   });
 });
+
+describe('a whole chain deleted (three restarts on one slot: chains A → B → C)', () => {
+  let three: string[];
+  let ids: string[];
+  beforeAll(async () => {
+    const { mkdirSync } = await import('node:fs');
+    const at = join(dir, 'three');
+    mkdirSync(at);
+    const config = auditConfig(at, {
+      chain: { checkpointEvery: 5, checkpointIntervalMs: 60_000, signingKey: writeKey(at, keys) },
+    });
+    for (let run = 0; run < 3; run++) {
+      const log = await createAuditLog(config, { logger: silentLogger(), orphanDrainDelayMs: false });
+      for (let i = 0; i < 3; i++) log.record({ action: 'payment.refund', subject: `user${run}-${i}` });
+      await log.close();
+    }
+    three = readFileSync(join(at, 'audit.jsonl'), 'utf8').trim().split('\n');
+    ids = [...new Set(parseLines(three).map((r) => String(r['chain'])))];
+    expect(ids).toHaveLength(3);
+  });
+  const without = (...chains: number[]) => three.filter((l) => !chains.some((c) => (JSON.parse(l) as Rec)['chain'] === ids[c]));
+
+  it.each(['file', 'sqlite'] as const)('B deleted while the older A is still there: chain.deleted on C in %s', async (kind) => {
+    const lines = without(1);
+    const startC = parseLines(lines).find((r) => r['chain'] === ids[2] && r['kind'] === 'start') as Rec;
+    const report = await verifyIn(kind, lines);
+    expect(report.ok).toBe(false);
+    expect(report.firstBad).toMatchObject({ code: 'chain.deleted', severity: 'error', chain: ids[2], id: startC['id'], n: 0 });
+    expect(codes(report)).toEqual(['chain.deleted']);
+  });
+
+  it('the oldest chains gone (pruning) stay a warning; the newest gone cannot be told from the records', () => {
+    for (const pruned of [without(0), without(0, 1)]) {
+      const report = verifyLines(pruned, { publicKeys: [keys.publicPem], sealed: true });
+      expect(report.ok).toBe(true);
+      expect(report.issues.map((i) => `${i.severity} ${i.code}`)).toEqual(['warning chain.predecessor_missing']);
+    }
+    expect(verifyLines(without(2), { publicKeys: [keys.publicPem], sealed: true }).issues).toEqual([]);
+    // …except against an anchor kept elsewhere (the gateway logs every final checkpoint).
+    const sealC = parseLines(three).at(-1) as Rec;
+    const anchored = verifyLines(without(2), {
+      publicKeys: [keys.publicPem],
+      anchors: [{ chain: ids[2] as string, n: Number(sealC['n']), hash: String(sealC['hash']) }],
+    });
+    expect(codes(anchored)).toEqual(['anchor.chain_missing']);
+  });
+});
