@@ -7,10 +7,10 @@ import {
 import {
   createSecureServer,
   createServer as createH2Server,
+  Http2ServerResponse,
   type Http2SecureServer,
   type Http2Server,
   type Http2ServerRequest,
-  type Http2ServerResponse,
   type Http2Session,
 } from 'node:http2';
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
@@ -110,8 +110,11 @@ export class BoundListener {
         },
         handler as never,
       );
-      // With allowHTTP1 the secure server parses HTTP/1.1 itself; give it the same guards.
-      Object.assign(server, { headersTimeout: http1Options.headersTimeout, requestTimeout: http1Options.requestTimeout });
+      // With allowHTTP1 the secure server parses HTTP/1.1 itself, with Node's HTTP/1 connection
+      // code reading these from the server it is given: the same guards as a plain listener. Set
+      // before listen(): Node arms the header/request timeout checks on 'listening', at this interval.
+      Object.assign(server, http1Options, { maxHeadersCount: limits.maxHeaders + 1 });
+      http1Guards(server, onClientError);
       // Socket inactivity for HTTP/1.1 over TLS; HTTP/2 sessions get closeWhenIdle instead (below).
       server.setTimeout(limits.idleTimeoutMs);
       this.server = server;
@@ -120,16 +123,7 @@ export class BoundListener {
     } else {
       const http1 = createHttpServer(http1Options, handler as never);
       http1.maxHeadersCount = limits.maxHeaders + 1;
-      http1.on('clientError', onClientError);
-      // Upgrade requests (WebSocket…) go through the pipeline like any other: authentication and
-      // policy decide first, and only an admitted one hears that upgrades are not proxied (501).
-      // CONNECT never reaches 'request' in Node: answer it here (an authority-form target).
-      http1.on('connect', (_req: IncomingMessage, socket: Socket) => {
-        const body = renderProblem(new BulwarkError('request.authority_form'), undefined);
-        socket.end(
-          `HTTP/1.1 400 Bad Request\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
-        );
-      });
+      http1Guards(http1, onClientError);
       this.http1 = http1;
       if (protocol === 'h2c') {
         this.http2 = createH2Server({ settings: h2Settings, maxSessionInvalidFrames: 100 }, handler as never);
@@ -318,6 +312,36 @@ export class BoundListener {
     for (const socket of this.sockets) socket.destroy();
     if (this.http1 !== null) this.http1.closeAllConnections();
   }
+}
+
+/**
+ * What every server parsing HTTP/1 gets (the plain one, and the TLS one with allowHTTP1): parser
+ * errors and timeouts answered with a problem by the gateway, and CONNECT refused.
+ */
+function http1Guards(server: HttpServer | Http2SecureServer, onClientError: ClientErrorHandler): void {
+  server.on('clientError', onClientError);
+  // Upgrade requests (WebSocket…) go through the pipeline like any other: authentication and
+  // policy decide first, and only an admitted one hears that upgrades are not proxied (501).
+  // CONNECT never reaches 'request' in Node: answer it here (an authority-form target).
+  server.on('connect', refuseConnect);
+}
+
+/**
+ * CONNECT (RFC 9110 §9.3.6): not proxied, refused as an authority-form target. Node emits it
+ * with the raw socket for HTTP/1 and with a request/response pair for an HTTP/2 stream (whose
+ * default answer is a bare 405); the secure server with allowHTTP1 emits both kinds.
+ */
+function refuseConnect(_req: IncomingMessage | Http2ServerRequest, sink: Socket | Http2ServerResponse): void {
+  const body = renderProblem(new BulwarkError('request.authority_form'), undefined);
+  const length = Buffer.byteLength(body);
+  if (sink instanceof Http2ServerResponse) {
+    sink.writeHead(400, { 'content-type': PROBLEM_CONTENT_TYPE, 'content-length': length, 'cache-control': 'no-store' });
+    sink.end(body);
+    return;
+  }
+  sink.end(
+    `HTTP/1.1 400 Bad Request\r\ncontent-type: ${PROBLEM_CONTENT_TYPE}\r\ncontent-length: ${length}\r\nconnection: close\r\n\r\n${body}`,
+  );
 }
 
 /**
