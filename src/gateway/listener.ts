@@ -127,6 +127,7 @@ export class BoundListener {
       this.http1 = http1;
       if (protocol === 'h2c') {
         this.http2 = createH2Server({ settings: h2Settings, maxSessionInvalidFrames: 100 }, handler as never);
+        this.http2.on('connect', refuseConnect);
         // One port for both: a connection opening with the HTTP/2 preface is h2c, anything else HTTP/1.1.
         this.server = createNetServer({ pauseOnConnect: true }, (socket) => this.sniff(socket));
       } else {

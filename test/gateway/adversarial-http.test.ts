@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect, type Socket } from 'node:net';
 import type { ServerResponse } from 'node:http';
+import { connect as h2connect } from 'node:http2';
 import {
   bodyOf,
   h2Frame,
@@ -248,6 +249,33 @@ describe('Upgrade and CONNECT', () => {
     const raw = await rawRequest(gw.port, 'CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n');
     expect(statusOf(raw)).toBe(400);
     expect(JSON.parse(bodyOf(raw)).code).toBe('request.authority_form');
+  });
+
+  it('HTTP/2 CONNECT (h2c) gets the same problem, not a bare 405', async () => {
+    const h2c = await startGateway(config(upstream.origin, 'h2c'));
+    const session = h2connect(h2c.url);
+    try {
+      const result = await new Promise<{ status: number; type: unknown; body: string }>((resolve, reject) => {
+        const stream = session.request({ ':method': 'CONNECT', ':authority': 'a:443' }, { endStream: false });
+        let status = 0;
+        let type: unknown;
+        let body = '';
+        stream.on('response', (h) => {
+          status = Number(h[':status']);
+          type = h['content-type'];
+        });
+        stream.setEncoding('utf8');
+        stream.on('data', (c: string) => (body += c));
+        stream.on('end', () => resolve({ status, type, body }));
+        stream.on('error', reject);
+      });
+      expect(result.status).toBe(400);
+      expect(result.type).toBe('application/problem+json');
+      expect(JSON.parse(result.body).code).toBe('request.authority_form');
+    } finally {
+      session.close();
+      await h2c.close();
+    }
   });
 });
 
