@@ -67,6 +67,11 @@ export function admit(
 ): BulwarkError | CompiledRoute {
   // HTTP/1 framing with a request line claiming HTTP/2.0 or 0.9: nothing else here may guess its rules.
   if (req.httpVersionMajor !== 1 && overHttp1(req)) return new BulwarkError('request.http_version');
+  // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (1.0 has no chunked
+  // coding; Node would decode it anyway and keep the connection for whatever follows the body).
+  // Refused before anything else; the body is unread, so the response closes the connection.
+  if (req.httpVersionMinor === 0 && req.headers['transfer-encoding'] !== undefined && overHttp1(req))
+    return new BulwarkError('request.transfer_encoding');
   const raw = req.rawHeaders;
   if (raw.length > settings.limits.maxHeaders * 2) return new BulwarkError('request.headers_too_large');
   const isH2 = ctx.protocol === 'h2' || ctx.protocol === 'h2c';

@@ -134,6 +134,31 @@ describe('HTTP/1.1 attacks', () => {
     expect(upstream.requests.slice(before).map((r) => r.url)).not.toContain('/api/after-close');
   });
 
+  it('refuses Transfer-Encoding in an HTTP/1.0 request and closes: nothing behind it is served', async () => {
+    const before = upstream.requests.length;
+    const head = 'POST /api/a HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n';
+    const rest = '3\r\nabc\r\n0\r\n\r\nGET /api/smuggled HTTP/1.0\r\nHost: a\r\n\r\n';
+    // All in one packet, and the head alone first (the body arrives after the decision).
+    for (const port of [gw.port, h2c.port]) {
+      const raw = await rawRequest(port, head + rest);
+      expect(statuses(raw)).toEqual([400]);
+      expect(JSON.parse(bodyOf(raw)).code).toBe('request.transfer_encoding');
+      const socket = connect(port, '127.0.0.1');
+      let split = '';
+      socket.setEncoding('latin1');
+      socket.on('data', (c: string) => (split += c));
+      socket.on('error', () => {});
+      const ended = serverCloses(socket, 2000);
+      socket.write(head);
+      await until(() => split.includes('\r\n\r\n'), 1000);
+      if (!socket.destroyed) socket.write(rest);
+      expect(await ended).toBe('closed');
+      expect(statuses(split)).toEqual([400]);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    expect(upstream.requests.slice(before).map((r) => r.url)).toEqual([]);
+  });
+
   it('keeps the connection after denying a request without a body', async () => {
     const raw = await rawRequest(
       gw.port,
