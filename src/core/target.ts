@@ -292,11 +292,12 @@ export function canonicalizeTarget(input: TargetInput, policy: PathPolicy): Cano
         return new BulwarkError('request.host_mismatch');
       }
     }
+  } else if (input.requireHost) {
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host is refused, absolute-form target or not.
+    return new BulwarkError('request.host_missing');
   } else if (targetHost !== null) {
     host = targetHost;
     port = targetPort;
-  } else if (input.requireHost) {
-    return new BulwarkError('request.host_missing');
   }
 
   // --- split off fragment and query

@@ -159,6 +159,14 @@ describe('HTTP/1.1 attacks', () => {
     expect(upstream.requests.slice(before).map((r) => r.url)).toEqual([]);
   });
 
+  it('refuses an absolute-form HTTP/1.1 request without Host (HTTP/1.0 takes the host from the target)', async () => {
+    const raw = await rawRequest(gw.port, 'GET http://a/api/abs HTTP/1.1\r\nConnection: close\r\n\r\n');
+    expect(statusOf(raw)).toBe(400);
+    expect(JSON.parse(bodyOf(raw)).code).toBe('request.host_missing');
+    const old = await rawRequest(gw.port, 'GET http://a/api/abs HTTP/1.0\r\n\r\n');
+    expect(statusOf(old)).toBe(200);
+  });
+
   it('keeps the connection after denying a request without a body', async () => {
     const raw = await rawRequest(
       gw.port,
