@@ -5,6 +5,7 @@
  * the verified-token cache; `close()` stops their watchers and timers.
  */
 import { wildcardSafe } from '../core/subject.js';
+import { withDashSpellings } from '../core/header-names.js';
 import { errors as joseErrors, jwtVerify, type JWTHeaderParameters, type JWTPayload, type JWTVerifyOptions } from 'jose';
 import type { DecisionRecord, Identity } from '../core/context.js';
 import { VerifiedTokenCache, type CachedToken, type CacheStats } from './cache.js';
@@ -484,7 +485,9 @@ export function compileAuthn(config: AuthnConfig, options: AuthnOptions = {}): C
   return {
     providers,
     cache,
-    forwardedHeaders: forwarded,
+    // With the dash spelling of any underscore name: a client's `x-user-id` must not pass next to
+    // the gateway's `x_user_id` (one variable to a CGI-style upstream; see dashSpelling).
+    forwardedHeaders: withDashSpellings(forwarded),
     now,
     revocation: options.revocation ?? null,
     ready: async () => {

@@ -5,6 +5,9 @@
  * neither forge them nor use `Connection` to strip them.
  */
 import { EXPLANATION_HEADER } from '../authz/explain.js';
+import { dashSpelling } from '../core/header-names.js';
+
+export { dashSpelling, withDashSpellings } from '../core/header-names.js';
 
 /** Headers that describe one connection (RFC 9110 §7.6.1 and friends); shared with the gRPC proxy. */
 export const CONNECTION_HEADERS: readonly string[] = [
@@ -80,6 +83,10 @@ export function upstreamRequestHeaders(
     if (nominated !== null && nominated.has(lower)) continue;
     // Headers stages own (identity headers): the client's copies never pass, whatever their case.
     if (strip !== null && strip.has(lower)) continue;
+    // …nor spelled with `_` for `-` (`strip` holds the dash spelling of its own underscore names).
+    const dashed = dashSpelling(lower);
+    if (dashed !== null && (HOP_BY_HOP.has(dashed) || GATEWAY_OWNED.has(dashed) || (strip !== null && strip.has(dashed))))
+      continue;
     out.push(lower, rawHeaders[i + 1]!);
   }
   if (extra !== null) for (let i = 0; i < extra.length; i++) out.push(extra[i]!);

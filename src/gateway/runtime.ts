@@ -9,6 +9,7 @@ import type {
 } from '../config/schema.js';
 import type { RequestContext } from '../core/context.js';
 import { Pipeline } from '../core/pipeline.js';
+import { withDashSpellings } from '../core/header-names.js';
 import type { Stage } from '../core/stage.js';
 import { compilePathPolicy, type PathPolicy } from '../core/target.js';
 import { closeGrpcPool } from '../grpc/index.js';
@@ -152,7 +153,7 @@ export class Runtime {
     // (the same object: the stage then adds nothing per request).
     this.ownedHeaders =
       this.explain !== null
-        ? new Set([...(forwarded ?? []), this.explain.header])
+        ? withDashSpellings([...(forwarded ?? []), this.explain.header])
         : forwarded !== null && forwarded.size > 0
           ? forwarded
           : null;

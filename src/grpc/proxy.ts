@@ -6,7 +6,7 @@
  * frames, upstream failure) turned into exactly one gRPC status for the client and
  * one `onDone` for the gateway.
  */
-import { CONNECTION_HEADERS, FORWARDING_HEADERS } from '../gateway/headers.js';
+import { CONNECTION_HEADERS, FORWARDING_HEADERS, dashSpelling } from '../gateway/headers.js';
 import {
   constants as h2,
   type ClientHttp2Stream,
@@ -141,6 +141,13 @@ const GATEWAY_OWNED = new Set(FORWARDING_HEADERS);
 
 /** The `grpc-*` request keys a client may send; the rest are reserved to the protocol (grpc-timeout is re-written). */
 const CLIENT_GRPC_KEYS = new Set(['grpc-encoding', 'grpc-accept-encoding']);
+
+/** Client metadata the upstream never gets: the gateway writes it, or it is not the client's to send. */
+function ownedMetadata(name: string, ownStrip: ReadonlySet<string> | null, stageStrip: ReadonlySet<string> | null): boolean {
+  if (HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name)) return true;
+  if (name.startsWith('grpc-') && !CLIENT_GRPC_KEYS.has(name)) return true;
+  return (ownStrip !== null && ownStrip.has(name)) || (stageStrip !== null && stageStrip.has(name));
+}
 
 /** A client that will not read its last bytes does not hold the call open for ever. */
 const FLUSH_GRACE_MS = 5_000;
@@ -366,9 +373,10 @@ class GrpcProxyCall implements DeadlineEntry {
     const raw = this.req.rawHeaders;
     for (let i = 0; i < raw.length; i += 2) {
       const name = raw[i]!.toLowerCase(); // HTTP/2 names are lower-case already; cheap insurance
-      if (name.charCodeAt(0) === 0x3a /* : */ || HOP_BY_HOP.has(name) || GATEWAY_OWNED.has(name)) continue;
-      if (name.startsWith('grpc-') && !CLIENT_GRPC_KEYS.has(name)) continue;
-      if ((ownStrip !== null && ownStrip.has(name)) || (stageStrip !== null && stageStrip.has(name))) continue;
+      if (name.charCodeAt(0) === 0x3a /* : */ || ownedMetadata(name, ownStrip, stageStrip)) continue;
+      // The same names spelled with `_` for `-` (which CGI-style servers read as one).
+      const dashed = dashSpelling(name);
+      if (dashed !== null && ownedMetadata(dashed, ownStrip, stageStrip)) continue;
       append(out, name, raw[i + 1]!);
     }
     appendPairs(out, ctx.upstreamHeaders);

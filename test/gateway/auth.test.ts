@@ -112,6 +112,29 @@ routes:
     expect(seen['x-user-roles']).toBe('viewer');
   });
 
+  it('strips underscore spellings of identity and forwarding headers (one variable to a CGI-style upstream)', async () => {
+    const t = await token({ subject: 'alice', roles: ['viewer'], tenant: 'acme' });
+    const res = await call('/t/acme/orders/7', {
+      headers: {
+        authorization: `Bearer ${t}`,
+        x_user_id: 'mallory',
+        'X_User-Roles': 'admin',
+        x_forwarded_for: '6.6.6.6',
+        x_real_ip: '6.6.6.6',
+        x_custom: 'kept',
+      },
+    });
+    expect(res.status).toBe(200);
+    const seen = res.body['headers'] as Record<string, string>;
+    expect(seen['x-user-id']).toBe('alice');
+    expect(seen['x-user-roles']).toBe('viewer');
+    for (const name of ['x_user_id', 'x_user-roles', 'x_forwarded_for', 'x_real_ip']) expect(seen[name], name).toBeUndefined();
+    // Underscore names the gateway does not own pass.
+    expect(seen['x_custom']).toBe('kept');
+    const pub = await call('/public/x', { headers: { x_user_id: 'mallory' } });
+    expect((pub.body['headers'] as Record<string, string>)['x_user_id']).toBeUndefined();
+  });
+
   it('strips client-sent identity headers on public routes too', async () => {
     const res = await call('/public/x', { headers: { 'x-user-id': 'mallory' } });
     expect(res.status).toBe(200);

@@ -126,9 +126,12 @@ describe('gRPC denials: real authn/authz stages, and each status', () => {
     const reply = await call(client, {
       authorization: `Bearer ${await token({ roles: ['caller'] })}`,
       'x-user-id': 'mallory',
+      x_user_id: 'mallory',
     });
     expect(Buffer.isBuffer(reply) && reply.toString()).toBe('hi');
     expect(upstream.calls.at(-1)!.metadata['x-user-id']).toBe('alice');
+    // The underscore spelling too: a CGI-style server reads it as the same header.
+    expect(upstream.calls.at(-1)!.metadata['x_user_id']).toBeUndefined();
   });
 
   it('a public route strips a forged identity header too', async () => {

@@ -168,6 +168,9 @@ describe('gRPC proxy lifecycle with a misbehaving upstream', () => {
       'grpc-foo': 'reserved',
       'grpc-trace-bin': 'abc',
       'x-forwarded-for': '6.6.6.6',
+      x_forwarded_for: '6.6.6.6',
+      grpc_foo: 'reserved',
+      x_custom: 'kept',
       'x-request-id': 'client-chosen-id',
     });
     // The raw upstream answers OK without a message: grpc-js calls that a protocol error, which is fine here.
@@ -179,6 +182,10 @@ describe('gRPC proxy lifecycle with a misbehaving upstream', () => {
     expect(h['grpc-foo']).toBeUndefined();
     expect(h['grpc-trace-bin']).toBeUndefined();
     expect(h['x-forwarded-for']).toBe('127.0.0.1');
+    // Underscore spellings of what the client may not send are dropped too; others pass.
+    expect(h['x_forwarded_for']).toBeUndefined();
+    expect(h['grpc_foo']).toBeUndefined();
+    expect(h['x_custom']).toBe('kept');
     // As on HTTP: a well-formed client request id is kept (ctx.requestId), and sent once, by the gateway.
     expect(h['x-request-id']).toBe('client-chosen-id');
     expect(h[':path']).toBe('/test.Echo/Unary');
