@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import { Http2ServerResponse } from 'node:http2';
 import { Transform, type Readable, type TransformCallback } from 'node:stream';
 import type { Dispatcher } from 'undici';
 import { BulwarkError } from '../core/errors.js';
@@ -97,6 +98,8 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     else if (this.controller === null) this.pendingAbort = reason;
   }
   private pendingAbort: Error | null = null;
+  /** The client's response head, between the upstream's head and its first body byte (see onResponseStart). */
+  private head: Record<string, string | string[]> | null = null;
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
     this.controller = controller;
@@ -104,19 +107,41 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
   }
 
   onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: IncomingHttpHeaders): void {
+    // Status codes are three digits, 1xx to 5xx (RFC 9110 §15): HTTP/1.1 would relay a 999 as
+    // is (HTTP/2 refuses it), so both refuse it here, the same way.
+    if (statusCode < 100 || statusCode > 599) {
+      controller.abort(new BulwarkError('upstream.bad_response', undefined, { context: { reason: 'status', statusCode } }));
+      return;
+    }
     if (statusCode < 200) return; // 1xx informational responses are not relayed
     this.status = statusCode;
+    const out = clientResponseHeaders(headers, this.requestId);
+    if (this.extra !== null) Object.assign(out, this.extra);
+    this.head = out;
+    // HTTP/1: Node sends the head with the first body byte (or the end) whenever writeHead is
+    // called, so holding it back until then changes nothing on the wire, and an upstream failing
+    // before that byte still gets the client a 502 rather than an empty reply. HTTP/2 sends
+    // HEADERS at writeHead: the head goes now, so a slow body does not hold it back.
+    if (this.res instanceof Http2ServerResponse) this.sendHead(controller);
+  }
+
+  /** Writes the held-back head; false (and the exchange aborted) when Node refuses it. */
+  private sendHead(controller: Dispatcher.DispatchController): boolean {
+    const head = this.head;
+    if (head === null) return true;
+    this.head = null;
     try {
-      const out = clientResponseHeaders(headers, this.requestId);
-      if (this.extra !== null) Object.assign(out, this.extra);
-      this.res.writeHead(statusCode, out);
+      this.res.writeHead(this.status, head);
+      return true;
     } catch (err) {
       // An upstream header Node refuses to send (invalid characters): that upstream is broken.
       controller.abort(new BulwarkError('upstream.bad_response', undefined, { cause: err }));
+      return false;
     }
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.head !== null && !this.sendHead(controller)) return;
     this.bytes += chunk.length;
     if (!this.res.write(chunk)) {
       controller.pause();
@@ -124,7 +149,17 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
     }
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(controller: Dispatcher.DispatchController): void {
+    if (this.head !== null) {
+      const head = this.head;
+      this.head = null;
+      try {
+        this.res.writeHead(this.status, head);
+      } catch (err) {
+        // Complete upstream, nothing aborts any more: fail the exchange here.
+        return this.onResponseError(controller, new BulwarkError('upstream.bad_response', undefined, { cause: err }));
+      }
+    }
     this.settle();
     this.attempt.end(this.status);
     this.res.end();
@@ -133,6 +168,8 @@ export class ProxyExchange implements Dispatcher.DispatchHandler {
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
     this.settle();
+    // A head held back and never sent: the client has seen nothing, so it gets a problem.
+    this.head = null;
     const failure = classifyUpstreamError(error);
     this.attempt.end(this.status, failure.code);
     // No response head yet and the client still waits: the request may go again.

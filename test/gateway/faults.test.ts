@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Agent, request } from 'undici';
 import { createServer as createTcpServer, type Server as TcpServer, type Socket } from 'node:net';
 import type { AddressInfo } from 'node:net';
+import { connect as h2connect } from 'node:http2';
 import { startGateway, type TestGateway } from '../helpers/net.js';
 import { StoreGuard, type BucketBackend, type SlotGrant } from '../../src/limits/backend.js';
 import { RemoteConcurrencyLimiter } from '../../src/limits/concurrency.js';
@@ -201,5 +202,127 @@ describe('concurrency slots in a slow shared store', () => {
     expect(outcome.allowed).toBe(false); // closed mode: the store did not answer in time
     for (const command of queued.splice(0)) command(); // the store resumes
     expect(held.size).toBe(0);
+  });
+});
+
+/**
+ * A raw upstream answering each path with a scripted misbehaviour: `/head-reset` sends a head
+ * and resets the connection before any body byte; `/204-body` a 204 with a content-length and
+ * a body; `/status-999` a status outside 1xx–5xx; `/slow-body` a head, then its body 300 ms later.
+ */
+async function scriptedUpstream(): Promise<{ origin: string; close(): Promise<void> }> {
+  const sockets = new Set<Socket>();
+  const server: TcpServer = createTcpServer((socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    let buffer = '';
+    socket.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString('latin1');
+      const end = buffer.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      const path = buffer.slice(buffer.indexOf(' ') + 1, buffer.indexOf(' ', buffer.indexOf(' ') + 1));
+      buffer = '';
+      switch (path.replace(/^\/app/, '')) {
+        case '/head-reset':
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n', () => setTimeout(() => socket.resetAndDestroy(), 50));
+          break;
+        case '/204-body':
+          socket.write('HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nhello');
+          break;
+        case '/status-999':
+          socket.write('HTTP/1.1 999 Weird\r\ncontent-length: 2\r\n\r\nok');
+          break;
+        case '/slow-body':
+          socket.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n');
+          setTimeout(() => socket.write('ok'), 300);
+          break;
+        default:
+          socket.write('HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n');
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+  return {
+    origin: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+describe('upstream misbehaving after its response head', () => {
+  let upstream: Awaited<ReturnType<typeof scriptedUpstream>>;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    upstream = await scriptedUpstream();
+    gw = await startGateway(
+      gatewayConfig({ app: [upstream.origin] }).replace(
+        'listeners: [{ address: 127.0.0.1, port: 0 }]',
+        'listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]',
+      ),
+    );
+  });
+  afterAll(async () => {
+    await gw.close();
+    await upstream.close();
+  });
+
+  /** One HTTP/2 request: the status and problem code, or the stream error when it was reset. */
+  async function h2(path: string): Promise<{ status: number; code?: string; error?: string; headAt?: number; endAt?: number }> {
+    const session = h2connect(gw.url);
+    session.on('error', () => {});
+    const started = Date.now();
+    try {
+      return await new Promise((resolve) => {
+        const stream = session.request({ ':path': path });
+        let status = 0;
+        let headAt: number | undefined;
+        let body = '';
+        stream.on('response', (h) => {
+          status = Number(h[':status']);
+          headAt = Date.now() - started;
+        });
+        stream.setEncoding('utf8');
+        stream.on('data', (c: string) => (body += c));
+        stream.on('end', () => {
+          const code = body.startsWith('{') ? (JSON.parse(body) as { code?: string }).code : undefined;
+          resolve({
+            status,
+            ...(code === undefined ? {} : { code }),
+            ...(headAt === undefined ? {} : { headAt }),
+            endAt: Date.now() - started,
+          });
+        });
+        stream.on('error', (err: Error) => resolve({ status, error: (err as { code?: string }).code ?? err.message }));
+      });
+    } finally {
+      session.close();
+    }
+  }
+
+  async function h1(path: string): Promise<{ status: number; code?: string }> {
+    const res = await request(`${gw.url}/app${path}`);
+    const text = await res.body.text();
+    return { status: res.statusCode, ...(text.startsWith('{') ? { code: (JSON.parse(text) as { code: string }).code } : {}) };
+  }
+
+  it('HTTP/1.1: a head then a reset before any body byte is a 502 problem, not an empty reply', async () => {
+    expect(await h1('/head-reset')).toEqual({ status: 502, code: 'upstream.reset' });
+    expect(await h1('/204-body')).toEqual({ status: 502, code: 'upstream.bad_response' });
+  });
+
+  it('a status outside 1xx-5xx is 502 upstream.bad_response over HTTP/1.1 and HTTP/2 alike', async () => {
+    expect(await h1('/status-999')).toEqual({ status: 502, code: 'upstream.bad_response' });
+    expect(await h2('/app/status-999')).toMatchObject({ status: 502, code: 'upstream.bad_response' });
+  });
+
+  it('a slow body still arrives whole; over HTTP/2 the head is not held back for it', async () => {
+    expect(await h1('/slow-body')).toEqual({ status: 200 });
+    const r = await h2('/app/slow-body');
+    expect(r.status).toBe(200);
+    expect(r.headAt!).toBeLessThan(r.endAt! - 150);
   });
 });
