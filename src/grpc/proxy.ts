@@ -262,10 +262,15 @@ class Relay extends GrpcFrameChecker implements GrpcFrameSink {
     if (this.open) this.source.resume();
   }
 
-  /** Stops relaying: nothing more is written, and the source is no longer read. */
+  /**
+   * Stops relaying: nothing more is written. What the source still sends is read and dropped
+   * (as Node does with a stream nobody reads): a paused source with unread data would never
+   * end, so its stream would never close and its call (or pooled slot) would never be freed.
+   */
   stop(): void {
     this.abandon();
-    this.source.pause();
+    this.blocked = false;
+    if (!this.source.destroyed) this.source.resume();
   }
 }
 
@@ -581,7 +586,7 @@ class GrpcProxyCall implements DeadlineEntry {
     this.pendingTrailers = statusTrailers(this.status, message);
     // Each relayed prefix was checked before it went out, so the client has whole messages
     // (or is mid-message only if the upstream stopped mid-message): end the data, then trailers.
-    this.responseRelay?.abandon();
+    this.responseRelay?.stop();
     if (!client.writableEnded) client.end();
     this.timer = setTimeout(() => {
       this.timer = null;
@@ -597,16 +602,24 @@ class GrpcProxyCall implements DeadlineEntry {
     deadlines.remove(this);
   }
 
+  /** The upstream stream is no longer wanted: reset if still open, and destroyed, which frees its pool slot. */
   private cancelUpstream(): void {
     if (this.pending !== null) {
       this.pending.cancel();
       this.pending = null;
     }
     const upstream = this.upstream;
-    if (upstream !== null && !upstream.closed && !upstream.destroyed) {
+    if (upstream === null || upstream.destroyed) return;
+    if (!upstream.closed) {
       this.upstreamCancelled = true;
       upstream.close(h2.NGHTTP2_CANCEL);
     }
+    // Node emits 'close' (which frees the pool slot) only for a stream whose unread data was read
+    // to the end and whose writes all went out. Neither happens for a stream that finished while
+    // the gateway held response data for a slow client (its relay paused), or one closed with
+    // request data stuck behind the upstream's flow control. Destroying it flushes a pending
+    // RST_STREAM first, then closes it now.
+    upstream.destroy();
   }
 
   private clearTimer(): void {
@@ -630,8 +643,8 @@ class GrpcProxyCall implements DeadlineEntry {
       });
     }
     this.cancelUpstream();
-    this.requestRelay?.abandon();
-    this.responseRelay?.abandon();
+    this.requestRelay?.stop();
+    this.responseRelay?.stop();
     this.options.onDone(this.status, this.error);
   }
 }
