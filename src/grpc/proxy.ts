@@ -154,6 +154,14 @@ const FLUSH_GRACE_MS = 5_000;
 
 const NOOP = (): void => {};
 
+function onStalled(call: GrpcProxyCall): void {
+  call.onStalled();
+}
+
+function closeClientNoError(client: ServerHttp2Stream): void {
+  if (!client.closed && !client.destroyed) client.close(h2.NGHTTP2_NO_ERROR);
+}
+
 /**
  * The call a client or upstream stream belongs to. The stream event listeners below are
  * shared functions that find their call here (`this` is the emitting stream), so a call
@@ -175,7 +183,7 @@ function onClientEnd(this: ServerHttp2Stream): void {
   callOf(this).onRequestEnd();
 }
 function onClientDrain(this: Http2Stream): void {
-  callOf(this).responseRelay?.unblock();
+  callOf(this).onClientDrain();
 }
 function onClientWantTrailers(this: ServerHttp2Stream): void {
   callOf(this).sendTrailers();
@@ -438,6 +446,34 @@ class GrpcProxyCall implements DeadlineEntry {
     this.upstreamTrailers = trailers;
     // The upstream has decided; a deadline expiring while the client reads the tail changes nothing.
     deadlines.remove(this);
+    // But a client that stops reading must not hold the call (and the unread upstream data) for
+    // ever: a grace, renewed each time the client takes more (onClientDrain), bounds it instead.
+    if (this.status === -1 && this.timer === null) {
+      this.timer = setTimeout(onStalled, FLUSH_GRACE_MS, this);
+      this.timer.unref();
+    }
+  }
+
+  onClientDrain(): void {
+    this.responseRelay?.unblock();
+    if (this.timer !== null && this.status === -1) this.timer.refresh();
+  }
+
+  /** The upstream finished, but the client has not read the rest of the response within the grace. */
+  onStalled(): void {
+    this.timer = null;
+    if (this.status !== -1 || this.done) return;
+    // The client is reset with CANCEL: CANCELLED is what it sees.
+    this.settle(
+      GrpcStatus.CANCELLED,
+      new BulwarkError('request.timeout', undefined, {
+        context: { reason: 'client_stalled', grpcStatus: GrpcStatus.CANCELLED },
+      }),
+    );
+    this.cancelUpstream();
+    this.requestRelay?.stop();
+    this.responseRelay?.stop();
+    if (!this.client.destroyed) this.client.close(h2.NGHTTP2_CANCEL);
   }
 
   onResponse(headers: IncomingHttpHeaders, flags: number): void {
@@ -462,6 +498,7 @@ class GrpcProxyCall implements DeadlineEntry {
       } catch {
         sendGrpcError(client, GrpcStatus.INTERNAL, 'Bad upstream response');
       }
+      this.statusSent();
       return;
     }
     if (httpStatus !== 200) {
@@ -534,7 +571,29 @@ class GrpcProxyCall implements DeadlineEntry {
     } catch {
       // Invalid trailer values from the upstream: the client still learns the call failed.
       if (!this.client.destroyed) this.client.close(h2.NGHTTP2_INTERNAL_ERROR);
+      return;
     }
+    this.statusSent();
+  }
+
+  /**
+   * The client has its final status (trailers-only or trailers, queued on the stream): the
+   * call is over whoever still has a side open. The upstream stream, if still open (the client
+   * never half-closed, or the upstream answered before the request was whole), is cancelled;
+   * the client's further messages are dropped; and a client still sending is asked to stop
+   * with RST_STREAM(NO_ERROR) once the status is out (RFC 9113 §8.1), so that its stream closes
+   * and the call ends instead of waiting for an END_STREAM that may never come.
+   */
+  private statusSent(): void {
+    const upstream = this.upstream;
+    // A request sent whole (END_STREAM out) lets the upstream stream close by itself; one still
+    // being sent (or stuck behind the upstream's flow control) would keep it open.
+    if (upstream !== null && !upstream.writableFinished) this.cancelUpstream();
+    this.requestRelay?.stop();
+    const client = this.client;
+    if (client.endAfterHeaders || client.readableEnded || client.closed || client.destroyed) return;
+    // After finishSendTrailers (itself deferred with setImmediate), so the RST follows the status.
+    setImmediate(closeClientNoError, client);
   }
 
   onUpstreamClose(): void {
@@ -581,9 +640,11 @@ class GrpcProxyCall implements DeadlineEntry {
         metadata['grpc-accept-encoding'] = ['identity', ...(this.options.allowedEncodings ?? DEFAULT_GRPC_ENCODINGS)].join(',');
       }
       sendGrpcError(client, this.status, message, metadata);
+      this.statusSent();
       return;
     }
     this.pendingTrailers = statusTrailers(this.status, message);
+    this.clearTimer();
     // Each relayed prefix was checked before it went out, so the client has whole messages
     // (or is mid-message only if the upstream stopped mid-message): end the data, then trailers.
     this.responseRelay?.stop();

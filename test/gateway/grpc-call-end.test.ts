@@ -36,6 +36,19 @@ function answerWith(frames: Buffer): (s: ServerHttp2Stream) => void {
   };
 }
 
+/** Answers every call with a trailers-only INVALID_ARGUMENT after `delayMs`, without reading the request. */
+function trailersOnly(delayMs: number): (s: ServerHttp2Stream) => void {
+  return (s) => {
+    setTimeout(() => {
+      if (s.destroyed) return;
+      s.respond(
+        { ':status': 200, 'content-type': 'application/grpc', 'grpc-status': '3', 'grpc-message': 'nope' },
+        { endStream: true },
+      );
+    }, delayMs);
+  };
+}
+
 const GRPC_REQUEST = { ':method': 'POST', 'content-type': 'application/grpc', te: 'trailers' } as const;
 
 async function until(check: () => boolean, timeoutMs: number): Promise<void> {
@@ -124,4 +137,86 @@ describe('gRPC call end through the gateway', () => {
     expect(await freshCall(g)).toBe(0);
     expect(g.gateway.inFlight).toBe(0);
   });
+
+  it('a client still uploading when the upstream answers trailers-only gets the status and the call ends', async () => {
+    const g = await start(trailersOnly(50), { totalMs: 1000 });
+    const client = echoClient(g.port);
+    clients.push(client);
+    const codes = await Promise.all(
+      Array.from({ length: 5 }, async () => {
+        let code = -1;
+        const done = new Promise<void>((resolve) => {
+          const call = client.ClientStream(new grpc.Metadata(), {}, (err) => {
+            code = err === null ? 0 : err.code;
+            resolve();
+          });
+          let i = 0;
+          const pump = () => {
+            while (i < 300) if (!call.write(numbered(i++, 16 << 10))) return void call.once('drain', pump);
+            call.end();
+          };
+          pump();
+        });
+        await done;
+        return code;
+      }),
+    );
+    expect(codes).toEqual([3, 3, 3, 3, 3]);
+    await until(() => g.gateway.inFlight === 0 && poolStats(g).activeStreams === 0, 1500);
+    expect(g.gateway.inFlight).toBe(0);
+    expect(poolStats(g).activeStreams).toBe(0);
+  });
+
+  for (const [name, handler] of [
+    ['data and trailers', answerWith(encodeGrpcFrame(Buffer.from('pong')))],
+    ['trailers-only', trailersOnly(0)],
+  ] as const) {
+    it(`a client that never half-closes is reset with NO_ERROR after its status (${name})`, async () => {
+      const g = await start(handler, { totalMs: 60_000 });
+      const s = session(g);
+      const results = await Promise.all(
+        Array.from(
+          { length: 20 },
+          () =>
+            new Promise<{ status: string | undefined; rstCode: number | undefined }>((resolve) => {
+              const req = s.request({ ...GRPC_REQUEST, ':path': '/test.Echo/Unary' });
+              req.on('error', () => {});
+              let status: string | undefined;
+              req.on('response', (h) => (status ??= h['grpc-status'] as string | undefined));
+              req.on('trailers', (t) => (status = t['grpc-status'] as string | undefined));
+              req.resume();
+              // One message, and no END_STREAM.
+              req.write(encodeGrpcFrame(Buffer.from('x')));
+              req.once('close', () => resolve({ status, rstCode: req.rstCode }));
+              // Still open after this long: the gateway is holding it.
+              setTimeout(() => resolve({ status, rstCode: -1 }), 3000).unref();
+            }),
+        ),
+      );
+      const expected = name === 'trailers-only' ? '3' : '0';
+      expect(results).toEqual(Array.from({ length: 20 }, () => ({ status: expected, rstCode: h2.NGHTTP2_NO_ERROR })));
+      await until(() => g.gateway.inFlight === 0 && poolStats(g).activeStreams === 0, 1000);
+      expect(g.gateway.inFlight).toBe(0);
+      expect(poolStats(g).activeStreams).toBe(0);
+    });
+  }
+
+  it('a client that stops reading after the upstream finished is cut off after a grace, freeing everything', async () => {
+    const g = await start(answerWith(encodeGrpcFrame(Buffer.alloc(900 << 10, 1))), { totalMs: 500 });
+    const s = session(g);
+    const streams = Array.from({ length: 5 }, () => {
+      const req = s.request({ ...GRPC_REQUEST, ':path': '/test.Echo/Unary' });
+      req.on('error', () => {});
+      req.end(encodeGrpcFrame(Buffer.from('x')));
+      req.pause();
+      return req;
+    });
+    await sleep(1000);
+    // Past the route's deadline, but the upstream finished in time: the call is still being delivered.
+    expect(g.gateway.inFlight).toBe(5);
+    await until(() => g.gateway.inFlight === 0, 6000);
+    expect(g.gateway.inFlight).toBe(0);
+    expect(poolStats(g).activeStreams).toBe(0);
+    expect(streams.map((r) => r.rstCode)).toEqual(Array.from({ length: 5 }, () => h2.NGHTTP2_CANCEL));
+  }, 10_000);
 });
