@@ -491,6 +491,8 @@ class GrpcProxyCall implements DeadlineEntry {
       out[':status'] = 200;
       out['content-type'] ??= GRPC_CONTENT_TYPE;
       out['x-request-id'] = this.ctx.requestId;
+      // The status as the gateway read it (an invalid one is UNKNOWN), not a text clients read differently.
+      out['grpc-status'] = String(code);
       // The upstream's own status (OK or not) is no gateway error: onDone gets the code alone.
       this.settle(code, undefined);
       try {
@@ -560,6 +562,7 @@ class GrpcProxyCall implements DeadlineEntry {
         const code = parseGrpcStatus(grpcStatus);
         this.settle(code, undefined);
         trailers = relayable(upstreamTrailers);
+        trailers['grpc-status'] = String(code);
       } else {
         const error = new BulwarkError('upstream.bad_response', undefined, { context: { reason: 'missing_status' } });
         this.settle(grpcStatusFor(error), error);
