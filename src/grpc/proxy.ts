@@ -139,8 +139,12 @@ const HOP_BY_HOP = new Set([...CONNECTION_HEADERS, 'host', 'content-length']);
 /** Request metadata the gateway writes itself; a client's copy would be a forgery. */
 const GATEWAY_OWNED = new Set(FORWARDING_HEADERS);
 
-/** The `grpc-*` request keys a client may send; the rest are reserved to the protocol (grpc-timeout is re-written). */
-const CLIENT_GRPC_KEYS = new Set(['grpc-encoding', 'grpc-accept-encoding']);
+/**
+ * The `grpc-*` request keys a client may send; the rest are reserved to the protocol (grpc-timeout
+ * is re-written). The trace and tags contexts are the client's tracing metadata, relayed as the
+ * W3C `traceparent` is.
+ */
+const CLIENT_GRPC_KEYS = new Set(['grpc-encoding', 'grpc-accept-encoding', 'grpc-trace-bin', 'grpc-tags-bin']);
 
 /** Client metadata the upstream never gets: the gateway writes it, or it is not the client's to send. */
 function ownedMetadata(name: string, ownStrip: ReadonlySet<string> | null, stageStrip: ReadonlySet<string> | null): boolean {

@@ -180,7 +180,8 @@ describe('gRPC proxy lifecycle with a misbehaving upstream', () => {
     expect(h['grpc-timeout']).toMatch(/^[0-9]{1,8}[num]$/);
     expect(h['x-custom']).toBe('kept');
     expect(h['grpc-foo']).toBeUndefined();
-    expect(h['grpc-trace-bin']).toBeUndefined();
+    // Tracing metadata, like traceparent: the client's to send.
+    expect(h['grpc-trace-bin']).toBeDefined();
     expect(h['x-forwarded-for']).toBe('127.0.0.1');
     // Underscore spellings of what the client may not send are dropped too; others pass.
     expect(h['x_forwarded_for']).toBeUndefined();
