@@ -7,7 +7,7 @@
 // same rounds:
 // - `off`: the route without audit (the pass-through config), the same-round reference;
 // - `fast`: `durability: fast` (an event counts as accepted once written to the WAL);
-// - `durable`: `durability: durable`, the default (WAL group commit with fsync every 5 ms).
+// - `durable`: `durability: durable`, the default (WAL group commit; each response waits for its event's fsync).
 // Both audit variants are read against `audited:off` (run against run, the issue's
 // ratio) and against the `passthrough` scenario (through each one's paired baseline).
 // Telemetry stays at Bulwark's defaults, so the checks can read the audit counters

@@ -10,7 +10,7 @@
  *   durability: durable            # durable: accepted = fsynced to the WAL; fast: accepted = written
  *   whenFull: block                # block: 503 audit.unavailable; drop: count + gap marker in the chain
  *   queue: { maxEvents: 65536 }
- *   wal: { dir: .bulwark/audit, segmentBytes: 16777216, fsyncIntervalMs: 5, maxBytes: 1073741824 }
+ *   wal: { dir: .bulwark/audit, segmentBytes: 16777216, fsyncIntervalMs: 0, maxBytes: 1073741824 }
  *   masking:
  *     hmacKey: ${AUDIT_HMAC_KEY}
  *     fields:  [{ path: claims.email, action: hash }, { path: details.card, action: partial, keep: 4 }]
@@ -133,9 +133,9 @@ export const WalSchema = Closed(
     fsyncIntervalMs: Type.Integer({
       minimum: 0,
       maximum: 1000,
-      default: 5,
+      default: 0,
       description:
-        'Group commit window in `durable` mode: events arriving within it share one write + fsync. 0 commits as soon as the previous commit ends. Bounds the latency `recordDurable` adds.',
+        "Group commit window in `durable` mode: events arriving within it share one write + fsync. 0 (default) commits as soon as the previous commit ends, so events arriving during an fsync share the next. Each response waits for its event's commit: a wider window means fewer fsyncs and up to that much more latency.",
     }),
     maxBytes: Type.Integer({
       minimum: 1_048_576,
@@ -325,7 +325,7 @@ export type AuditConfig = Static<typeof AuditSchema>;
 /** Defaults the schema fills in, for callers that build a config in code (library, tests). */
 export const AUDIT_DEFAULTS = {
   queue: { maxEvents: 65_536 },
-  wal: { dir: '.bulwark/audit', segmentBytes: 16_777_216, fsyncIntervalMs: 5, maxBytes: 1_073_741_824 },
+  wal: { dir: '.bulwark/audit', segmentBytes: 16_777_216, fsyncIntervalMs: 0, maxBytes: 1_073_741_824 },
   chain: { checkpointEvery: 1000, checkpointIntervalMs: 60_000 },
   retry: { initialMs: 200, maxMs: 30_000 },
   closeTimeoutMs: 10_000,

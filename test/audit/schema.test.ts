@@ -55,7 +55,7 @@ describe('audit config schema', () => {
       whenFull: 'block',
       closeTimeoutMs: 10_000,
       queue: { maxEvents: 65_536 },
-      wal: { dir: '.bulwark/audit', segmentBytes: 16_777_216, fsyncIntervalMs: 5, maxBytes: 1_073_741_824 },
+      wal: { dir: '.bulwark/audit', segmentBytes: 16_777_216, fsyncIntervalMs: 0, maxBytes: 1_073_741_824 },
       chain: { checkpointEvery: 1000, checkpointIntervalMs: 60_000 },
       masking: { fields: [], headers: {}, query: {} },
       extraFields: { claims: [], headers: [], query: [] },
