@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Http2ServerRequest } from 'node:http2';
+import { constants as h2constants, Http2ServerRequest } from 'node:http2';
 import type { Socket } from 'node:net';
 import type { BulwarkConfig } from '../config/schema.js';
 import type { RequestContext } from '../core/context.js';
@@ -59,6 +59,8 @@ class Outcome {
   bytes = -1;
   /** The gRPC status the client got (gRPC calls only; set when it is decided, before the stream closes). */
   grpcStatus: number | null = null;
+  /** Durable audit: commits the request's event (the answer's end waits for it); null otherwise. */
+  commit: (() => Promise<void>) | null = null;
 }
 
 /**
@@ -415,20 +417,26 @@ export class Gateway {
       }
     };
     const audit = this.audit;
-    if (audit !== null && audit.durable) {
-      // Every answer, denials included, ends only once its event is committed.
-      holdEnd(res, () => {
-        if (audited) return Promise.resolve();
-        audited = true;
-        return auditRequestDurable(audit, this.telemetry, ctx, {
-          status: res.statusCode,
-          upstream: outcome.upstream,
-          bytesOut: outcome.bytes,
-          code: outcome.code,
-          grpcStatus: outcome.grpcStatus,
-          reserved,
-        });
-      });
+    // Durable audit: every answer, denials included, ends only once its event is committed
+    // (HTTP: the response's last chunk and end; gRPC: the status).
+    const commit =
+      audit === null || !audit.durable
+        ? null
+        : (): Promise<void> => {
+            if (audited) return Promise.resolve();
+            audited = true;
+            return auditRequestDurable(audit, this.telemetry, ctx, {
+              status: res.statusCode,
+              upstream: outcome.upstream,
+              bytesOut: outcome.bytes,
+              code: outcome.code,
+              grpcStatus: outcome.grpcStatus,
+              reserved,
+            });
+          };
+    if (commit !== null) {
+      holdEnd(res, commit);
+      outcome.commit = commit;
     }
     if (!isH2 && (res as ServerResponse).socket === null) {
       // Pipelined behind a response still in progress: Node gives a queued response no 'close' of
@@ -637,8 +645,22 @@ export class Gateway {
   ): void {
     if (!grpc) return this.respondProblem(req, res, ctx, error, isH2, outcome);
     outcome.code = error.code;
-    if (!res.headersSent && !res.destroyed && sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId))
-      outcome.grpcStatus = grpcStatusFor(error);
+    if (res.headersSent || res.destroyed) return;
+    const commit = outcome.commit;
+    if (commit === null) {
+      if (sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId)) outcome.grpcStatus = grpcStatusFor(error);
+      return;
+    }
+    // Durable audit: the event (with the status about to be sent) is committed first.
+    outcome.grpcStatus = grpcStatusFor(error);
+    commit().then(
+      () => {
+        if (!res.headersSent && !res.destroyed) sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId);
+      },
+      () => {
+        if (!res.destroyed) (res as Http2ServerResponse).stream.close(h2constants.NGHTTP2_INTERNAL_ERROR);
+      },
+    );
   }
 
   private proxyGrpc(
@@ -664,6 +686,7 @@ export class Gateway {
       extraHeaders: null,
       forwarded: { for: trusted ? `${xff}, ${peer}` : peer, proto: ctx.secure ? 'https' : 'http' },
       onStatus: (status) => (outcome.grpcStatus = status),
+      beforeStatus: outcome.commit ?? undefined,
       onDone: (_status, error) => {
         release();
         if (error !== undefined) {

@@ -118,6 +118,11 @@ export interface ForwardGrpcOptions {
    * response's 'close', which comes ahead of `onDone`); not called for a client's cancel.
    */
   onStatus?(status: number): void;
+  /**
+   * Durable audit: settles once the call's event is committed; the final status (trailers, or a
+   * trailers-only answer) goes to the client only then. Rejects: the call is reset, never completed.
+   */
+  beforeStatus?(): Promise<void>;
 }
 
 /**
@@ -499,12 +504,14 @@ class GrpcProxyCall implements DeadlineEntry {
       out['grpc-status'] = String(code);
       // The upstream's own status (OK or not) is no gateway error: onDone gets the code alone.
       this.settle(code, undefined);
-      try {
-        client.respond(out, END_STREAM);
-      } catch {
-        sendGrpcError(client, GrpcStatus.INTERNAL, 'Bad upstream response');
-      }
-      this.statusSent();
+      this.whenRecorded(() => {
+        try {
+          client.respond(out, END_STREAM);
+        } catch {
+          sendGrpcError(client, GrpcStatus.INTERNAL, 'Bad upstream response');
+        }
+        this.statusSent();
+      });
       return;
     }
     if (httpStatus !== 200) {
@@ -573,14 +580,32 @@ class GrpcProxyCall implements DeadlineEntry {
         trailers = statusTrailers(this.status, grpcMessageFor(error));
       }
     }
-    try {
-      this.client.sendTrailers(trailers);
-    } catch {
-      // Invalid trailer values from the upstream: the client still learns the call failed.
-      if (!this.client.destroyed) this.client.close(h2.NGHTTP2_INTERNAL_ERROR);
-      return;
-    }
-    this.statusSent();
+    this.whenRecorded(() => {
+      try {
+        this.client.sendTrailers(trailers);
+      } catch {
+        // Invalid trailer values from the upstream: the client still learns the call failed.
+        if (!this.client.destroyed) this.client.close(h2.NGHTTP2_INTERNAL_ERROR);
+        return;
+      }
+      this.statusSent();
+    });
+  }
+
+  /** Sends the final status now, or (durable audit) once the call's event is committed. */
+  private whenRecorded(send: () => void): void {
+    const gate = this.options.beforeStatus;
+    if (gate === undefined) return send();
+    const client = this.client;
+    gate().then(
+      () => {
+        // Gone meanwhile: its close already ended the call.
+        if (!client.destroyed && !client.closed) send();
+      },
+      () => {
+        if (!client.destroyed) client.close(h2.NGHTTP2_INTERNAL_ERROR);
+      },
+    );
   }
 
   /**
@@ -646,8 +671,10 @@ class GrpcProxyCall implements DeadlineEntry {
       if (error.code === 'grpc.unsupported_encoding') {
         metadata['grpc-accept-encoding'] = ['identity', ...(this.options.allowedEncodings ?? DEFAULT_GRPC_ENCODINGS)].join(',');
       }
-      sendGrpcError(client, this.status, message, metadata);
-      this.statusSent();
+      this.whenRecorded(() => {
+        sendGrpcError(client, this.status, message, metadata);
+        this.statusSent();
+      });
       return;
     }
     this.pendingTrailers = statusTrailers(this.status, message);
