@@ -48,32 +48,71 @@ export function auditRequestDurable(audit: AuditLog, telemetry: Telemetry, ctx: 
 
 /** The part of a response `holdEnd` needs. */
 interface Holdable {
+  writeHead: (...args: never[]) => unknown;
   write: (...args: never[]) => boolean;
   end: (...args: never[]) => unknown;
+  getHeader(name: string): unknown;
   destroy(error?: Error): unknown;
   readonly destroyed: boolean;
+}
+
+/** The Content-Length in `writeHead`'s headers (object or flat array), if any. */
+function lengthIn(headers: unknown): number | null {
+  let value: unknown;
+  if (Array.isArray(headers)) {
+    for (let i = 0; i + 1 < headers.length; i += 2)
+      if (String(headers[i]).toLowerCase() === 'content-length') value = headers[i + 1];
+  } else if (typeof headers === 'object' && headers !== null) {
+    for (const [name, v] of Object.entries(headers)) if (name.toLowerCase() === 'content-length') value = v;
+  }
+  const n = typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : NaN;
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+}
+
+function sizeOf(chunk: unknown, encoding: unknown): number {
+  if (typeof chunk === 'string') return Buffer.byteLength(chunk, typeof encoding === 'string' ? (encoding as BufferEncoding) : 'utf8');
+  return chunk instanceof Uint8Array ? chunk.byteLength : 0;
 }
 
 /**
  * `durability: durable`: the response's last bytes leave only once its audit event is committed,
  * so a client holding a complete answer can count on the record surviving a crash (kill -9 included).
- * A body with a Content-Length is complete for the client at its last byte, before `end()`: so the
- * latest `write` is always held back until the next one (one chunk in hand), and the last one until
- * the commit. The event is built a tick after `end` is called: callers that finish their bookkeeping
+ * Without a Content-Length the response is complete at its end (the last chunk, END_STREAM): `end()`
+ * waits, every `write` before it goes out at once (a stream of events is not delayed). With one, the
+ * client has it all at the last byte, before `end()`: the `write` that completes the declared length
+ * waits too. The event is built a tick after `end` is called: callers that finish their bookkeeping
  * right after `res.end()` (bytes relayed, upstream outcome) have done so by then. A refused or failed
  * commit cuts the response instead (the client sees it incomplete, never as served).
  */
 export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
+  const writeHead = res.writeHead;
   const write = res.write;
   const end = res.end;
-  let held: never[] | null = null;
+  let declared: number | null | undefined; // undefined: not known yet
+  let sent = 0;
+  const held: never[][] = [];
+  res.writeHead = function heldWriteHead(this: unknown, ...args: never[]) {
+    for (const arg of args as unknown[]) {
+      const length = lengthIn(arg);
+      if (length !== null) declared = length;
+    }
+    return writeHead.apply(res, args);
+  } as Holdable['writeHead'];
   res.write = function heldWrite(this: unknown, ...args: never[]): boolean {
-    const previous = held;
-    held = args;
-    // Backpressure still reaches the writer: the answer is the stream's own, one chunk behind.
-    return previous === null ? true : write.apply(res, previous);
+    // Once the declared length is reached, whatever follows waits behind it, in order.
+    if (held.length > 0) {
+      held.push(args);
+      return true;
+    }
+    declared ??= lengthIn({ 'content-length': res.getHeader('content-length') });
+    const [chunk, encoding] = args as unknown[];
+    sent += sizeOf(chunk, encoding);
+    if (declared === null || sent < declared) return write.apply(res, args);
+    held.push(args);
+    return true;
   } as Holdable['write'];
   res.end = function heldEnd(this: unknown, ...args: never[]) {
+    res.writeHead = writeHead;
     res.write = write;
     res.end = end;
     process.nextTick(() => {
@@ -82,7 +121,7 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
         .then(
           () => {
             if (res.destroyed) return;
-            if (held !== null) write.apply(res, held);
+            for (const args of held) write.apply(res, args);
             end.apply(res, args);
           },
           () => {

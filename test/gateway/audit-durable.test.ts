@@ -89,6 +89,57 @@ audit:
     },
   );
 
+  it(
+    'a streamed (chunked) response is not delayed: each chunk goes out as it comes, only the end waits',
+    { timeout: 30_000 },
+    async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'bulwark-stream-'));
+      const upstream = createServer((_req, res) => {
+        res.writeHead(200, { 'content-type': 'text/event-stream' });
+        res.write('data: first\n\n');
+        setTimeout(() => res.end('data: last\n\n'), 400);
+      });
+      await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', () => r()));
+      const file = tempFile(
+        'stream.yaml',
+        `version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { app: { endpoints: ['http://127.0.0.1:${(upstream.address() as { port: number }).port}'] } }
+routes: [{ id: events, match: { path: { prefix: /events } }, upstream: app, auth: { public: true } }]
+audit:
+  durability: durable
+  wal: { dir: '${dir}/wal' }
+  sinks: [{ file: { path: '${dir}/audit.jsonl' } }]
+`,
+      );
+      const gw = await spawnBulwark(file);
+      try {
+        const started = Date.now();
+        const { firstAt, body } = await new Promise<{ firstAt: number; body: string }>((resolve, reject) => {
+          httpRequest({ host: '127.0.0.1', port: gw.ports[0], path: '/events' }, (res) => {
+            let body = '';
+            let firstAt = -1;
+            res.setEncoding('utf8');
+            res.on('data', (chunk: string) => {
+              if (firstAt === -1) firstAt = Date.now() - started;
+              body += chunk;
+            });
+            res.on('end', () => resolve({ firstAt, body }));
+          })
+            .on('error', reject)
+            .end();
+        });
+        expect(body).toBe('data: first\n\ndata: last\n\n');
+        // The first event arrived while the upstream was still holding the second.
+        expect(firstAt).toBeLessThan(300);
+      } finally {
+        gw.child.kill('SIGTERM');
+        await gw.exited;
+        await new Promise((r) => upstream.close(r));
+      }
+    },
+  );
+
   it('whenFull: block with many requests at once: none is answered without its event', { timeout: 60_000 }, async () => {
     const dir = mkdtempSync(join(tmpdir(), 'bulwark-block-'));
     // A webhook that takes batches but does not answer until released: the WAL fills to its quota,
