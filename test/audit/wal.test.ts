@@ -162,23 +162,32 @@ describe('WAL slot races', () => {
       const [dir, at] = process.argv.slice(-2);
       while (Date.now() < Number(at)) {}
       const claimed = await tryClaim(dir, 0);
-      process.stdout.write(claimed ? 'claimed' : 'refused');
-      setTimeout(() => {}, 400); // alive while the others look: a live owner's lock is not stale
+      process.stdout.write(claimed ? 'claimed\\n' : 'refused\\n');
+      // Alive until every contender has answered: a live owner's lock is not stale (on a loaded
+      // machine a contender may start after the others, and must still find the owner alive).
+      process.stdin.resume();
+      process.stdin.on('end', () => process.exit(0));
     `;
     for (let round = 0; round < 6; round++) {
       const d = dir();
       const at = Date.now() + 300;
-      const children = Array.from(
-        { length: 5 },
-        () =>
-          new Promise<string>((resolve) => {
-            const child = spawn(process.execPath, ['--input-type=module', '-e', script, d, String(at)]);
-            let out = '';
-            child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-            child.on('close', () => resolve(out));
-          }),
+      const spawned = Array.from({ length: 5 }, () =>
+        spawn(process.execPath, ['--input-type=module', '-e', script, d, String(at)]),
       );
-      const results = await Promise.all(children);
+      const results = await Promise.all(
+        spawned.map(
+          (child) =>
+            new Promise<string>((resolve) => {
+              let out = '';
+              child.stdout.on('data', (c: Buffer) => {
+                out += c.toString();
+                if (out.endsWith('\n')) resolve(out.trim());
+              });
+              child.on('close', () => resolve(out.trim()));
+            }),
+        ),
+      );
+      for (const child of spawned) child.stdin.end();
       expect([round, results.filter((r) => r === 'claimed').length]).toEqual([round, 1]);
     }
   });
