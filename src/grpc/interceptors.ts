@@ -34,6 +34,10 @@ export interface GrpcEngine {
    * slots, ends its span, records its audit event. `status` is the HTTP status (200).
    */
   complete?(evaluation: Evaluation, status: number, info: { grpcStatus: number; code?: string }): void;
+  /** Durable audit: true when a call's status must wait for its event's commit (`commitAudit`). */
+  readonly holdsResponses?: boolean;
+  /** Records the call's event now, as `complete` would, and settles once it is committed. */
+  commitAudit?(evaluation: Evaluation, status: number, info: { grpcStatus: number; code?: string }): Promise<void>;
 }
 
 export interface BulwarkGrpcInterceptorOptions {
@@ -98,6 +102,21 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
               return engine.complete?.(result, gone ? 499 : 200, completion(ended, gone));
             }
             if (error !== null) {
+              // Durable audit: the denial's event is committed before its status goes out.
+              if (engine.holdsResponses === true && engine.commitAudit !== undefined) {
+                return void engine.commitAudit(result, 200, { grpcStatus: grpcStatusFor(error) }).then(
+                  () => {
+                    if (ended !== -1) return;
+                    deny(call, error, ctx.requestId);
+                    end(grpcStatusFor(error));
+                  },
+                  () => {
+                    if (ended !== -1) return;
+                    call.sendStatus({ code: GrpcStatus.UNAVAILABLE, details: 'Audit unavailable', metadata: new Metadata() });
+                    end(GrpcStatus.UNAVAILABLE);
+                  },
+                );
+              }
               deny(call, error, ctx.requestId);
               return end(grpcStatusFor(error));
             }
@@ -127,6 +146,21 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
     return new ServerInterceptingCall(call, {
       start: (next) => next(listener),
       sendStatus: (status, next) => {
+        // Durable audit: the handler's status goes out once the call's event is committed.
+        if (evaluation !== null && engine.holdsResponses === true && engine.commitAudit !== undefined && ended === -1) {
+          const code = status.code;
+          void engine.commitAudit(evaluation, 200, completion(code, false)).then(
+            () => {
+              next(status);
+              end(code);
+            },
+            () => {
+              next({ code: GrpcStatus.UNAVAILABLE, details: 'Audit unavailable', metadata: new Metadata() });
+              end(GrpcStatus.UNAVAILABLE);
+            },
+          );
+          return;
+        }
         next(status);
         end(status.code);
       },
