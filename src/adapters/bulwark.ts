@@ -301,7 +301,14 @@ export class Bulwark {
     const entry = this.inFlight.get(evaluation.ctx);
     if (entry === undefined || entry.audited || this.audit === null) return Promise.resolve();
     entry.audited = true;
-    return auditRequestDurable(this.audit, this.telemetry, evaluation.ctx, this.endOf(evaluation, status, info, entry.reserved));
+    // A request refused before it held a queue place is answered whatever the log makes of its event.
+    return auditRequestDurable(
+      this.audit,
+      this.telemetry,
+      evaluation.ctx,
+      this.endOf(evaluation, status, info, entry.reserved),
+      !entry.reserved,
+    );
   }
 
   private endOf(evaluation: Evaluation, status: number, info: CompletionInfo, reserved: boolean): RequestEnd {

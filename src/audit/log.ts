@@ -99,6 +99,8 @@ export interface AuditLog {
   readonly enabled: boolean;
   /** `durability: durable`: a request's event is committed (fdatasync'ed) before its response ends. */
   readonly durable: boolean;
+  /** `whenFull: block`: an event the log cannot take is refused, never served unaudited. */
+  readonly blocksWhenFull: boolean;
   /** This process's chain id (null when disabled). */
   readonly chainId: string | null;
   /**
@@ -290,6 +292,7 @@ function num(value: unknown): number | null {
 class DisabledAuditLog implements AuditLog {
   readonly enabled = false;
   readonly durable = false;
+  readonly blocksWhenFull = false;
   readonly chainId = null;
   record(): EnqueueResult {
     return DISABLED;
@@ -563,13 +566,20 @@ class AuditLogImpl implements AuditLog {
     return this.#durable;
   }
 
+  get blocksWhenFull(): boolean {
+    return this.#block;
+  }
+
   record(event: AuditInput, reserved = false): EnqueueResult {
     return this.#enqueue(event, null, reserved);
   }
 
   accepting(): boolean {
     if (this.#state !== 'open') return false;
-    return !this.#block || this.#queue.length - this.#head + this.#reserved < this.#maxEvents;
+    if (!this.#block) return true;
+    // Durable responses wait for their commit: with the WAL at its quota none would come, so refuse now.
+    if (this.#durable && this.#walFull) return false;
+    return this.#queue.length - this.#head + this.#reserved < this.#maxEvents;
   }
 
   reserve(): boolean {

@@ -35,16 +35,39 @@ export function auditRequest(audit: AuditLog, telemetry: Telemetry, ctx: Request
   if (result.status === 'rejected') telemetry.requestLogger(ctx).error({ reason: result.reason }, 'audit event refused');
 }
 
-/** The same, settled once the event is committed (durable mode); rejects when the log refuses it or cannot write it. */
-export function auditRequestDurable(audit: AuditLog, telemetry: Telemetry, ctx: RequestContext, end: RequestEnd): Promise<void> {
-  return audit.recordDurable(requestEvent(audit, ctx, end), end.reserved === true).then(
-    () => {},
-    (error: unknown) => {
+/**
+ * The same, settled once the event is committed (durable mode); rejects when the log refuses it or
+ * cannot write it, or when the commit takes longer than `HOLD_LIMIT_MS` (the WAL at its quota while
+ * sinks are down) — under `whenFull: drop` it settles then instead, as that policy serves unaudited.
+ * `bestEffort`: recorded without waiting (refusals made before the request held a queue place: the
+ * client must get them whatever the log can take).
+ */
+export function auditRequestDurable(
+  audit: AuditLog,
+  telemetry: Telemetry,
+  ctx: RequestContext,
+  end: RequestEnd,
+  bestEffort = false,
+): Promise<void> {
+  if (bestEffort) {
+    auditRequest(audit, telemetry, ctx, end);
+    return Promise.resolve();
+  }
+  let timer: NodeJS.Timeout | undefined;
+  const limit = new Promise<void>((resolve, reject) => {
+    timer = setTimeout(() => (audit.blocksWhenFull ? reject(new Error('audit commit timed out')) : resolve()), HOLD_LIMIT_MS);
+  });
+  const committed = audit.recordDurable(requestEvent(audit, ctx, end), end.reserved === true).then(() => {});
+  return Promise.race([committed, limit])
+    .finally(() => clearTimeout(timer))
+    .catch((error: unknown) => {
       telemetry.requestLogger(ctx).error({ err: error }, 'audit event not committed: response cut');
       throw error;
-    },
-  );
+    });
 }
+
+/** The longest a response waits for its event's commit (durable mode) before it is cut (block) or let go (drop). */
+export const HOLD_LIMIT_MS = 10_000;
 
 /** The part of a response `holdEnd` needs. */
 interface Holdable {
@@ -60,8 +83,13 @@ interface Holdable {
 function lengthIn(headers: unknown): number | null {
   let value: unknown;
   if (Array.isArray(headers)) {
-    for (let i = 0; i + 1 < headers.length; i += 2)
-      if (String(headers[i]).toLowerCase() === 'content-length') value = headers[i + 1];
+    if (headers.length > 0 && Array.isArray(headers[0])) {
+      // [[name, value], …]
+      for (const pair of headers as unknown[][]) if (String(pair[0]).toLowerCase() === 'content-length') value = pair[1];
+    } else {
+      for (let i = 0; i + 1 < headers.length; i += 2)
+        if (String(headers[i]).toLowerCase() === 'content-length') value = headers[i + 1];
+    }
   } else if (typeof headers === 'object' && headers !== null) {
     for (const [name, v] of Object.entries(headers)) if (name.toLowerCase() === 'content-length') value = v;
   }
@@ -91,6 +119,7 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
   const end = res.end;
   let declared: number | null | undefined; // undefined: not known yet
   let sent = 0;
+  let ending = false;
   const held: never[][] = [];
   res.writeHead = function heldWriteHead(this: unknown, ...args: never[]) {
     for (const arg of args as unknown[]) {
@@ -100,6 +129,12 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
     return writeHead.apply(res, args);
   } as Holdable['writeHead'];
   res.write = function heldWrite(this: unknown, ...args: never[]): boolean {
+    if (ending) {
+      // As a stream that has ended: refused, the callback told.
+      const callback = callbackIn(args);
+      if (callback !== null) process.nextTick(callback, writeAfterEnd());
+      return false;
+    }
     // Once the declared length is reached, whatever follows waits behind it, in order.
     if (held.length > 0) {
       held.push(args);
@@ -113,23 +148,48 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
     return true;
   } as Holdable['write'];
   res.end = function heldEnd(this: unknown, ...args: never[]) {
-    res.writeHead = writeHead;
-    res.write = write;
-    res.end = end;
+    // A second end() changes nothing (as on a stream), whether the first has gone out yet or not.
+    if (ending) return res;
+    ending = true;
+    const release = () => {
+      res.writeHead = writeHead;
+      res.write = write;
+      res.end = end;
+    };
+    // Gone or cut before the end went out: what waited is told, not dropped.
+    const abandon = () => {
+      release();
+      const error = new Error('response destroyed before its audit event was committed');
+      for (const waiting of [...held, args]) {
+        const callback = callbackIn(waiting);
+        if (callback !== null) process.nextTick(callback, error);
+      }
+    };
     process.nextTick(() => {
       Promise.resolve()
         .then(commit)
         .then(
           () => {
-            if (res.destroyed) return;
-            for (const args of held) write.apply(res, args);
+            if (res.destroyed) return abandon();
+            release();
+            for (const waiting of held) write.apply(res, waiting);
             end.apply(res, args);
           },
           () => {
             if (!res.destroyed) res.destroy();
+            abandon();
           },
         );
     });
     return res;
   } as Holdable['end'];
+}
+
+function callbackIn(args: readonly unknown[]): ((error?: Error | null) => void) | null {
+  const last = args[args.length - 1];
+  return typeof last === 'function' ? (last as (error?: Error | null) => void) : null;
+}
+
+function writeAfterEnd(): Error {
+  return Object.assign(new Error('write after end'), { code: 'ERR_STREAM_WRITE_AFTER_END' });
 }

@@ -53,6 +53,8 @@ export interface GatewayOptions {
 type TlsSwaps = [BoundListener, TlsSwap][];
 
 /** What the end of a request reports to telemetry; one small object per request. */
+const noop = (): void => {};
+
 class Outcome {
   code: string | null = null;
   upstream: string | null = null;
@@ -425,15 +427,26 @@ export class Gateway {
         : (): Promise<void> => {
             if (audited) return Promise.resolve();
             audited = true;
-            return auditRequestDurable(audit, this.telemetry, ctx, {
-              status: res.statusCode,
-              upstream: outcome.upstream,
-              bytesOut: outcome.bytes,
-              code: outcome.code,
-              grpcStatus: outcome.grpcStatus,
-              reserved,
-            });
+            // A request refused before it held a queue place (audit.unavailable, overload) is answered
+            // whether or not the log can take its event: the refusal must reach the client.
+            return auditRequestDurable(
+              audit,
+              this.telemetry,
+              ctx,
+              {
+                status: res.statusCode,
+                upstream: outcome.upstream,
+                bytesOut: outcome.bytes,
+                code: outcome.code,
+                grpcStatus: outcome.grpcStatus,
+                reserved,
+              },
+              !reserved,
+            );
           };
+    // Held responses count as in flight until they are over (the drain on stop waits for them): the
+    // upstream's end no longer frees the request's slots, its 'close' does.
+    const releaseOnDone = commit === null ? release : noop;
     if (commit !== null) {
       holdEnd(res, commit);
       outcome.commit = commit;
@@ -488,11 +501,12 @@ export class Gateway {
           if (!closed) this.serveIssuer(req, res, ctx, runtime, outcome);
         }
       : grpc
-        ? () => this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, release, outcome)
+        ? () =>
+            this.proxyGrpc(req as Http2ServerRequest, res as Http2ServerResponse, ctx, route, settings, releaseOnDone, outcome)
         : () => {
             // The client may have left while an async stage ran: nobody would read the answer, and an
             // exchange paused on a gone client would pin its upstream pool until the idle timeout.
-            if (!closed) this.proxy(req, res, ctx, route, settings, isH2, release, span, outcome);
+            if (!closed) this.proxy(req, res, ctx, route, settings, isH2, releaseOnDone, span, outcome);
           };
     if (decision === null) {
       pass();
