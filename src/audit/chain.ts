@@ -192,6 +192,7 @@ export class ChainWriter {
       software: info.software,
       ts: formatTimestamp(ns),
       v: 1,
+      wal: info.wal,
     };
     return this.append(body);
   }

@@ -205,6 +205,11 @@ export interface StartRecord extends RecordBase {
    * how many records may follow a checkpoint before the next one. Absent in records written before it existed.
    */
   checkpoint?: { every: number; intervalMs: number };
+  /**
+   * A random id of the WAL directory the writer uses (made once, kept in it): verify tells apart the lineages
+   * of two gateways on one host, each with its own slot 0. Absent in records written before it existed.
+   */
+  wal?: string;
 }
 
 export type AuditRecord = RequestRecord | BusinessRecord | GapRecord | CheckpointRecord | StartRecord;

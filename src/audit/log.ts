@@ -21,10 +21,11 @@
  * is sealed with a `recovered` final checkpoint, and a new chain starts with a
  * `start` record linking to it.
  */
+import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { readFile, rename, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import type { Logger } from '../telemetry/logger.js';
@@ -281,6 +282,29 @@ function jitter(ms: number): number {
   return Math.round(ms * (0.5 + Math.random() * 0.5));
 }
 
+/**
+ * The WAL directory's id, made once and kept in it (`wal-id`): start records carry it, so verify can tell
+ * the lineages of two gateways on one host apart (both have a slot 0). Workers sharing the directory race
+ * to make it; the first file wins and the others read it.
+ */
+async function walIdentity(dir: string): Promise<string> {
+  const path = join(dir, 'wal-id');
+  const read = async () => (await readFile(path, 'utf8')).trim();
+  try {
+    const id = await read();
+    if (id !== '') return id;
+  } catch {
+    // not made yet
+  }
+  const id = randomBytes(8).toString('hex');
+  try {
+    await writeFile(path, `${id}\n`, { flag: 'wx' });
+    return id;
+  } catch {
+    return read();
+  }
+}
+
 function message(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
@@ -489,6 +513,7 @@ class AuditLogImpl implements AuditLog {
         software: this.#software,
         after,
         checkpoint: { every: this.#checkpointEvery, intervalMs: this.#checkpointIntervalMs },
+        wal: await walIdentity(dirname(this.#slot.dir)),
       }),
     );
 

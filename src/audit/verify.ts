@@ -219,8 +219,9 @@ interface ChainState {
   lastId: string;
   /** `ts` of the chain's last record. */
   lastTs: string;
-  /** From the start record: its slot, and where the start record is. */
+  /** From the start record: its slot, its WAL directory's id, and where the start record is. */
   slot: number | null;
+  wal: string | null;
   startAt: Where | null;
   fork: Fork | null;
 }
@@ -314,6 +315,7 @@ class Verifier {
         lastId: '',
         lastTs: '',
         slot: null,
+        wal: null,
         startAt: null,
         fork: null,
       };
@@ -511,7 +513,7 @@ class Verifier {
         state.final = false;
       }
     }
-    if (row.columns === undefined) this.#fresh(this.#streamOf(row), hash);
+    if (row.columns === undefined) this.#fresh(this.#streamOf(row, state), hash);
     report.records++;
     if (!advance) return;
 
@@ -581,8 +583,15 @@ class Verifier {
     if (state.recent.size > DUPLICATE_WINDOW) state.recent.delete(state.recent.keys().next().value as number);
   }
 
-  #streamOf(row: SourceRow): StreamState {
-    const key = row.stream ?? '';
+  /**
+   * A replay re-sends one WAL slot's records in order, so its pattern is followed per file and per writer
+   * lineage (host, WAL directory, slot, from the chain's start record; the chain itself when that is
+   * unknown): workers sharing one file interleave their lines without cutting each other's replays.
+   */
+  #streamOf(row: SourceRow, state: ChainState): StreamState {
+    const lineage =
+      state.slot === null ? `chain ${state.report.chain}` : `${state.report.host}\u0000${state.wal}\u0000${state.slot}`;
+    const key = `${row.stream ?? ''}\u0000${lineage}`;
     let stream = this.#streams.get(key);
     if (stream === undefined) {
       stream = { high: 0, cur: 0, floor: null, replayStart: null, positions: new Map() };
@@ -635,7 +644,7 @@ class Verifier {
       error('in a store that keeps each id once (the table lost its unique constraint): copied in');
       return;
     }
-    const stream = this.#streamOf(row);
+    const stream = this.#streamOf(row, state);
     const pos = stream.positions.get(hash);
     if (pos !== undefined && pos === stream.cur + 1) stream.cur = pos;
     else if (pos !== undefined && pos <= stream.cur && (stream.floor === null || pos >= stream.floor)) {
@@ -711,6 +720,7 @@ class Verifier {
     report.pid = typeof record['pid'] === 'number' ? record['pid'] : null;
     report.startedAt = typeof record['ts'] === 'string' ? record['ts'] : null;
     state.slot = typeof record['slot'] === 'number' ? record['slot'] : null;
+    state.wal = typeof record['wal'] === 'string' ? record['wal'] : null;
     state.startAt = at;
     const pem = record['publicKey'];
     state.declared = { key: null, keyId: null };
@@ -965,16 +975,17 @@ class Verifier {
   /**
    * A chain of the same host and WAL slot as `state`, started and ended before it, that no chain in the store
    * follows: the lineage `older → … → state` lost a link in between — not pruning (which removes the oldest
-   * first), nor a sink added later (it held `older`). Host and slot as the start records give them; a gateway
-   * whose host name changes on every restart (containers) is not matched, and then a missing predecessor stays
-   * the warning it always was.
+   * first), nor a sink added later (it held `older`). Host, WAL directory (its id) and slot as the start records
+   * give them: two gateways on one host each have a slot 0. Records without a WAL id (older writers), or a
+   * gateway whose host name changes on every restart (containers), are not matched, and then a missing
+   * predecessor stays the warning it always was.
    */
   #olderOnSlot(state: ChainState, successors: Map<string, ChainState>): ChainState | undefined {
     const host = state.report.host;
     const startedAt = state.report.startedAt;
-    if (host === null || state.slot === null || startedAt === null) return undefined;
+    if (host === null || state.slot === null || state.wal === null || startedAt === null) return undefined;
     for (const other of this.#chains.values()) {
-      if (other === state || other.report.host !== host || other.slot !== state.slot) continue;
+      if (other === state || other.report.host !== host || other.wal !== state.wal || other.slot !== state.slot) continue;
       const otherStart = other.report.startedAt;
       if (otherStart === null || otherStart >= startedAt || other.lastTs > startedAt) continue;
       if (!successors.has(other.report.chain)) return other;

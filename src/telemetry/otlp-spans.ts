@@ -480,8 +480,9 @@ export class EncodingSpanProcessor implements SpanProcessor {
   onStart(_span: Span): void {}
 
   onEnd(span: ReadableSpan): void {
-    if (this.stopped || (span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
-    if (this.queued >= this.maxQueueSize) {
+    if ((span.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return;
+    // Stopping or stopped (a request still running when its tracer was retired): counted, not lost unseen.
+    if (this.stopped || this.queued >= this.maxQueueSize) {
       this.dropped++;
       this.droppedSinceWarn++;
       this.onDrop?.();
@@ -575,9 +576,10 @@ export class EncodingSpanProcessor implements SpanProcessor {
 
   async shutdown(): Promise<void> {
     if (this.stopped) return;
-    await this.forceFlush();
+    // Spans ending from here on are dropped (and counted): the flush below sends everything before them.
     this.stopped = true;
     if (this.timer !== undefined) clearTimeout(this.timer);
+    await this.forceFlush();
     await this.exporter.shutdown();
   }
 }

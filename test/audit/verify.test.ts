@@ -665,6 +665,55 @@ describe('a whole chain deleted (three restarts on one slot: chains A → B → 
     expect(codes(report)).toEqual(['chain.deleted']);
   });
 
+  it('two gateways on one host (own WAL directories, both slot 0) sharing a store the first joined late: a warning, not chain.deleted', async () => {
+    const { mkdirSync } = await import('node:fs');
+    const base = join(dir, 'two-gateways');
+    const run = async (name: string) => {
+      const at = join(base, name);
+      mkdirSync(at, { recursive: true });
+      const log = await createAuditLog(auditConfig(at), { logger: silentLogger(), orphanDrainDelayMs: false });
+      log.record({ action: 'payment.refund', subject: name });
+      await log.close();
+      return readFileSync(join(at, 'audit.jsonl'), 'utf8').trim().split('\n');
+    };
+    await run('x'); // X's first chain: written before X's sink joined the shared store
+    const y = await run('y');
+    const x = (await run('x')).slice(-3); // X's second chain only (start, event, seal)
+    const report = verifyLines([...y, ...x], { sealed: true });
+    expect(report.ok).toBe(true);
+    const chainIssues = report.issues.filter((i) => i.code.startsWith('chain.'));
+    expect(chainIssues.map((i) => `${i.severity} ${i.code}`)).toEqual(['warning chain.predecessor_missing']);
+  });
+
+  it("two workers sharing one file: one's replay after a crash, interleaved with the other's new lines, is a replay", async () => {
+    const { mkdirSync } = await import('node:fs');
+    const at = join(dir, 'shared-file');
+    mkdirSync(at, { recursive: true });
+    const open = (name: string) =>
+      createAuditLog(auditConfig(at, { sinks: [{ file: { path: join(at, `${name}.jsonl`), rotateBytes: 0 } }] }), {
+        logger: silentLogger(),
+        orphanDrainDelayMs: false,
+      });
+    const [a, b] = await Promise.all([open('a'), open('b')]); // slots 0 and 1 of one WAL directory
+    for (let i = 0; i < 4; i++) {
+      a.record({ action: 'payment.refund', subject: `a${i}` });
+      b.record({ action: 'payment.refund', subject: `b${i}` });
+    }
+    await Promise.all([a.close(), b.close()]);
+    const linesOf = (name: string) =>
+      readFileSync(join(at, `${name}.jsonl`), 'utf8')
+        .trim()
+        .split('\n');
+    const [la, lb] = [linesOf('a'), linesOf('b')];
+    // A's sink re-sends from its cursor (record 2 on) after a crash, while B keeps writing into the same file.
+    const shared = [...la, lb[0]!, lb[1]!];
+    for (let i = 2; i < la.length; i++) shared.push(la[i]!, ...(i < lb.length ? [lb[i]!] : []));
+    shared.push(...lb.slice(la.length));
+    const report = verifyLines(shared, { sealed: true });
+    expect(report.issues.filter((i) => i.severity === 'error')).toEqual([]);
+    expect(report.ok).toBe(true);
+  });
+
   it('the oldest chains gone (pruning) stay a warning; the newest gone cannot be told from the records', () => {
     for (const pruned of [without(0), without(0, 1)]) {
       const report = verifyLines(pruned, { publicKeys: [keys.publicPem], sealed: true });

@@ -354,5 +354,19 @@ describe('EncodingSpanProcessor: batching as BatchSpanProcessor', () => {
     p.onEnd(span());
     await p.forceFlush();
     expect(batches).toHaveLength(3);
+    expect(p.dropped).toBe(1);
+  });
+
+  it('spans ending while shutdown flushes are counted as dropped, never lost unseen', async () => {
+    const { exporter, batches, ok } = heldExporter();
+    let drops = 0;
+    const p = new EncodingSpanProcessor(exporter, { ...opts, maxExportBatchSize: 10, onDrop: () => drops++ });
+    for (let i = 0; i < 5; i++) p.onEnd(span());
+    const stopping = p.shutdown();
+    for (let i = 0; i < 5; i++) p.onEnd(span());
+    expect(batches.map((b) => b.batch.length)).toEqual([5]);
+    ok(0);
+    await stopping;
+    expect([p.dropped, drops]).toEqual([5, 5]);
   });
 });
