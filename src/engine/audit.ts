@@ -56,6 +56,8 @@ export function auditRequestDurable(
   let timer: NodeJS.Timeout | undefined;
   const limit = new Promise<void>((resolve, reject) => {
     timer = setTimeout(() => (audit.blocksWhenFull ? reject(new Error('audit commit timed out')) : resolve()), HOLD_LIMIT_MS);
+    // A stopped gateway exits without waiting for it (its connections are closed by then).
+    timer.unref();
   });
   const committed = audit.recordDurable(requestEvent(audit, ctx, end), end.reserved === true).then(() => {});
   return Promise.race([committed, limit])
@@ -147,11 +149,21 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
     held.push(args);
     return true;
   } as Holdable['write'];
+  const laterEnds: ((error?: Error | null) => void)[] = [];
   res.end = function heldEnd(this: unknown, ...args: never[]) {
-    // A second end() changes nothing (as on a stream), whether the first has gone out yet or not.
-    if (ending) return res;
+    // A second end() changes nothing (as on a stream), whether the first has gone out yet or not; its
+    // callback runs when the response has finished.
+    if (ending) {
+      const callback = callbackIn(args);
+      if (callback !== null) laterEnds.push(callback);
+      return res;
+    }
     ending = true;
+    // Ended as far as the application and its framework can tell: a held response must not look
+    // unsent, or a framework adds a second answer into it (Express's 404 after `send`, Fastify's reply).
+    const restore = seemEnded(res);
     const release = () => {
+      restore();
       res.writeHead = writeHead;
       res.write = write;
       res.end = end;
@@ -164,6 +176,7 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
         const callback = callbackIn(waiting);
         if (callback !== null) process.nextTick(callback, error);
       }
+      for (const callback of laterEnds) process.nextTick(callback, error);
     };
     process.nextTick(() => {
       Promise.resolve()
@@ -174,6 +187,7 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
             release();
             for (const waiting of held) write.apply(res, waiting);
             end.apply(res, args);
+            for (const callback of laterEnds) end.call(res, callback as never);
           },
           () => {
             if (!res.destroyed) res.destroy();
@@ -183,6 +197,31 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
     });
     return res;
   } as Holdable['end'];
+}
+
+const HEADER_SETTERS = ['writeHead', 'setHeader', 'setHeaders', 'appendHeader', 'removeHeader', 'flushHeaders'] as const;
+
+/**
+ * Makes a response whose end is held read as ended (`headersSent`, `writableEnded`) and refuse header
+ * changes as Node does once headers are out; returns what undoes it, before the real end runs.
+ */
+function seemEnded(res: object): () => void {
+  const names = ['headersSent', 'writableEnded', ...HEADER_SETTERS];
+  const saved = names.map((name) => [name, Object.getOwnPropertyDescriptor(res, name)] as const);
+  for (const name of ['headersSent', 'writableEnded']) Object.defineProperty(res, name, { configurable: true, get: () => true });
+  for (const name of HEADER_SETTERS)
+    if (typeof (res as Record<string, unknown>)[name] === 'function')
+      Object.defineProperty(res, name, { configurable: true, writable: true, value: headersAlreadySent });
+  return () => {
+    for (const [name, descriptor] of saved) {
+      if (descriptor === undefined) delete (res as Record<string, unknown>)[name];
+      else Object.defineProperty(res, name, descriptor);
+    }
+  };
+}
+
+function headersAlreadySent(): never {
+  throw Object.assign(new Error('Cannot set headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });
 }
 
 function callbackIn(args: readonly unknown[]): ((error?: Error | null) => void) | null {

@@ -333,3 +333,69 @@ describe('library audit in durable mode', () => {
     });
   }
 });
+
+describe('library audit in durable mode: handlers that answer twice', () => {
+  let laterEnds = 0;
+  const config = (dir: string) => ({
+    version: 1,
+    routes: [{ id: 'all', auth: { public: true }, match: { path: { prefix: '/' } } }],
+    audit: {
+      durability: 'durable',
+      wal: { dir: join(dir, 'wal'), fsyncIntervalMs: 30 },
+      sinks: [{ file: { path: join(dir, 'a.jsonl') } }],
+    },
+  });
+  const apps: Record<string, (bulwark: Bulwark) => Promise<{ base: string; close: () => Promise<void> }>> = {
+    'express: res.send, then next()': async (bulwark) => {
+      const app = express();
+      app.use(bulwark.middleware());
+      app.get('/x', (_req, res, next) => {
+        res.send('a');
+        next();
+      });
+      const server = createServer(app);
+      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+    },
+    'fastify: reply.send twice': async (bulwark) => {
+      const app = Fastify();
+      await app.register(bulwarkFastify, { bulwark });
+      app.get('/x', (_req, reply) => {
+        void reply.send('a');
+        void reply.send('b');
+      });
+      await app.listen({ port: 0, host: '127.0.0.1' });
+      return { base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, close: () => app.close() };
+    },
+    'node:http: end(x, cb) then end(cb2)': async (bulwark) => {
+      const server = createServer(
+        bulwark.protect((_req, res) => {
+          res.end('a', () => {});
+          res.end(() => laterEnds++);
+        }),
+      );
+      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+    },
+  };
+  for (const [name, start] of Object.entries(apps)) {
+    it(`${name}: the first answer, whole, and the connection stays usable`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'bulwark-durable-twice-'));
+      const bulwark = await createBulwark({ config: config(dir), logger: createLogger({ level: 'silent' }) });
+      const app = await start(bulwark);
+      const { Pool } = await import('undici');
+      const pool = new Pool(app.base, { connections: 1 });
+      try {
+        for (let i = 0; i < 3; i++) {
+          const res = await pool.request({ path: '/x', method: 'GET' });
+          expect({ status: res.statusCode, body: await res.body.text() }).toEqual({ status: 200, body: 'a' });
+        }
+        // A second end()'s callback runs once the response has finished (node:http case).
+        if (name.startsWith('node:http')) await expect.poll(() => laterEnds).toBe(3);
+      } finally {
+        await pool.close();
+        await app.close();
+        await bulwark.close();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+  }
+});
