@@ -14,7 +14,13 @@ import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { auditConfig, memorySink } from '../audit/helpers.js';
-import { echoClient, startEchoUpstream, unaryStatus, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
+import {
+  echoClient,
+  startEchoUpstream,
+  durableStatusChecks,
+  type EchoClientInstance,
+  type EchoUpstream,
+} from '../grpc/harness.js';
 
 describe('gRPC through the gateway, durable audit', () => {
   const dir = mkdtempSync(join(tmpdir(), 'bulwark-grpc-durable-'));
@@ -58,26 +64,16 @@ routes:
     rmSync(dir, { recursive: true, force: true });
   });
 
-  /** Runs `call` and reports whether the WAL had one more record when its status arrived. */
-  async function committedBeforeStatus(call: () => Promise<number>): Promise<{ status: number; committed: boolean }> {
-    await audit.flush();
-    const before = audit.stats().written;
-    const status = await call();
-    return { status, committed: audit.stats().written > before };
-  }
+  const checks = durableStatusChecks(
+    () => audit,
+    () => client,
+  );
 
   it('an allowed call: its status follows the commit', async () => {
-    for (let i = 0; i < 3; i++)
-      expect(await committedBeforeStatus(() => unaryStatus(client, {}))).toEqual({ status: 0, committed: true });
+    for (let i = 0; i < 3; i++) expect(await checks.allowed()).toEqual({ status: 0, committed: true });
   });
 
   it('a denied call (no route: UNIMPLEMENTED): its trailers-only status follows the commit', async () => {
-    const denied = () =>
-      new Promise<number>((resolve) => {
-        client
-          .ClientStream(new grpc.Metadata(), {}, (err: grpc.ServiceError | null) => resolve(err === null ? 0 : err.code))
-          .end();
-      });
-    expect(await committedBeforeStatus(denied)).toEqual({ status: grpc.status.UNIMPLEMENTED, committed: true });
+    expect(await checks.denied()).toEqual({ status: grpc.status.UNIMPLEMENTED, committed: true });
   });
 });

@@ -19,6 +19,7 @@ import {
   type OutgoingHttpHeaders,
 } from 'node:http2';
 import type { AddressInfo } from 'node:net';
+import type { AuditLog } from '../../src/audit/index.js';
 import type { RouteConfig } from '../../src/config/schema.js';
 import { loadConfigFile, parseConfig } from '../../src/config/load.js';
 import { BulwarkError } from '../../src/core/errors.js';
@@ -554,4 +555,30 @@ export function rawGrpcCall(
     for (const p of parts) req.write(p);
     req.end();
   });
+}
+
+/**
+ * Durable audit checks: the allowed Unary call and a denied ClientStream call (no route:
+ * UNIMPLEMENTED) each report their status and whether `audit`'s WAL held one more record when
+ * that status arrived.
+ */
+export function durableStatusChecks(audit: () => AuditLog, client: () => EchoClientInstance) {
+  const committedBeforeStatus = async (call: () => Promise<number>): Promise<{ status: number; committed: boolean }> => {
+    await audit().flush();
+    const before = audit().stats().written;
+    const status = await call();
+    return { status, committed: audit().stats().written > before };
+  };
+  return {
+    allowed: () => committedBeforeStatus(() => unaryStatus(client(), {})),
+    denied: () =>
+      committedBeforeStatus(
+        () =>
+          new Promise<number>((resolve) => {
+            client()
+              .ClientStream(new grpc.Metadata(), {}, (err: grpc.ServiceError | null) => resolve(err === null ? 0 : err.code))
+              .end();
+          }),
+      ),
+  };
 }

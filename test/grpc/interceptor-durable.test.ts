@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBulwark, type Bulwark } from '../../src/adapters/bulwark.js';
 import { bulwarkGrpcInterceptor } from '../../src/grpc/interceptors.js';
 import { createLogger } from '../../src/telemetry/logger.js';
-import { echoClient, serveEcho, unaryStatus, type EchoClientInstance } from './harness.js';
+import { echoClient, serveEcho, durableStatusChecks, type EchoClientInstance } from './harness.js';
 
 describe('gRPC interceptor, durable audit', () => {
   const dir = mkdtempSync(join(tmpdir(), 'bulwark-grpc-interceptor-durable-'));
@@ -43,25 +43,16 @@ describe('gRPC interceptor, durable audit', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  async function committedBeforeStatus(call: () => Promise<number>): Promise<{ status: number; committed: boolean }> {
-    await bulwark.audit!.flush();
-    const before = bulwark.audit!.stats().written;
-    const status = await call();
-    return { status, committed: bulwark.audit!.stats().written > before };
-  }
+  const checks = durableStatusChecks(
+    () => bulwark.audit!,
+    () => client,
+  );
 
   it("the handler's status follows the commit", async () => {
-    for (let i = 0; i < 3; i++)
-      expect(await committedBeforeStatus(() => unaryStatus(client, {}))).toEqual({ status: 0, committed: true });
+    for (let i = 0; i < 3; i++) expect(await checks.allowed()).toEqual({ status: 0, committed: true });
   });
 
   it("a denial's status (no route: UNIMPLEMENTED) follows the commit", async () => {
-    const denied = () =>
-      new Promise<number>((resolve) => {
-        client
-          .ClientStream(new grpc.Metadata(), {}, (err: grpc.ServiceError | null) => resolve(err === null ? 0 : err.code))
-          .end();
-      });
-    expect(await committedBeforeStatus(denied)).toEqual({ status: grpc.status.UNIMPLEMENTED, committed: true });
+    expect(await checks.denied()).toEqual({ status: grpc.status.UNIMPLEMENTED, committed: true });
   });
 });
