@@ -71,6 +71,16 @@ export function auditRequestDurable(
 /** The longest a response waits for its event's commit (durable mode) before it is cut (block) or let go (drop). */
 export const HOLD_LIMIT_MS = 10_000;
 
+/**
+ * Durable audit where an answer's last part leaves on its own (a gRPC status), as `holdEnd` does for
+ * `res.end`: `send` once `commit` (the request's event, committed) has settled, `refuse` if it failed.
+ * Without a commit (fast mode, no audit) `send` runs at once.
+ */
+export function afterCommit(commit: (() => Promise<void>) | null, send: () => void, refuse: () => void): void {
+  if (commit === null) return send();
+  Promise.resolve().then(commit).then(send, refuse);
+}
+
 /** The part of a response `holdEnd` needs. */
 interface Holdable {
   writeHead: (...args: never[]) => unknown;

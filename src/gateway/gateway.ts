@@ -20,7 +20,7 @@ import {
 } from '../grpc/index.js';
 import type { Http2ServerResponse } from 'node:http2';
 import { admit, contextFor, problemResponse } from '../engine/admission.js';
-import { auditRequest, auditRequestDurable, holdEnd } from '../engine/audit.js';
+import { afterCommit, auditRequest, auditRequestDurable, holdEnd } from '../engine/audit.js';
 import { issuerEventSink } from '../engine/issuer-events.js';
 import { EXPLANATION_HEADER, explanationHeaderValue } from '../authz/index.js';
 import { upstreamRequestHeaders } from './headers.js';
@@ -660,16 +660,14 @@ export class Gateway {
     if (!grpc) return this.respondProblem(req, res, ctx, error, isH2, outcome);
     outcome.code = error.code;
     if (res.headersSent || res.destroyed) return;
-    const commit = outcome.commit;
-    if (commit === null) {
-      if (sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId)) outcome.grpcStatus = grpcStatusFor(error);
-      return;
-    }
-    // Durable audit: the event (with the status about to be sent) is committed first.
-    outcome.grpcStatus = grpcStatusFor(error);
-    commit().then(
+    const status = grpcStatusFor(error);
+    // Durable audit: the event, with the status about to be sent, is committed first.
+    if (outcome.commit !== null) outcome.grpcStatus = status;
+    afterCommit(
+      outcome.commit,
       () => {
-        if (!res.headersSent && !res.destroyed) sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId);
+        if (!res.headersSent && !res.destroyed && sendGrpcDenial(res as Http2ServerResponse, error, ctx.requestId))
+          outcome.grpcStatus = status;
       },
       () => {
         if (!res.destroyed) (res as Http2ServerResponse).stream.close(h2constants.NGHTTP2_INTERNAL_ERROR);

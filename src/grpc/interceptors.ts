@@ -17,6 +17,7 @@ import {
   type ServerInterceptingCallInterface,
   type ServerInterceptor,
   type ServerMethodDefinition,
+  type StatusObject,
 } from '@grpc/grpc-js';
 import { context as otelContext, propagation, type Context } from '@opentelemetry/api';
 import type { IncomingHttpHeaders } from 'node:http';
@@ -24,6 +25,7 @@ import type { BulwarkRequestState, Evaluation } from '../adapters/bulwark.js';
 import type { Identity, RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import type { RequestLike } from '../engine/admission.js';
+import { afterCommit } from '../engine/audit.js';
 import { GRPC_CONTENT_TYPE, grpcDenialMetadata, grpcMessageFor, GrpcStatus, grpcStatusFor } from './status.js';
 
 /** What the interceptor needs of the engine: `Bulwark` from `createBulwark` satisfies it. */
@@ -76,6 +78,8 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
     let evaluation: Evaluation | null = null;
     let ended = -1; // the gRPC status the call ended with, once it has
     let aborted = false; // the client cancelled: recorded as an abort (`request.aborted`), as the gateway does
+    const commitOf = (e: Evaluation, info: { grpcStatus: number; code?: string }) =>
+      engine.holdsResponses === true && engine.commitAudit !== undefined ? () => engine.commitAudit!(e, 200, info) : null;
     const end = (status: number) => {
       if (ended !== -1) return;
       ended = status;
@@ -103,22 +107,20 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
             }
             if (error !== null) {
               // Durable audit: the denial's event is committed before its status goes out.
-              if (engine.holdsResponses === true && engine.commitAudit !== undefined) {
-                return void engine.commitAudit(result, 200, { grpcStatus: grpcStatusFor(error) }).then(
-                  () => {
-                    if (ended !== -1) return;
-                    deny(call, error, ctx.requestId);
-                    end(grpcStatusFor(error));
-                  },
-                  () => {
-                    if (ended !== -1) return;
-                    call.sendStatus({ code: GrpcStatus.UNAVAILABLE, details: 'Audit unavailable', metadata: new Metadata() });
-                    end(GrpcStatus.UNAVAILABLE);
-                  },
-                );
-              }
-              deny(call, error, ctx.requestId);
-              return end(grpcStatusFor(error));
+              const code = grpcStatusFor(error);
+              return afterCommit(
+                commitOf(result, { grpcStatus: code }),
+                () => {
+                  if (ended !== -1) return;
+                  deny(call, error, ctx.requestId);
+                  end(code);
+                },
+                () => {
+                  if (ended !== -1) return;
+                  call.sendStatus(unaudited());
+                  end(GrpcStatus.UNAVAILABLE);
+                },
+              );
             }
             states.set(metadata, {
               requestId: ctx.requestId,
@@ -147,22 +149,18 @@ export function bulwarkGrpcInterceptor(engine: GrpcEngine, options: BulwarkGrpcI
       start: (next) => next(listener),
       sendStatus: (status, next) => {
         // Durable audit: the handler's status goes out once the call's event is committed.
-        if (evaluation !== null && engine.holdsResponses === true && engine.commitAudit !== undefined && ended === -1) {
-          const code = status.code;
-          void engine.commitAudit(evaluation, 200, completion(code, false)).then(
-            () => {
-              next(status);
-              end(code);
-            },
-            () => {
-              next({ code: GrpcStatus.UNAVAILABLE, details: 'Audit unavailable', metadata: new Metadata() });
-              end(GrpcStatus.UNAVAILABLE);
-            },
-          );
-          return;
-        }
-        next(status);
-        end(status.code);
+        const commit = evaluation === null || ended !== -1 ? null : commitOf(evaluation, completion(status.code, false));
+        afterCommit(
+          commit,
+          () => {
+            next(status);
+            end(status.code);
+          },
+          () => {
+            next(unaudited());
+            end(GrpcStatus.UNAVAILABLE);
+          },
+        );
       },
     });
   };
@@ -303,6 +301,11 @@ export function bearerTokenInterceptor(getToken: TokenSource, options: BearerTok
     });
     return intercepting;
   };
+}
+
+/** The answer when a call's event could not be committed (durable audit): never its status as if audited. */
+function unaudited(): StatusObject {
+  return { code: GrpcStatus.UNAVAILABLE, details: 'Audit unavailable', metadata: new Metadata() };
 }
 
 function completion(grpcStatus: number, aborted: boolean): { grpcStatus: number; code?: string } {

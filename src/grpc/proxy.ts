@@ -21,6 +21,7 @@ import {
 import type { RequestContext } from '../core/context.js';
 import { BulwarkError } from '../core/errors.js';
 import { countHeader } from '../engine/admission.js';
+import { afterCommit } from '../engine/audit.js';
 import {
   checkGrpcEncoding,
   DEFAULT_GRPC_ENCODINGS,
@@ -597,9 +598,10 @@ class GrpcProxyCall implements DeadlineEntry {
     const gate = this.options.beforeStatus;
     if (gate === undefined) return send();
     const client = this.client;
-    gate().then(
+    afterCommit(
+      gate,
+      // Gone meanwhile: its close already ended the call.
       () => {
-        // Gone meanwhile: its close already ended the call.
         if (!client.destroyed && !client.closed) send();
       },
       () => {
