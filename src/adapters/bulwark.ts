@@ -4,7 +4,7 @@ import { BulwarkError } from '../core/errors.js';
 import { ConfigError, loadConfigFile, parseConfig, type LoadedConfig } from '../config/load.js';
 import type { ListenerConfig, PathPolicyConfig } from '../config/schema.js';
 import { admit, contextFor, problemResponse, type RequestLike } from '../engine/admission.js';
-import { auditRequest, auditRequestDurable, holdEnd, type RequestEnd } from '../engine/audit.js';
+import { auditRequest, auditRequestDurable, contentLength, holdEnd, type RequestEnd } from '../engine/audit.js';
 import { compileRuntime, ListenerSettings, retireRuntime, type CompileOptions, type Runtime } from '../gateway/runtime.js';
 import { LIBRARY_CHECKS, watchConfig } from '../server/config-source.js';
 import { rateLimitHeaders, releaseLimits } from '../limits/index.js';
@@ -467,9 +467,7 @@ function onResponseOver(req: IncomingMessage, res: ServerResponse, over: () => v
 
 /** The body bytes a response announced, -1 when it did not (chunked). */
 export function bytesOf(res: { getHeader(name: string): unknown }): number {
-  const length = res.getHeader('content-length');
-  const n = typeof length === 'number' ? length : typeof length === 'string' ? Number(length) : NaN;
-  return Number.isSafeInteger(n) && n >= 0 ? n : -1;
+  return contentLength(res.getHeader('content-length')) ?? -1;
 }
 
 /**

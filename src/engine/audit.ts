@@ -91,7 +91,13 @@ interface Holdable {
   readonly destroyed: boolean;
 }
 
-/** The Content-Length in `writeHead`'s headers (object or flat array), if any. */
+/** A Content-Length header's value as a byte count; null when absent or not one. */
+export function contentLength(value: unknown): number | null {
+  const n = typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : NaN;
+  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+}
+
+/** The Content-Length in `writeHead`'s headers (object, flat array or pairs), if any. */
 function lengthIn(headers: unknown): number | null {
   let value: unknown;
   if (Array.isArray(headers)) {
@@ -103,10 +109,10 @@ function lengthIn(headers: unknown): number | null {
         if (String(headers[i]).toLowerCase() === 'content-length') value = headers[i + 1];
     }
   } else if (typeof headers === 'object' && headers !== null) {
-    for (const [name, v] of Object.entries(headers)) if (name.toLowerCase() === 'content-length') value = v;
+    const object = headers as Record<string, unknown>;
+    for (const name in object) if (name.toLowerCase() === 'content-length') value = object[name];
   }
-  const n = typeof value === 'number' ? value : typeof value === 'string' ? Number(value) : NaN;
-  return Number.isSafeInteger(n) && n >= 0 ? n : null;
+  return contentLength(value);
 }
 
 function sizeOf(chunk: unknown, encoding: unknown): number {
@@ -152,7 +158,7 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
       held.push(args);
       return true;
     }
-    declared ??= lengthIn({ 'content-length': res.getHeader('content-length') });
+    declared ??= contentLength(res.getHeader('content-length'));
     const [chunk, encoding] = args as unknown[];
     sent += sizeOf(chunk, encoding);
     if (declared === null || sent < declared) return write.apply(res, args);
