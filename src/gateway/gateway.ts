@@ -448,7 +448,8 @@ export class Gateway {
     // upstream's end no longer frees the request's slots, its 'close' does.
     const releaseOnDone = commit === null ? release : noop;
     if (commit !== null) {
-      holdEnd(res, commit);
+      // A gRPC call's answer leaves as a stream status (afterCommit), never through res.end.
+      if (!grpc) holdEnd(res, commit);
       outcome.commit = commit;
     }
     if (!isH2 && (res as ServerResponse).socket === null) {
