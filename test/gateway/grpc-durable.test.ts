@@ -8,9 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAuditLog, type AuditLog } from '../../src/audit/index.js';
-import { parseConfig } from '../../src/config/load.js';
-import { Gateway } from '../../src/gateway/gateway.js';
-import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import type { Gateway } from '../../src/gateway/gateway.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { auditConfig, memorySink } from '../audit/helpers.js';
@@ -20,6 +18,7 @@ import {
   durableStatusChecks,
   type EchoClientInstance,
   type EchoUpstream,
+  startGrpcGateway,
 } from '../grpc/harness.js';
 
 describe('gRPC through the gateway, durable audit', () => {
@@ -32,28 +31,23 @@ describe('gRPC through the gateway, durable audit', () => {
 
   beforeAll(async () => {
     upstream = await startEchoUpstream();
-    const loaded = parseConfig(
-      `version: 1
-listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
-upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
-telemetry: { logs: { level: error } }
-routes:
-  - { id: unary, match: { path: { exact: /test.Echo/Unary } }, upstream: echo, auth: { public: true } }
-`,
-      'grpc.yaml',
-      { checks: CONFIG_CHECKS },
-    );
     const logger = createLogger({ level: 'silent' });
-    telemetry = createTelemetry(loaded.config, { logger, role: 'single' });
     // A wide group-commit window: a status sent before its commit would arrive well ahead of it.
     const config = auditConfig(dir);
     audit = await createAuditLog(
       { ...config, wal: { ...config.wal!, fsyncIntervalMs: 100 } },
       { logger, sinks: [memorySink([])] },
     );
-    gateway = new Gateway({ logger, telemetry, audit });
-    await gateway.start(loaded.config, loaded.hash);
-    client = echoClient([...gateway.ports().values()][0]!);
+    let port: number;
+    ({ gateway, port } = await startGrpcGateway(
+      upstream.origin,
+      `telemetry: { logs: { level: error } }
+routes:
+  - { id: unary, match: { path: { exact: /test.Echo/Unary } }, upstream: echo, auth: { public: true } }
+`,
+      { audit, telemetry: (c) => (telemetry = createTelemetry(c, { logger, role: 'single' })) },
+    ));
+    client = echoClient(port);
   });
   afterAll(async () => {
     client.close();

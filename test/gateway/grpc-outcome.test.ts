@@ -11,14 +11,19 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createAuditLog, type AuditLog, type AuditSink, type WalEntry } from '../../src/audit/index.js';
-import { parseConfig } from '../../src/config/load.js';
-import { Gateway } from '../../src/gateway/gateway.js';
-import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import type { Gateway } from '../../src/gateway/gateway.js';
 import { createLogger } from '../../src/telemetry/logger.js';
 import { createTelemetry, type Telemetry } from '../../src/telemetry/index.js';
 import { auditConfig } from '../audit/helpers.js';
 import { parsePrometheus, valueOf } from '../telemetry/helpers.js';
-import { unaryStatus, echoClient, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from '../grpc/harness.js';
+import {
+  unaryStatus,
+  echoClient,
+  startEchoUpstream,
+  startGrpcGateway,
+  type EchoClientInstance,
+  type EchoUpstream,
+} from '../grpc/harness.js';
 
 const lines: string[] = [];
 const sink: AuditSink = {
@@ -41,25 +46,24 @@ describe('gRPC outcome in spans and audit', () => {
 
   beforeAll(async () => {
     upstream = await startEchoUpstream();
-    const loaded = parseConfig(
-      `version: 1
-listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
-upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
-telemetry: { traces: { exporter: otlp }, logs: { level: error } }
+    const logger = createLogger({ level: 'silent' });
+    audit = await createAuditLog(auditConfig(dir), { logger, sinks: [sink] });
+    let port: number;
+    ({ gateway, port } = await startGrpcGateway(
+      upstream.origin,
+      `telemetry: { traces: { exporter: otlp }, logs: { level: error } }
 routes:
   # The gateway's own deadline for calls: shorter than the client's, so it is the gateway that ends them.
   - { id: short, match: { path: { exact: /test.Echo/ClientStream } }, upstream: echo, auth: { public: true }, timeouts: { totalMs: 150 } }
   - { id: echo, match: { path: { prefix: /test.Echo/ } }, upstream: echo, auth: { public: true } }
 `,
-      'grpc.yaml',
-      { checks: CONFIG_CHECKS },
-    );
-    const logger = createLogger({ level: 'silent' });
-    telemetry = createTelemetry(loaded.config, { logger, role: 'single', spanExporter: exporter, simpleSpanProcessor: true });
-    audit = await createAuditLog(auditConfig(dir), { logger, sinks: [sink] });
-    gateway = new Gateway({ logger, telemetry, audit });
-    await gateway.start(loaded.config, loaded.hash);
-    client = echoClient([...gateway.ports().values()][0]!);
+      {
+        audit,
+        telemetry: (c) =>
+          (telemetry = createTelemetry(c, { logger, role: 'single', spanExporter: exporter, simpleSpanProcessor: true })),
+      },
+    ));
+    client = echoClient(port);
   });
   afterAll(async () => {
     client.close();

@@ -31,6 +31,9 @@ import { closeGrpcPool, grpcPoolFor, type GrpcUpstreamPoolOptions } from '../../
 import { forwardGrpc, isGrpcRequest } from '../../src/grpc/proxy.js';
 import { grpcStatusFor, sendGrpcDenial } from '../../src/grpc/status.js';
 import { CONFIG_CHECKS } from '../../src/server/config-source.js';
+import { Gateway } from '../../src/gateway/gateway.js';
+import { createLogger } from '../../src/telemetry/logger.js';
+import type { Telemetry } from '../../src/telemetry/index.js';
 
 // ---------------------------------------------------------------------------
 // A raw-bytes service: messages are Buffers, so tests choose sizes and bytes freely.
@@ -581,4 +584,32 @@ export function durableStatusChecks(audit: () => AuditLog, client: () => EchoCli
           }),
       ),
   };
+}
+
+/**
+ * An in-process gateway with one h2c listener in front of the echo upstream at `origin`; `rest` is the
+ * config after `upstreams` (telemetry, rateLimits, routes). Telemetry, when wanted, is made from the
+ * parsed config.
+ */
+export async function startGrpcGateway(
+  origin: string,
+  rest: string,
+  options: { telemetry?: (config: ReturnType<typeof parseConfig>['config']) => Telemetry; audit?: AuditLog } = {},
+): Promise<{ gateway: Gateway; port: number }> {
+  const loaded = parseConfig(
+    `version: 1
+listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
+upstreams: { echo: { endpoints: ['${origin}'] } }
+${rest}`,
+    'grpc.yaml',
+    { checks: CONFIG_CHECKS },
+  );
+  const telemetry = options.telemetry?.(loaded.config);
+  const gateway = new Gateway({
+    logger: createLogger({ level: 'silent' }),
+    ...(telemetry === undefined ? {} : { telemetry }),
+    ...(options.audit === undefined ? {} : { audit: options.audit }),
+  });
+  await gateway.start(loaded.config, loaded.hash);
+  return { gateway, port: [...gateway.ports().values()][0]! };
 }

@@ -6,12 +6,17 @@
 import * as grpc from '@grpc/grpc-js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createBulwark, type Bulwark } from '../../src/adapters/bulwark.js';
-import { parseConfig } from '../../src/config/load.js';
-import { Gateway } from '../../src/gateway/gateway.js';
+import type { Gateway } from '../../src/gateway/gateway.js';
 import { bulwarkGrpcInterceptor } from '../../src/grpc/interceptors.js';
-import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { createLogger } from '../../src/telemetry/logger.js';
-import { echoClient, serveEcho, startEchoUpstream, type EchoClientInstance, type EchoUpstream } from './harness.js';
+import {
+  echoClient,
+  serveEcho,
+  startEchoUpstream,
+  startGrpcGateway,
+  type EchoClientInstance,
+  type EchoUpstream,
+} from './harness.js';
 
 const POLICY = { id: 'per-minute', rate: 2, per: '1m', key: ['route'] };
 
@@ -44,21 +49,16 @@ describe('gRPC rate-limit refusals carry when to retry', () => {
 
   beforeAll(async () => {
     upstream = await startEchoUpstream();
-    const loaded = parseConfig(
-      `version: 1
-listeners: [{ address: 127.0.0.1, port: 0, protocol: h2c }]
-upstreams: { echo: { endpoints: ['${upstream.origin}'] } }
-telemetry: { logs: { level: error } }
+    let gwPort: number;
+    ({ gateway, port: gwPort } = await startGrpcGateway(
+      upstream.origin,
+      `telemetry: { logs: { level: error } }
 rateLimits: { policies: [${JSON.stringify(POLICY)}] }
 routes:
   - { id: echo, match: { path: { prefix: /test.Echo/ } }, upstream: echo, auth: { public: true }, rateLimit: [per-minute] }
 `,
-      'grpc.yaml',
-      { checks: CONFIG_CHECKS },
-    );
-    gateway = new Gateway({ logger: createLogger({ level: 'silent' }) });
-    await gateway.start(loaded.config, loaded.hash);
-    gwClient = echoClient([...gateway.ports().values()][0]!);
+    ));
+    gwClient = echoClient(gwPort);
 
     bulwark = await createBulwark({
       config: {
