@@ -232,6 +232,8 @@ const MAX_PENDING_BYTES = 8 * 1024 * 1024;
 const MAINTENANCE_MS = 250;
 const CURSOR_SAVE_MS = 1000;
 const FAST_SYNC_MS = 1000;
+/** `fast` mode: the WAL is written at most this often (ms) while the log is open and nobody waits for a flush. */
+const FAST_COMMIT_MS = 5;
 const SINK_LOG_EVERY_MS = 30_000;
 /**
  * A sink that is caught up waits this long before writing a part batch. Under
@@ -411,6 +413,8 @@ class AuditLogImpl implements AuditLog {
   /** Bytes of the commit in flight: neither pending nor in the WAL's size yet, but on their way. */
   #inflightBytes = 0;
   #commitScheduled = false;
+  /** A commit waiting out its window (group commit, or `fast` mode's pacing): a flush or close cuts it short. */
+  #commitWindow: NodeJS.Timeout | null = null;
   #committing = false;
   #lastCommitAt = 0;
   #commitRetryMs = 0;
@@ -867,9 +871,28 @@ class AuditLogImpl implements AuditLog {
     if (this.#commitScheduled || this.#committing || this.#commitRetryTimer !== null || this.#pendingEntries.length === 0) return;
     this.#commitScheduled = true;
     // Group commit: in durable mode, wait out the window since the last commit began so more records share the fsync.
-    const wait = this.#durable ? this.#lastCommitAt + this.#fsyncIntervalMs - Date.now() : 0;
-    if (wait > 0) setTimeout(() => void this.#commit(), wait);
+    // `fast`: nothing waits for a WAL write, and one per loop turn (a few events each, an fs round trip
+    // through the thread pool apiece) costs more than the events it carries. A flush or close does not wait.
+    const window = this.#durable
+      ? this.#fsyncIntervalMs
+      : this.#idleWaiters.length > 0 || this.#state !== 'open'
+        ? 0
+        : FAST_COMMIT_MS;
+    const wait = this.#lastCommitAt + window - Date.now();
+    if (wait > 0)
+      this.#commitWindow = setTimeout(() => {
+        this.#commitWindow = null;
+        void this.#commit();
+      }, wait);
     else setImmediate(() => void this.#commit());
+  }
+
+  /** A commit waiting out its window goes now (the window only ever saves work; a flush wants the write). */
+  #commitNow(): void {
+    if (this.#commitWindow === null) return;
+    clearTimeout(this.#commitWindow);
+    this.#commitWindow = null;
+    setImmediate(() => void this.#commit());
   }
 
   async #commit(): Promise<void> {
@@ -1148,6 +1171,7 @@ class AuditLogImpl implements AuditLog {
     if (this.#isIdle()) return Promise.resolve();
     return new Promise((resolve) => {
       this.#idleWaiters.push(resolve);
+      this.#commitNow();
       this.#scheduleDrain();
     });
   }
@@ -1219,6 +1243,7 @@ class AuditLogImpl implements AuditLog {
     }
     this.#state = 'closed';
     if (this.#commitRetryTimer !== null) clearTimeout(this.#commitRetryTimer);
+    if (this.#commitWindow !== null) clearTimeout(this.#commitWindow);
     for (const r of this.#runners) {
       r.stopped = true;
       r.wake?.();

@@ -276,7 +276,7 @@ export const AuditSchema = Closed(
     durability: Type.Union([Type.Literal('durable'), Type.Literal('fast')], {
       default: 'durable',
       description:
-        '`durable`: an event counts as accepted once fsynced to the WAL (`recordDurable` waits for it; survives power loss). `fast`: once written to the WAL file (survives a process crash, not an OS crash).',
+        '`durable`: an event counts as accepted once fsynced to the WAL (`recordDurable` waits for it; survives power loss). `fast`: once written to the WAL file (survives a process crash, not an OS crash); events are written to the WAL in batches at most 5 ms apart and fsynced every second.',
     }),
     whenFull: Type.Union([Type.Literal('block'), Type.Literal('drop')], {
       default: 'block',

@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { setImmediate as tick } from 'node:timers/promises';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ChainWriter, storedLine, storedLineMaxBytes, writeStoredLine } from '../../src/audit/chain.js';
 import { AuditClock, UuidV7 } from '../../src/audit/clock.js';
@@ -194,6 +195,32 @@ describe('few write calls for many records', () => {
     const report = await verifyAudit({ file: path }, { sealed: true });
     expect(report.ok).toBe(true);
     expect(report.records).toBe(20_000 + 20 + 2); // events, periodic checkpoints, start and the final one
+  });
+});
+
+describe('fast mode pacing', () => {
+  it('events from many loop turns share one WAL write per window, and a flush does not wait the window out', async () => {
+    const d = dir();
+    const sink = memorySink();
+    const log = await createAuditLog(auditConfig(d, { durability: 'fast' }), { logger: silentLogger(), sinks: [sink] });
+    cleanups.push(() => log.close());
+    log.record(event(0));
+    await log.flush();
+    const calls = await countFileCalls(d);
+    // Frozen clock, real loop turns: the window never ends on its own, so any write seen is one per turn.
+    vi.useFakeTimers({ toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      for (let i = 1; i <= 50; i++) {
+        expect(log.record(event(i)).status).toBe('accepted');
+        await tick();
+      }
+      expect(calls.writev).not.toHaveBeenCalled();
+      await log.flush();
+    } finally {
+      vi.useRealTimers();
+    }
+    expect(calls.writev).toHaveBeenCalledTimes(1);
+    expect(sink.lines.filter((l) => l.includes('"kind":"event"'))).toHaveLength(51);
   });
 });
 
