@@ -11,7 +11,8 @@
  *    values with `[redacted]`, an HMAC pseudonym or a partial mask.
  * 3. The never-raw sweep, which config cannot turn off: values under
  *    credential-named keys (`authorization`, `cookie`, `*_token`, `password`,
- *    `x-goog-api-key`…: see `isCredentialName`) are redacted unless a rule already hashed them, and anything shaped like a
+ *    `x-goog-api-key`…: see `isCredentialName`) are redacted unless a rule already hashed them (under
+ *    plural names, `refresh_tokens`, `max_tokens`, only text: `isCredentialListName`), and anything shaped like a
  *    JWT or an `Authorization` credential (`Bearer …`, `Basic …`) is cut out of
  *    every string in the record, whatever field it is in.
  */
@@ -19,7 +20,7 @@ import { createHmac } from 'node:crypto';
 import { canonicalize, sortCodeUnits } from './canonical.js';
 import type { MaskAction, MaskingConfig, MaskRuleConfig } from './schema.js';
 import { NEVER_RAW_HEADERS, STRUCTURAL_FIELDS } from './schema.js';
-import { isCredentialName } from './sensitive.js';
+import { isCredentialListName, isCredentialName } from './sensitive.js';
 
 export const REDACTED = '[redacted]';
 export const REDACTED_JWT = '[redacted:jwt]';
@@ -50,16 +51,30 @@ const WHITESPACE = /\s/;
 /** Either pre-test's trigger, in one scan: most strings have neither. */
 const MAYBE_ANY = /eyJ|\s/;
 
+const PLAIN_KEY = 0;
+const CREDENTIAL_KEY = 1;
+/** A plural credential name (`refresh_tokens`, `max_tokens`): its text is redacted, its numbers stay. */
+const CREDENTIAL_LIST_KEY = 2;
+
 // Keys repeat from event to event (`provider`, `policy`, header names): remember the verdict, boundedly.
-const sensitiveCache = new Map<string, boolean>();
+const keyKinds = new Map<string, number>();
+
+function keyKind(key: string): number {
+  let kind = keyKinds.get(key);
+  if (kind === undefined) {
+    kind =
+      NEVER_RAW_HEADERS.has(key.toLowerCase()) || isCredentialName(key)
+        ? CREDENTIAL_KEY
+        : isCredentialListName(key)
+          ? CREDENTIAL_LIST_KEY
+          : PLAIN_KEY;
+    if (keyKinds.size < 4096) keyKinds.set(key, kind);
+  }
+  return kind;
+}
 
 export function isSensitiveKey(key: string): boolean {
-  let sensitive = sensitiveCache.get(key);
-  if (sensitive === undefined) {
-    sensitive = NEVER_RAW_HEADERS.has(key.toLowerCase()) || isCredentialName(key);
-    if (sensitiveCache.size < 4096) sensitiveCache.set(key, sensitive);
-  }
-  return sensitive;
+  return keyKind(key) === CREDENTIAL_KEY;
 }
 
 // ES2024 `isWellFormed` (native in Node 20): no lone surrogate.
@@ -262,13 +277,14 @@ export class Masker {
 
   #apply(rule: Rule, key: string, value: unknown): Masked {
     if (value === null || value === undefined) return new Masked(REDACTED);
-    const text = typeof value === 'string' ? value : typeof value === 'object' ? stableText(value) : String(value);
+    // Well-formed first: a partial mask keeps the tail as is, and the sweep does not scrub masked values again.
+    const text = wellFormed(typeof value === 'string' ? value : typeof value === 'object' ? stableText(value) : String(value));
     switch (rule.action) {
       case 'hash':
         return new Masked(this.pseudonym(text));
       case 'partial': {
         // A credential is never partly shown: its tail is still part of the secret.
-        if (isSensitiveKey(key) || typeof value === 'object') return new Masked(REDACTED);
+        if (keyKind(key) !== PLAIN_KEY || typeof value === 'object') return new Masked(REDACTED);
         const chars = Array.from(text); // code points: never split a surrogate pair
         if (chars.length < 2 * rule.keep) return new Masked(REDACTED);
         return new Masked('*'.repeat(chars.length - rule.keep) + chars.slice(-rule.keep).join(''));
@@ -367,10 +383,10 @@ function sweep(value: unknown, key: string, depth: number): unknown {
   if (value instanceof Masked) return value.value;
   switch (typeof value) {
     case 'string':
-      if (depth > 0 && isSensitiveKey(key)) return REDACTED;
+      if (depth > 0 && keyKind(key) !== PLAIN_KEY) return REDACTED;
       return scrubTokens(wellFormed(value));
     case 'number':
-      if (depth > 0 && isSensitiveKey(key)) return REDACTED; // a numeric PIN or secret is still one
+      if (depth > 0 && keyKind(key) === CREDENTIAL_KEY) return REDACTED; // a numeric PIN or secret is still one
       return Number.isFinite(value) ? value : null;
     case 'boolean':
       return value;
@@ -380,7 +396,11 @@ function sweep(value: unknown, key: string, depth: number): unknown {
       return undefined; // bigint, function, symbol, undefined: not JSON data (toJsonData already dropped them)
   }
   if (value === null) return null;
-  if (depth > 0 && isSensitiveKey(key)) return REDACTED;
+  if (depth > 0) {
+    // A list under a plural name is swept item by item: its text goes, its counts stay.
+    const kind = keyKind(key);
+    if (kind === CREDENTIAL_KEY || (kind === CREDENTIAL_LIST_KEY && !Array.isArray(value))) return REDACTED;
+  }
   if (Array.isArray(value)) {
     for (let i = 0; i < value.length; i++) {
       const item: unknown = value[i];

@@ -16,8 +16,12 @@
  *   credential rather than the credential (`token_type`, `password_length`,
  *   `cookie_count`, `secret_name`: `type`, `count`, `length`, `name`, `url`, …).
  *
- * Plural counters stay (`tokens_remaining`, `max_tokens`: `tokens` is not the word
- * `token`), and so do ordinary fields (`x-request-id`, `keyId`, `tokenizer`).
+ * Ordinary fields stay (`x-request-id`, `keyId`, `tokenizer`, `tokens_remaining`).
+ *
+ * A run ending in a plural — `tokens`, `apikeys`, `privatekeys`, `signingkeys`,
+ * `subscriptionkeys`, `sessionids`, `sessionkeys` — names a list of credentials
+ * (`refresh_tokens`, `api_keys`) or a count of them (`max_tokens`, `input_tokens`):
+ * `isCredentialListName`, whose text is redacted and whose numbers stay.
  */
 
 const CREDENTIAL_SUFFIX =
@@ -59,11 +63,21 @@ const ABOUT_CREDENTIAL: ReadonlySet<string> = new Set([
   'policy',
 ]);
 
+const CREDENTIAL_LIST_SUFFIX = /(?:tokens|apikeys|privatekeys|signingkeys|subscriptionkeys|sessionids|sessionkeys)$/;
+
 const CAMEL_HUMP = /([a-z0-9])([A-Z])/g;
 const SEPARATORS = /[^a-z0-9]+/;
 
+function wordsOf(name: string): string[] {
+  return name.replace(CAMEL_HUMP, '$1 $2').toLowerCase().split(SEPARATORS).filter(Boolean);
+}
+
+export function isCredentialListName(name: string): boolean {
+  return CREDENTIAL_LIST_SUFFIX.test(wordsOf(name).join(''));
+}
+
 export function isCredentialName(name: string): boolean {
-  const words = name.replace(CAMEL_HUMP, '$1 $2').toLowerCase().split(SEPARATORS).filter(Boolean);
+  const words = wordsOf(name);
   const run = words.join('');
   if (CREDENTIAL_SUFFIX.test(run) || run === 'session' || words.at(-1) === 'auth') return true;
   if (ABOUT_CREDENTIAL.has(words.at(-1) ?? '')) return false;

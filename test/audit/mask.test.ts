@@ -345,6 +345,40 @@ describe('masking', () => {
     });
   });
 
+  it('plural credential names: their text is redacted, their counts stay', () => {
+    const masked = mask(
+      {
+        details: {
+          refresh_tokens: ['opaque-refresh-1', 'opaque-refresh-2'],
+          apiKeys: 'k-123 k-456',
+          sessionIds: { web: 's1' },
+          tokens: [3, 'opaque-3', { access: 'opaque-4' }, true],
+          usage: { max_tokens: 5, input_tokens: 12, tokens_remaining: 'few' },
+        },
+        headers: { 'x-api-keys': 'k-789' },
+        query: { access_tokens: 'opaque-5' },
+      },
+      { fields: [{ path: 'details.apiKeys', action: 'partial', keep: 2 }], headers: {}, query: {} },
+    );
+    expect(masked).toEqual({
+      details: {
+        refresh_tokens: [REDACTED, REDACTED],
+        // A partial rule cannot show part of one either.
+        apiKeys: REDACTED,
+        sessionIds: REDACTED,
+        tokens: [3, REDACTED, REDACTED, true],
+        usage: { max_tokens: 5, input_tokens: 12, tokens_remaining: 'few' },
+      },
+      headers: { 'x-api-keys': REDACTED },
+      query: { access_tokens: REDACTED },
+    });
+    const listed = mask(
+      { details: { tokens: [3, 'opaque-3', { access: 'opaque-4' }, true] } },
+      { fields: [], headers: {}, query: {} },
+    );
+    expect(listed).toEqual({ details: { tokens: [3, REDACTED, REDACTED, true] } });
+  });
+
   it('any Bearer token in free text, however short', () => {
     expect(scrubTokens('Bearer x')).toBe('Bearer [redacted]');
     expect(scrubTokens('upstream said: bearer abc123 rejected')).toBe('upstream said: bearer [redacted] rejected');
@@ -434,7 +468,16 @@ describe('canonical-ready records', () => {
       return out;
     };
     const masker = new Masker(
-      compileMasking({ hmacKey: HMAC_KEY, fields: [{ path: 'details.*.é', action: 'hash' }], headers: {}, query: {} }),
+      compileMasking({
+        hmacKey: HMAC_KEY,
+        // A partial mask keeps its tail: a lone surrogate there must not survive into the record.
+        fields: [
+          { path: 'details.*.é', action: 'hash' },
+          { path: 'subject', action: 'partial', keep: 1 },
+        ],
+        headers: {},
+        query: {},
+      }),
     );
     let readyNot = 0;
     for (let i = 0; i < 2000; i++) {
