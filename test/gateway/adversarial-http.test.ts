@@ -4,6 +4,7 @@ import type { ServerResponse } from 'node:http';
 import { connect as h2connect } from 'node:http2';
 import {
   bodyOf,
+  h2Answer,
   h2Frame,
   hpackLiterals,
   rawRequest,
@@ -288,20 +289,7 @@ describe('Upgrade and CONNECT', () => {
     const h2c = await startGateway(config(upstream.origin, 'h2c'));
     const session = h2connect(h2c.url);
     try {
-      const result = await new Promise<{ status: number; type: unknown; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':method': 'CONNECT', ':authority': 'a:443' }, { endStream: false });
-        let status = 0;
-        let type: unknown;
-        let body = '';
-        stream.on('response', (h) => {
-          status = Number(h[':status']);
-          type = h['content-type'];
-        });
-        stream.setEncoding('utf8');
-        stream.on('data', (c: string) => (body += c));
-        stream.on('end', () => resolve({ status, type, body }));
-        stream.on('error', reject);
-      });
+      const result = await h2Answer(session.request({ ':method': 'CONNECT', ':authority': 'a:443' }, { endStream: false }));
       expect(result.status).toBe(400);
       expect(result.type).toBe('application/problem+json');
       expect(JSON.parse(result.body).code).toBe('request.authority_form');

@@ -87,18 +87,23 @@ describe('gRPC call end through the gateway', () => {
     sessions.push(s);
     return s;
   };
-  /** A small unary call on a fresh connection: its gRPC status. */
-  const freshCall = async (g: TestGateway): Promise<number | undefined> => {
-    const s = session(g);
+  /** A unary call on `s`, its body read and dropped; `status()` is its grpc-status so far (head or trailers). */
+  const unaryCall = (s: ClientHttp2Session) => {
     const req = s.request({ ...GRPC_REQUEST, ':path': '/test.Echo/Unary' });
     req.on('error', () => {});
     let status: string | undefined;
     req.on('response', (h) => (status ??= h['grpc-status'] as string | undefined));
     req.on('trailers', (t) => (status = t['grpc-status'] as string | undefined));
     req.resume();
+    return { req, status: () => status };
+  };
+  /** A small unary call on a fresh connection: its gRPC status. */
+  const freshCall = async (g: TestGateway): Promise<number | undefined> => {
+    const { req, status } = unaryCall(session(g));
     req.end(encodeGrpcFrame(Buffer.from('x')));
     await new Promise((r) => req.once('close', r));
-    return status === undefined ? undefined : Number(status);
+    const code = status();
+    return code === undefined ? undefined : Number(code);
   };
 
   it('a slow reader that cancels after the upstream finished frees its pooled stream', async () => {
@@ -179,17 +184,12 @@ describe('gRPC call end through the gateway', () => {
           { length: 20 },
           () =>
             new Promise<{ status: string | undefined; rstCode: number | undefined }>((resolve) => {
-              const req = s.request({ ...GRPC_REQUEST, ':path': '/test.Echo/Unary' });
-              req.on('error', () => {});
-              let status: string | undefined;
-              req.on('response', (h) => (status ??= h['grpc-status'] as string | undefined));
-              req.on('trailers', (t) => (status = t['grpc-status'] as string | undefined));
-              req.resume();
+              const { req, status } = unaryCall(s);
               // One message, and no END_STREAM.
               req.write(encodeGrpcFrame(Buffer.from('x')));
-              req.once('close', () => resolve({ status, rstCode: req.rstCode }));
+              req.once('close', () => resolve({ status: status(), rstCode: req.rstCode }));
               // Still open after this long: the gateway is holding it.
-              setTimeout(() => resolve({ status, rstCode: -1 }), 3000).unref();
+              setTimeout(() => resolve({ status: status(), rstCode: -1 }), 3000).unref();
             }),
         ),
       );

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { connect as h2connect } from 'node:http2';
 import { connect as tlsConnect, type TLSSocket } from 'node:tls';
 import { parsePrometheus, valueOf } from '../telemetry/helpers.js';
-import { bodyOf, selfSignedCert, startGateway, statusOf, type TestGateway } from '../helpers/net.js';
+import { bodyOf, h2Answer, selfSignedCert, startGateway, statusOf, type TestGateway } from '../helpers/net.js';
 
 /** Like rawRequest, over TLS; `alpn` null offers no ALPN at all (the fallback of clients without it). */
 function tlsRequest(
@@ -130,20 +130,7 @@ routes:
   it('refuses HTTP/2 CONNECT with the same problem (not a bare 405)', async () => {
     const session = h2connect(`https://localhost:${gw.port}`, { rejectUnauthorized: false });
     try {
-      const result = await new Promise<{ status: number; type: string | undefined; body: string }>((resolve, reject) => {
-        const stream = session.request({ ':method': 'CONNECT', ':authority': 'a:443' }, { endStream: false });
-        let status = 0;
-        let type: string | undefined;
-        let body = '';
-        stream.on('response', (h) => {
-          status = Number(h[':status']);
-          type = h['content-type'] as string | undefined;
-        });
-        stream.setEncoding('utf8');
-        stream.on('data', (c: string) => (body += c));
-        stream.on('end', () => resolve({ status, type, body }));
-        stream.on('error', reject);
-      });
+      const result = await h2Answer(session.request({ ':method': 'CONNECT', ':authority': 'a:443' }, { endStream: false }));
       expect(result.status).toBe(400);
       expect(result.type).toBe('application/problem+json');
       expect((JSON.parse(result.body) as { code: string }).code).toBe('request.authority_form');

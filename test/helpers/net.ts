@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { ClientHttp2Stream } from 'node:http2';
 import { connect, type AddressInfo } from 'node:net';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -134,4 +135,21 @@ export function hpackLiterals(fields: readonly (readonly [string, string])[]): B
       Buffer.concat([Buffer.from([0, name.length]), Buffer.from(name), Buffer.from([value.length]), Buffer.from(value)]),
     ),
   );
+}
+
+/** An HTTP/2 stream's answer: status, content type and the whole body as text. */
+export function h2Answer(stream: ClientHttp2Stream): Promise<{ status: number; type: string | undefined; body: string }> {
+  return new Promise((resolve, reject) => {
+    let status = 0;
+    let type: string | undefined;
+    let body = '';
+    stream.on('response', (h) => {
+      status = Number(h[':status']);
+      type = h['content-type'];
+    });
+    stream.setEncoding('utf8');
+    stream.on('data', (c: string) => (body += c));
+    stream.on('end', () => resolve({ status, type, body }));
+    stream.on('error', reject);
+  });
 }
