@@ -184,7 +184,12 @@ describe('a worker that exits', () => {
     const [gone, pid] = Object.entries(workers)[1]!;
     process.kill(pid, 'SIGKILL');
     let after = before;
-    for (let i = 0; i < 100 && valueOf(after, 'bulwark_cluster_workers', { state: 'reporting' }) !== 1; i++) {
+    // Until the primary has handled the exit: a scrape between the kill and the 'exit' event still
+    // expects the dead worker and counts it missing.
+    const settled = () =>
+      valueOf(after, 'bulwark_cluster_workers', { state: 'reporting' }) === 1 &&
+      valueOf(after, 'bulwark_cluster_workers', { state: 'missing' }) === 0;
+    for (let i = 0; i < 100 && !settled(); i++) {
       await new Promise((r) => setTimeout(r, 50));
       after = parsePrometheus((await get('/metrics')).body);
     }
