@@ -5,8 +5,8 @@
  * killed mid-stream; a second process replays the WAL; every printed id must be
  * in the sinks, and every chain must verify.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync, readdirSync, writeFileSync } from 'node:fs';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -18,21 +18,10 @@ import { auditConfig, ed25519Keys, silentLogger, tempDir, writeKey } from './hel
 const ROOT = resolve(import.meta.dirname, '../..');
 const FIXTURE = join(import.meta.dirname, 'fixtures', 'durable-writer.mjs');
 
-function newestMtime(dir: string, ext: string): number {
-  let newest = 0;
-  for (const name of readdirSync(dir, { recursive: true }) as string[])
-    if (name.endsWith(ext)) newest = Math.max(newest, statSync(join(dir, name)).mtimeMs);
-  return newest;
-}
-
 beforeAll(() => {
-  // The child runs the build; rebuild when audit sources are newer than it.
-  const built = join(ROOT, 'dist', 'audit', 'index.js');
-  if (!existsSync(built) || newestMtime(join(ROOT, 'src', 'audit'), '.ts') > newestMtime(join(ROOT, 'dist', 'audit'), '.js')) {
-    spawnSync('npx', ['tsc', '-p', 'tsconfig.build.json'], { cwd: ROOT, stdio: 'ignore', timeout: 180_000 });
-  }
-  expect(existsSync(built)).toBe(true);
-}, 200_000);
+  // The child runs the build (test/setup/build.ts makes it).
+  expect(existsSync(join(ROOT, 'dist', 'audit', 'index.js'))).toBe(true);
+});
 
 let dir: string;
 let cleanup: () => void;

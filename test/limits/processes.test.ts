@@ -1,34 +1,13 @@
 import { execFile, fork } from 'node:child_process';
-import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { deleteKeys, REDIS_URL, uniquePrefix } from './helpers.js';
 
-// Real processes run the compiled code (dist/), as `bulwark serve` does.
+// Real processes run the compiled code (dist/, built by test/setup/build.ts), as `bulwark serve` does.
 const root = join(import.meta.dirname, '..', '..');
 const fixtures = join(import.meta.dirname, 'fixtures');
 const run = promisify(execFile);
-
-function newest(dir: string): number {
-  return Math.max(...readdirSync(dir).map((f) => statSync(join(dir, f)).mtimeMs));
-}
-
-beforeAll(async () => {
-  const built = (() => {
-    try {
-      return statSync(join(root, 'dist/limits/index.js')).mtimeMs;
-    } catch {
-      return 0;
-    }
-  })();
-  if (built < Math.max(newest(join(root, 'src/limits')), newest(join(root, 'src/core')))) {
-    // tsc still emits when unrelated files in progress have type errors; we only need ours.
-    await run(process.execPath, [join(root, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
-      cwd: root,
-    }).catch(() => {});
-  }
-}, 120_000);
 
 describe('across processes', () => {
   it('2 cluster workers share the memory store through the primary: the limit holds for the instance, not per worker', async () => {
