@@ -160,8 +160,12 @@ export class ProtoWriter {
     this.varint32(n);
     if (this.pos + n > this.buf.length) this.grow(n);
     const buf = this.buf;
-    for (let i = 0, at = this.pos; i < n; i++)
-      buf[at + i] = (hexValue(hex.charCodeAt(2 * i)) << 4) | hexValue(hex.charCodeAt(2 * i + 1));
+    for (let i = 0, at = this.pos; i < n; i++) {
+      const hi = hex.charCodeAt(2 * i);
+      const lo = hex.charCodeAt(2 * i + 1);
+      // ASCII (every id the SDK makes) through the table; anything else as the OTel writer does.
+      buf[at + i] = hi < 128 && lo < 128 ? (HEX_VALUES[hi]! << 4) | HEX_VALUES[lo]! : (hexValue(hi) << 4) | hexValue(lo);
+    }
     this.pos += n;
   }
 
@@ -202,6 +206,9 @@ function hexValue(c: number): number {
   if (c >= 97 && c <= 102) return c - 87;
   return c - 55;
 }
+
+/** `hexValue` of every ASCII character, low 8 bits (what a byte store keeps): one load instead of two compares. */
+const HEX_VALUES = Uint8Array.from({ length: 128 }, (_, c) => hexValue(c) & 0xff);
 
 const MIN_INT64 = -(2 ** 63);
 const MAX_INT64 = 2 ** 63;

@@ -119,6 +119,10 @@ export function normalizeMethod(method: string): string {
 /** gRPC statuses a server reports as span errors (semconv rpc spans). */
 const GRPC_SERVER_ERRORS = new Set([2, 4, 12, 13, 14, 15]);
 
+/** Span options, shared: no start attributes (they are set right after, see startClientSpan). */
+const SERVER_SPAN = Object.freeze({ kind: SpanKind.SERVER });
+const CLIENT_SPAN = Object.freeze({ kind: SpanKind.CLIENT });
+
 const headerGetter: TextMapGetter<IncomingHttpHeaders> = {
   get(carrier, key) {
     return carrier[key];
@@ -595,21 +599,14 @@ class OtelServerSpan implements ServerSpan {
       return new OtelClientSpan(runtime, span, this.context, this.direct);
     }
     const normalized = normalizeMethod(method);
-    let attributes: Attributes | undefined;
-    if (this.recording) {
-      const address = runtime.origin(endpoint);
-      attributes = {
-        [ATTR_HTTP_REQUEST_METHOD]: normalized,
-        [ATTR_SERVER_ADDRESS]: address.host,
-        [ATTR_SERVER_PORT]: address.port,
-        'bulwark.upstream': upstream,
-      };
-    }
-    const span = runtime.tracer.startSpan(
-      normalized === '_OTHER' ? 'HTTP' : normalized,
-      { kind: SpanKind.CLIENT, attributes },
-      this.context,
-    );
+    // Attributes after the start, not in its options: the SDK copies and checks start attributes twice
+    // (for the sampler, which here decides on nothing but the trace), then sets them one by one anyway.
+    const span = runtime.tracer.startSpan(normalized === '_OTHER' ? 'HTTP' : normalized, CLIENT_SPAN, this.context);
+    const address = runtime.origin(endpoint);
+    span.setAttribute(ATTR_HTTP_REQUEST_METHOD, normalized);
+    span.setAttribute(ATTR_SERVER_ADDRESS, address.host);
+    span.setAttribute(ATTR_SERVER_PORT, address.port);
+    span.setAttribute('bulwark.upstream', upstream);
     return new OtelClientSpan(runtime, span, this.context, this.direct);
   }
 
@@ -1001,11 +998,12 @@ class SdkTracing implements Tracing {
     }
     const method = normalizeMethod(ctx.method);
     const grpc = isGrpcRequest(headers);
-    const attributes: Attributes = { [ATTR_HTTP_REQUEST_METHOD]: method };
-    if (method === '_OTHER') attributes[ATTR_HTTP_REQUEST_METHOD_ORIGINAL] = ctx.method;
-    // The route is not known yet (routing comes after); the name is refined at end().
-    const span = runtime.tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, { kind: SpanKind.SERVER, attributes }, parent);
+    // The route is not known yet (routing comes after); the name is refined at end(). Attributes are
+    // set after the start, as for client spans.
+    const span = runtime.tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, SERVER_SPAN, parent);
     runtime.ids.pending = null;
+    span.setAttribute(ATTR_HTTP_REQUEST_METHOD, method);
+    if (method === '_OTHER') span.setAttribute(ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ctx.method);
     ctx.trace = toTraceContext(span.spanContext());
     const direct = runtime.w3cOnly && (parent === ROOT_CONTEXT || propagation.getBaggage(parent) === undefined);
     return new OtelServerSpan(runtime, span, trace.setSpan(parent, span), grpc, direct);

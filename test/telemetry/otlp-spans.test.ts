@@ -174,6 +174,8 @@ describe('OTLP span encoding: byte for byte the OTel protobuf serializer', () =>
           },
           { context: { traceId: 'ABCDEF0123456789ABCDEF0123456789', spanId: 'ABCDEF0123456789', traceFlags: 0 } },
           { context: { traceId: 'abc', spanId: '', traceFlags: 0 } },
+          // Not hex at all: below '0', past 'f', and beyond ASCII, as the OTel writer decodes them.
+          { context: { traceId: ' !/:@Gz~\u00e9\u4e2d', spanId: 'zzzz\uffff', traceFlags: 0 } },
         ],
       }),
     ],
