@@ -69,6 +69,8 @@ profiling:
       exporter: 'none',
       propagators: ['tracecontext', 'baggage'],
       sampler: { ratio: 1, parentBased: true },
+      // A gateway's span rate: four times the OTel SDK's batch (an export costs about the same whatever its size).
+      batch: { maxQueueSize: 8192, maxExportBatchSize: 2048, scheduledDelayMs: 5000 },
     });
     expect(r.metrics).toMatchObject({ enabled: true, defaultMetrics: true, otlp: null });
     expect(r.logs.accessLog).toEqual({ enabled: false, fields: DEFAULT_ACCESS_LOG_FIELDS });
