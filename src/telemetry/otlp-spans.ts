@@ -47,13 +47,6 @@ export class ProtoWriter {
     this.buf = next;
   }
 
-  /** The bytes written so far, copied out, and the writer emptied. */
-  take(): Buffer {
-    const out = Buffer.from(this.buf.subarray(0, this.pos));
-    this.pos = 0;
-    return out;
-  }
-
   tag(field: number, wire: number): void {
     this.varint32((field << 3) | wire);
   }
@@ -257,11 +250,36 @@ function writeAnyValue(w: ProtoWriter, value: unknown): void {
   // Anything else (undefined, null, functions) is written as an empty AnyValue, as the OTel writer does.
 }
 
+/**
+ * A KeyValue's bytes up to its value's length: `key` (field 1) and the `value` tag (field 2), per
+ * attribute name. Names repeat in every span (semconv keys, `bulwark.*`): encoded once each, boundedly.
+ */
+const keyPrefixes = new Map<string, Uint8Array>();
+
+function keyPrefix(key: string): Uint8Array {
+  let prefix = keyPrefixes.get(key);
+  if (prefix === undefined) {
+    const w = new ProtoWriter(key.length * 3 + 8);
+    w.tag(1, 2);
+    w.string(key);
+    w.tag(2, 2);
+    prefix = w.buf.subarray(0, w.pos);
+    if (keyPrefixes.size < 1024) keyPrefixes.set(key, prefix);
+  }
+  return prefix;
+}
+
 function writeKeyValueBody(w: ProtoWriter, key: string, value: unknown): void {
   const kv = w.begin();
-  w.tag(1, 2);
-  w.string(key);
-  w.tag(2, 2);
+  const prefix = keyPrefix(key);
+  const n = prefix.length;
+  if (w.pos + n > w.buf.length) w.raw(prefix);
+  else {
+    // A short copy: a loop beats TypedArray#set's call for a few dozen bytes.
+    const buf = w.buf;
+    for (let i = 0, at = w.pos; i < n; i++) buf[at + i] = prefix[i]!;
+    w.pos += n;
+  }
   const at = w.begin();
   writeAnyValue(w, value);
   w.end(at);
@@ -525,7 +543,10 @@ export class EncodingSpanProcessor implements SpanProcessor {
 
   private seal(): void {
     if (this.open === 0) return;
-    this.sealed.push({ payload: requestOf(this.resource!, this.scope!, this.writer.take()), length: this.open });
+    // requestOf copies the spans into the request: the writer's buffer is free for the next batch at once.
+    const writer = this.writer;
+    this.sealed.push({ payload: requestOf(this.resource!, this.scope!, writer.buf.subarray(0, writer.pos)), length: this.open });
+    writer.pos = 0;
     this.open = 0;
     this.resource = null;
     this.scope = null;

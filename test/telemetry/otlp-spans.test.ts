@@ -55,7 +55,7 @@ function span(
 function ours(spans: ReadableSpan[]): Buffer {
   const w = new ProtoWriter(64); // small on purpose: every grow path runs
   for (const s of spans) writeSpan(w, s);
-  return requestOf(spans[0]!.resource, spans[0]!.instrumentationScope, w.take());
+  return requestOf(spans[0]!.resource, spans[0]!.instrumentationScope, w.buf.subarray(0, w.pos));
 }
 
 function official(spans: ReadableSpan[]): Buffer {
@@ -102,6 +102,10 @@ describe('OTLP span encoding: byte for byte the OTel protobuf serializer', () =>
           loneLow: '\uDC00',
           del: '\u007f\u0080',
           nul: 'a\u0000b',
+          // Keys are encoded once and reused: non-ASCII, lone surrogate, and one past a one-byte length.
+          'clé.ünï': 'k',
+          'k\uD800': 1,
+          [long(200)]: 'long key',
         },
       }),
     ],
