@@ -5,6 +5,7 @@
 //   TRACING_BENCH_OPS=20000 TRACING_BENCH_ROUNDS=9 node bench/tracing-micro.js --json
 //   node --cpu-prof --cpu-prof-dir=/tmp/prof bench/tracing-micro.js --only 1
 //   TRACING_BENCH_DIST=/path/to/other/dist node bench/tracing-micro.js
+//   TRACING_BENCH_BATCH=512 node bench/tracing-micro.js          # spans per export (queue 4x), default the config's
 //
 // Settings, the same telemetry config as bench/scenarios/tracing.js (metrics and access log off):
 //   bare        no telemetry calls at all: a RequestContext and the upstream header list only
@@ -52,7 +53,19 @@ const port = await new Promise((resolve, reject) => {
 const off = () => ({ logs: { accessLog: { enabled: false } }, metrics: { enabled: false }, traces: { exporter: 'none' } });
 const traced = (ratio) => ({
   ...off(),
-  traces: { exporter: 'otlp', endpoint: `http://127.0.0.1:${port}/${ratio}/v1/traces`, sampler: { ratio, parentBased: true } },
+  traces: {
+    exporter: 'otlp',
+    endpoint: `http://127.0.0.1:${port}/${ratio}/v1/traces`,
+    sampler: { ratio, parentBased: true },
+    ...(process.env.TRACING_BENCH_BATCH
+      ? {
+          batch: {
+            maxExportBatchSize: Number(process.env.TRACING_BENCH_BATCH),
+            maxQueueSize: 4 * Number(process.env.TRACING_BENCH_BATCH),
+          },
+        }
+      : {}),
+  },
 });
 const routes = [{ id: 'root', match: { path: { prefix: '/' } } }];
 const logger = createLogger({ level: 'warn' });
