@@ -446,7 +446,7 @@ class AuditLogImpl implements AuditLog {
     key: SigningKey | null,
     sinks: { sink: AuditSink; key: string }[],
   ) {
-    this.#durable = (config.durability ?? 'durable') === 'durable';
+    this.#durable = isDurable(config);
     this.#block = (config.whenFull ?? 'block') === 'block';
     this.#maxEvents = config.queue?.maxEvents ?? AUDIT_DEFAULTS.queue.maxEvents;
     this.#fsyncIntervalMs = config.wal?.fsyncIntervalMs ?? AUDIT_DEFAULTS.wal.fsyncIntervalMs;
@@ -1302,7 +1302,7 @@ export async function createAuditLog(config: AuditConfig, options: AuditLogOptio
   if (maxBytes < 2 * segmentBytes) throw new TypeError('audit wal.maxBytes must be at least twice wal.segmentBytes');
   const key = config.chain?.signingKey === undefined ? null : loadSigningKey(config.chain.signingKey);
   const slot = await claimSlot(config.wal?.dir ?? AUDIT_DEFAULTS.wal.dir);
-  const log = await openOnSlot(config, options, slot, key, await openWal(slot, segmentBytes));
+  const log = await openOnSlot(config, options, slot, key, await openWal(slot, segmentBytes, isDurable(config)));
   const delay = options.orphanDrainDelayMs ?? ORPHAN_DRAIN_DELAY_MS;
   if (delay !== false && options.sinks === undefined) log.adoptOrphans(delay, () => drainOrphanedSlots(config, options, key));
   return log;
@@ -1310,9 +1310,14 @@ export async function createAuditLog(config: AuditConfig, options: AuditLogOptio
 
 const ORPHAN_DRAIN_DELAY_MS = 5_000;
 
-async function openWal(slot: ClaimedSlot, segmentBytes: number): Promise<Wal> {
+function isDurable(config: AuditConfig): boolean {
+  return (config.durability ?? 'durable') === 'durable';
+}
+
+/** `durable`: every append is synced, so the kernel does it on the write (O_DSYNC) rather than a second call. */
+async function openWal(slot: ClaimedSlot, segmentBytes: number, durable: boolean): Promise<Wal> {
   try {
-    return await Wal.open(slot.dir, segmentBytes);
+    return await Wal.open(slot.dir, segmentBytes, { dsync: durable });
   } catch (error) {
     await slot.release();
     throw error;
@@ -1378,7 +1383,7 @@ async function drainOrphanedSlots(config: AuditConfig, options: AuditLogOptions,
     try {
       slot = await tryClaim(baseDir, n);
       if (slot === null) continue; // a restarting worker (or another drainer) has it now
-      const wal = await openWal(slot, segmentBytes);
+      const wal = await openWal(slot, segmentBytes, isDurable(config));
       if (!(await holdsUndelivered(wal, join(slot.dir, 'cursors.json'), sinkKeys))) {
         await wal.close();
         await slot.release();

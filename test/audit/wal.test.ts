@@ -1,8 +1,19 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { appendFileSync, mkdirSync, readdirSync, readFileSync, truncateSync, writeFileSync, statSync } from 'node:fs';
+import {
+  appendFileSync,
+  constants,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  truncateSync,
+  writeFileSync,
+  statSync,
+} from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { claimSlot, staleSlots } from '../../src/audit/slot.js';
 import { FileSink, rotationSet } from '../../src/audit/sinks/file.js';
 import { verifyAudit } from '../../src/audit/verify.js';
@@ -82,6 +93,89 @@ describe('WAL segments', () => {
     await reopened.write([line(20)], false);
     expect(reopened.nextIndex).toBe(21);
     await reopened.close();
+  });
+});
+
+/** The open flags of this process's descriptors on `path` (Linux: /proc/self/fdinfo), one per descriptor. */
+function openFlags(path: string): number[] {
+  const flags: number[] = [];
+  for (const fd of readdirSync('/proc/self/fd')) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // closed while we looked (readdir's own descriptor)
+    }
+    if (target !== path) continue;
+    const info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
+    flags.push(parseInt(/^flags:\s+([0-7]+)/m.exec(info)![1]!, 8));
+  }
+  return flags;
+}
+
+describe.runIf(process.platform === 'linux')('WAL sync on write (durable mode)', () => {
+  it('a dsync WAL writes through O_DSYNC and needs no fdatasync; a plain one syncs when asked', async () => {
+    const segmentOf = (d: string) =>
+      join(
+        d,
+        readdirSync(d).find((n) => n.startsWith('wal-'))!,
+      );
+    const d = dir();
+    const durable = await Wal.open(d, 512, { dsync: true });
+    await durable.write([line(0)], true);
+    // The handle (and every segment after a rotation) is O_DSYNC: the kernel syncs each write.
+    expect(openFlags(segmentOf(d)).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
+    const handleType = Object.getPrototypeOf(await open(segmentOf(d), 'r')) as { datasync: () => Promise<void> };
+    const datasync = vi.spyOn(handleType, 'datasync');
+    try {
+      for (let i = 1; i < 12; i++) await durable.write([line(i)], true);
+      expect(durable.segmentCount).toBeGreaterThan(1);
+      const active = join(
+        d,
+        readdirSync(d)
+          .filter((n) => n.startsWith('wal-'))
+          .sort()
+          .at(-1)!,
+      );
+      expect(openFlags(active).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
+      const rotations = durable.segmentCount - 1;
+      // Only a rotation syncs the segment it closes (a no-op under O_DSYNC); appends themselves never do.
+      expect(datasync).toHaveBeenCalledTimes(rotations);
+      await durable.close();
+      datasync.mockClear();
+
+      const e = dir();
+      const fast = await Wal.open(e, 1 << 20);
+      await fast.write([line(0)], false);
+      expect(openFlags(segmentOf(e)).map((f) => f & constants.O_DSYNC)).toEqual([0]);
+      expect(datasync).not.toHaveBeenCalled();
+      await fast.write([line(1)], true);
+      expect(datasync).toHaveBeenCalledTimes(1);
+      await fast.close();
+    } finally {
+      datasync.mockRestore();
+    }
+  });
+
+  it('the audit log opens its WAL O_DSYNC in durable mode only', async () => {
+    for (const durability of ['durable', 'fast'] as const) {
+      const d = dir();
+      const log = await createAuditLog(auditConfig(d, { durability }), { logger: silentLogger(), orphanDrainDelayMs: false });
+      try {
+        const walDir = join(d, 'wal');
+        const slotDir = join(
+          walDir,
+          readdirSync(walDir).find((n) => statSync(join(walDir, n)).isDirectory())!,
+        );
+        const segment = join(
+          slotDir,
+          readdirSync(slotDir).find((n) => n.startsWith('wal-'))!,
+        );
+        expect(openFlags(segment).map((f) => f & constants.O_DSYNC)).toEqual([durability === 'durable' ? constants.O_DSYNC : 0]);
+      } finally {
+        await log.close();
+      }
+    }
   });
 });
 
