@@ -1,3 +1,5 @@
+import { ServerResponse } from 'node:http';
+import { Http2ServerResponse } from 'node:http2';
 import type { AuditLog } from '../audit/index.js';
 import type { RequestContext } from '../core/context.js';
 import type { Telemetry } from '../telemetry/index.js';
@@ -217,11 +219,22 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
 
 const HEADER_SETTERS = ['writeHead', 'setHeader', 'setHeaders', 'appendHeader', 'removeHeader', 'flushHeaders'] as const;
 
+/** Set on a response of a holdable class while its end is held (see `holdableResponse`). */
+const HELD = Symbol('bulwark.held');
+
 /**
  * Makes a response whose end is held read as ended (`headersSent`, `writableEnded`) and refuse header
  * changes as Node does once headers are out; returns what undoes it, before the real end runs.
+ * A response of a holdable class only flips a flag; any other gets its own properties for the hold.
  */
 function seemEnded(res: object): () => void {
+  if (HELD in res) {
+    const held = res as { [HELD]: boolean };
+    held[HELD] = true;
+    return () => {
+      held[HELD] = false;
+    };
+  }
   const names = ['headersSent', 'writableEnded', ...HEADER_SETTERS];
   const saved = names.map((name) => [name, Object.getOwnPropertyDescriptor(res, name)] as const);
   for (const name of ['headersSent', 'writableEnded']) Object.defineProperty(res, name, { configurable: true, get: () => true });
@@ -235,6 +248,56 @@ function seemEnded(res: object): () => void {
     }
   };
 }
+
+/**
+ * A response class whose held end (`holdEnd`) is a flag its prototype reads, defined once here:
+ * per-response `defineProperty` and `delete` on a Node response cost the gateway's durable route
+ * about a quarter of its CPU (the response objects change shape under Node's http code). The
+ * gateway's servers are built with these; responses of any other class are held the general way.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- TypeScript's rule for a class extending a parameter
+type Constructor = abstract new (...args: any[]) => object;
+
+function holdableResponse<T extends Constructor>(Base: T): T {
+  abstract class Holdable extends Base {}
+  const proto = Holdable.prototype as unknown as Record<PropertyKey, unknown>;
+  Object.defineProperty(proto, HELD, { configurable: false, writable: true, value: false });
+  for (const name of ['headersSent', 'writableEnded']) {
+    const get = getterOf(Base.prototype, name);
+    Object.defineProperty(proto, name, {
+      configurable: true,
+      get(this: { [HELD]: boolean }) {
+        return this[HELD] || (get?.call(this) as boolean);
+      },
+    });
+  }
+  for (const name of HEADER_SETTERS) {
+    const method = (Base.prototype as Record<string, unknown>)[name];
+    if (typeof method !== 'function') continue;
+    Object.defineProperty(proto, name, {
+      configurable: true,
+      writable: true,
+      value: function (this: { [HELD]: boolean }, ...args: unknown[]): unknown {
+        if (this[HELD]) headersAlreadySent();
+        return (method as (...a: unknown[]) => unknown).apply(this, args);
+      },
+    });
+  }
+  return Holdable as unknown as T;
+}
+
+function getterOf(proto: object | null, name: string): (() => unknown) | undefined {
+  for (let p = proto; p !== null; p = Object.getPrototypeOf(p) as object | null) {
+    const descriptor = Object.getOwnPropertyDescriptor(p, name);
+    if (descriptor !== undefined) return descriptor.get;
+  }
+  return undefined;
+}
+
+/** Node's HTTP/1 response, holdable: `http.createServer({ ServerResponse })`, `Http1ServerResponse` for TLS. */
+export const HoldableServerResponse = holdableResponse(ServerResponse);
+/** Node's HTTP/2 compatibility response, holdable: the `Http2ServerResponse` server option. */
+export const HoldableHttp2ServerResponse = holdableResponse(Http2ServerResponse);
 
 function headersAlreadySent(): never {
   throw Object.assign(new Error('Cannot set headers after they are sent to the client'), { code: 'ERR_HTTP_HEADERS_SENT' });

@@ -16,6 +16,7 @@ import {
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import type { ListenerConfig } from '../config/schema.js';
 import { BulwarkError } from '../core/errors.js';
+import { HoldableHttp2ServerResponse, HoldableServerResponse } from '../engine/audit.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
 import { DEFAULT_LISTENER_LIMITS, listenerKey } from './runtime.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsMaterial } from './tls.js';
@@ -105,6 +106,9 @@ export class BoundListener {
           ...material.options,
           allowHTTP1: true,
           ALPNProtocols: ['h2', 'http/1.1'],
+          // A durable audit holds each response's end: these classes hold it without reshaping the object.
+          Http1ServerResponse: HoldableServerResponse,
+          Http2ServerResponse: HoldableHttp2ServerResponse,
           settings: h2Settings,
           maxSessionInvalidFrames: 100,
         },
@@ -121,12 +125,15 @@ export class BoundListener {
       this.http1 = null;
       this.http2 = server;
     } else {
-      const http1 = createHttpServer(http1Options, handler as never);
+      const http1 = createHttpServer({ ...http1Options, ServerResponse: HoldableServerResponse }, handler as never);
       http1.maxHeadersCount = limits.maxHeaders + 1;
       http1Guards(http1, onClientError);
       this.http1 = http1;
       if (protocol === 'h2c') {
-        this.http2 = createH2Server({ settings: h2Settings, maxSessionInvalidFrames: 100 }, handler as never);
+        this.http2 = createH2Server(
+          { settings: h2Settings, maxSessionInvalidFrames: 100, Http2ServerResponse: HoldableHttp2ServerResponse },
+          handler as never,
+        );
         this.http2.on('connect', refuseConnect);
         // One port for both: a connection opening with the HTTP/2 preface is h2c, anything else HTTP/1.1.
         this.server = createNetServer({ pauseOnConnect: true }, (socket) => this.sniff(socket));
