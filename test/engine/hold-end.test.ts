@@ -18,6 +18,7 @@ import { CONFIG_CHECKS } from '../../src/server/config-source.js';
 import { parseConfig } from '../../src/config/load.js';
 import { Gateway } from '../../src/gateway/gateway.js';
 import { createLogger } from '../../src/telemetry/logger.js';
+import { echoGatewayYaml } from '../helpers/net.js';
 import { HoldableHttp2ServerResponse, HoldableServerResponse, holdEnd } from '../../src/engine/audit.js';
 
 const closers: (() => Promise<void>)[] = [];
@@ -177,15 +178,10 @@ describe('holdEnd', () => {
     const dir = mkdtempSync(join(tmpdir(), 'bulwark-hold-'));
     closers.push(async () => rmSync(dir, { recursive: true, force: true }));
     const loaded = parseConfig(
-      `version: 1
-listeners: [{ address: 127.0.0.1, port: 0 }]
-upstreams: { demo: { builtin: echo } }
-routes: [{ id: echo, match: { path: { prefix: /echo } }, upstream: demo, auth: { public: true } }]
-audit:
-  durability: durable
+      echoGatewayYaml(`  durability: durable
   wal: { dir: '${dir}/wal' }
   sinks: [{ file: { path: '${dir}/audit.jsonl' } }]
-`,
+`),
       'hold.yaml',
       { checks: CONFIG_CHECKS },
     );

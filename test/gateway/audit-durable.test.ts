@@ -10,7 +10,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { tempFile } from '../helpers/net.js';
+import { echoGatewayYaml, tempFile } from '../helpers/net.js';
 import { runCli, spawnBulwark } from '../helpers/process.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -42,16 +42,11 @@ describe('durable audit through the gateway', () => {
       const dir = mkdtempSync(join(tmpdir(), 'bulwark-durable-'));
       const file = tempFile(
         'durable.yaml',
-        `version: 1
-listeners: [{ address: 127.0.0.1, port: 0 }]
-upstreams: { demo: { builtin: echo } }
-routes: [{ id: echo, match: { path: { prefix: /echo } }, upstream: demo, auth: { public: true } }]
-audit:
-  durability: durable
+        echoGatewayYaml(`  durability: durable
   wal: { dir: '${dir}/wal', fsyncIntervalMs: 5 }
   chain: { checkpointEvery: 100 }
   sinks: [{ file: { path: '${dir}/audit.jsonl' } }]
-`,
+`),
       );
       let gw = await spawnBulwark(file);
       const port = gw.ports[0]!;
@@ -162,17 +157,12 @@ audit:
     await new Promise<void>((r) => hook.listen(0, '127.0.0.1', () => r()));
     const file = tempFile(
       'block.yaml',
-      `version: 1
-listeners: [{ address: 127.0.0.1, port: 0 }]
-upstreams: { demo: { builtin: echo } }
-routes: [{ id: echo, match: { path: { prefix: /echo } }, upstream: demo, auth: { public: true } }]
-audit:
-  durability: fast
+      echoGatewayYaml(`  durability: fast
   whenFull: block
   queue: { maxEvents: 16 }
   wal: { dir: '${dir}/wal', segmentBytes: 65536, maxBytes: 1048576 }
   sinks: [{ webhook: { url: 'http://127.0.0.1:${(hook.address() as { port: number }).port}/audit', timeoutMs: 60000 } }]
-`,
+`),
     );
     const gw = await spawnBulwark(file);
     const port = gw.ports[0]!;

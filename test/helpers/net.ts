@@ -57,6 +57,16 @@ export interface TestGateway {
   close(): Promise<void>;
 }
 
+/** A gateway config: one public route, `/echo`, to the built-in echo upstream; `audit` is the audit section's lines. */
+export function echoGatewayYaml(audit: string): string {
+  return `version: 1
+listeners: [{ address: 127.0.0.1, port: 0 }]
+upstreams: { demo: { builtin: echo } }
+routes: [{ id: echo, match: { path: { prefix: /echo } }, upstream: demo, auth: { public: true } }]
+audit:
+${audit}`;
+}
+
 /** An in-process gateway from YAML, validated exactly as `bulwark serve` would. */
 export async function startGateway(yaml: string): Promise<TestGateway> {
   const loaded = parseConfig(yaml, 'test.yaml', { checks: CONFIG_CHECKS });
