@@ -218,6 +218,8 @@ export function holdEnd(res: Holdable, commit: () => Promise<void>): void {
 }
 
 const HEADER_SETTERS = ['writeHead', 'setHeader', 'setHeaders', 'appendHeader', 'removeHeader', 'flushHeaders'] as const;
+/** What a held response answers `true` to. */
+const ENDED_GETTERS = ['headersSent', 'writableEnded'] as const;
 
 /** Set on a response of a holdable class while its end is held (see `holdableResponse`). */
 const HELD = Symbol('bulwark.held');
@@ -235,9 +237,9 @@ function seemEnded(res: object): () => void {
       held[HELD] = false;
     };
   }
-  const names = ['headersSent', 'writableEnded', ...HEADER_SETTERS];
+  const names = [...ENDED_GETTERS, ...HEADER_SETTERS];
   const saved = names.map((name) => [name, Object.getOwnPropertyDescriptor(res, name)] as const);
-  for (const name of ['headersSent', 'writableEnded']) Object.defineProperty(res, name, { configurable: true, get: () => true });
+  for (const name of ENDED_GETTERS) Object.defineProperty(res, name, { configurable: true, get: () => true });
   for (const name of HEADER_SETTERS)
     if (typeof (res as Record<string, unknown>)[name] === 'function')
       Object.defineProperty(res, name, { configurable: true, writable: true, value: headersAlreadySent });
@@ -249,20 +251,20 @@ function seemEnded(res: object): () => void {
   };
 }
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- TypeScript's rule for a class extending a parameter
+type Constructor = abstract new (...args: any[]) => object;
+
 /**
  * A response class whose held end (`holdEnd`) is a flag its prototype reads, defined once here:
  * per-response `defineProperty` and `delete` on a Node response cost the gateway's durable route
  * about a quarter of its CPU (the response objects change shape under Node's http code). The
  * gateway's servers are built with these; responses of any other class are held the general way.
  */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- TypeScript's rule for a class extending a parameter
-type Constructor = abstract new (...args: any[]) => object;
-
 function holdableResponse<T extends Constructor>(Base: T): T {
   abstract class Holdable extends Base {}
   const proto = Holdable.prototype as unknown as Record<PropertyKey, unknown>;
   Object.defineProperty(proto, HELD, { configurable: false, writable: true, value: false });
-  for (const name of ['headersSent', 'writableEnded']) {
+  for (const name of ENDED_GETTERS) {
     const get = getterOf(Base.prototype, name);
     Object.defineProperty(proto, name, {
       configurable: true,

@@ -16,8 +16,8 @@ import {
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import type { ListenerConfig } from '../config/schema.js';
 import { BulwarkError } from '../core/errors.js';
-import { HoldableHttp2ServerResponse, HoldableServerResponse } from '../engine/audit.js';
 import { PROBLEM_CONTENT_TYPE, renderProblem } from '../core/problem.js';
+import { HoldableHttp2ServerResponse, HoldableServerResponse } from '../engine/audit.js';
 import { DEFAULT_LISTENER_LIMITS, listenerKey } from './runtime.js';
 import { loadTlsMaterial, watchTlsFiles, type TlsMaterial } from './tls.js';
 
