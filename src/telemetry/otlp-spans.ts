@@ -163,9 +163,14 @@ export class ProtoWriter {
   }
 
   raw(bytes: Uint8Array): void {
-    if (this.pos + bytes.length > this.buf.length) this.grow(bytes.length);
-    this.buf.set(bytes, this.pos);
-    this.pos += bytes.length;
+    const n = bytes.length;
+    if (this.pos + n > this.buf.length) this.grow(n);
+    if (n <= 64) {
+      // A short copy (an attribute key's prefix): a loop beats TypedArray#set's call for a few dozen bytes.
+      const buf = this.buf;
+      for (let i = 0, at = this.pos; i < n; i++) buf[at + i] = bytes[i]!;
+    } else this.buf.set(bytes, this.pos);
+    this.pos += n;
   }
 
   /** Opens a length-delimited field's body; `end(start)` closes it. */
@@ -271,15 +276,7 @@ function keyPrefix(key: string): Uint8Array {
 
 function writeKeyValueBody(w: ProtoWriter, key: string, value: unknown): void {
   const kv = w.begin();
-  const prefix = keyPrefix(key);
-  const n = prefix.length;
-  if (w.pos + n > w.buf.length) w.raw(prefix);
-  else {
-    // A short copy: a loop beats TypedArray#set's call for a few dozen bytes.
-    const buf = w.buf;
-    for (let i = 0, at = w.pos; i < n; i++) buf[at + i] = prefix[i]!;
-    w.pos += n;
-  }
+  w.raw(keyPrefix(key));
   const at = w.begin();
   writeAnyValue(w, value);
   w.end(at);
