@@ -28,6 +28,7 @@ import {
   type ISerializer,
 } from '@opentelemetry/otlp-transformer';
 import type { Resource } from '@opentelemetry/resources';
+import { RequestSpan } from './request-span.js';
 import type { ReadableSpan, Span, SpanProcessor, TimedEvent } from '@opentelemetry/sdk-trace-base';
 
 /** A growable protobuf writer. A nested message reserves one length byte and moves its bytes when it needs more. */
@@ -95,9 +96,12 @@ export class ProtoWriter {
 
   /** An HrTime as fixed64 nanoseconds since the epoch, exact past 2^53 (seconds split as the OTel writer does). */
   time(t: HrTime): void {
+    this.epochTime(t[0], t[1]);
+  }
+
+  /** `time` of [seconds, nanos], without the tuple. */
+  epochTime(seconds: number, nanos: number): void {
     if (this.pos + 8 > this.buf.length) this.grow(8);
-    const seconds = t[0];
-    const nanos = t[1];
     const lowerNanos = (seconds & 0xffff) * 1e9;
     const upperNanos = ((seconds / 0x10000) >>> 0) * 1e9;
     const low = (lowerNanos >>> 0) + ((((upperNanos & 0xffff) * 0x10000) >>> 0) + nanos);
@@ -292,6 +296,14 @@ function writeAttributes(w: ProtoWriter, attributes: Attributes | undefined, fie
   }
 }
 
+/** A RequestSpan's attributes: its name, value, name, value… list, no object in between. */
+function writePairs(w: ProtoWriter, pairs: readonly unknown[]): void {
+  for (let i = 0; i < pairs.length; i += 2) {
+    w.tag(9, 2);
+    writeKeyValueBody(w, pairs[i] as string, pairs[i + 1]);
+  }
+}
+
 const HAS_IS_REMOTE = 0x100;
 const IS_REMOTE = 0x200;
 
@@ -358,11 +370,20 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
     w.tag(6, 0);
     w.varint32(kind);
   }
-  w.tag(7, 1);
-  w.time(span.startTime);
-  w.tag(8, 1);
-  w.time(span.endTime);
-  writeAttributes(w, span.attributes, 9);
+  if (span instanceof RequestSpan) {
+    // The same fields, read where the span keeps them (no HrTime tuples, no attribute object).
+    w.tag(7, 1);
+    w.epochTime(span.startSeconds, span.startNanos);
+    w.tag(8, 1);
+    w.epochTime(span.endSeconds, span.endNanos);
+    writePairs(w, span.pairs);
+  } else {
+    w.tag(7, 1);
+    w.time(span.startTime);
+    w.tag(8, 1);
+    w.time(span.endTime);
+    writeAttributes(w, span.attributes, 9);
+  }
   w.tag(10, 0);
   w.varint32(span.droppedAttributesCount);
   for (const event of span.events) {

@@ -1,13 +1,17 @@
 /**
- * Tracing through the OpenTelemetry SDK: a server span per request, a client
- * span per upstream attempt, pipeline decisions as span events.
+ * Tracing with OpenTelemetry: a server span per request, a client span per upstream
+ * attempt, pipeline decisions as span events. The SDK's propagators read and write trace
+ * context, its samplers decide under a remote parent, its span processors and exporters
+ * (or our encoder, otlp-spans.ts) take the spans; the spans themselves are RequestSpans
+ * (request-span.ts), which end as complete ReadableSpans at a fraction of the SDK
+ * span's cost.
  *
  * Hot path: nothing here uses the OTel context manager (no AsyncLocalStorage):
- * the parent of every span is passed explicitly. A new root trace the ratio turns
- * down, or a W3C caller that did not sample (parent-based), never reaches the SDK:
- * ids from a pool of random bytes, the ratio checked on the trace id the way
- * TraceIdRatioBasedSampler does, `traceparent` written directly (~0.4 µs over
- * traces off, bench/tracing-micro.js). With `exporter: none`
+ * the parent of every span is passed explicitly, and an OTel Context is built only for a
+ * propagator that needs one. A new root trace the ratio turns down, or a W3C caller that
+ * did not sample (parent-based), records nothing: ids from a pool of random bytes, the
+ * ratio checked on the trace id the way TraceIdRatioBasedSampler does, `traceparent`
+ * written directly (~0.4 µs over traces off, bench/tracing-micro.js). With `exporter: none`
  * there is no SDK at all: `startServerSpan` returns a shared no-op handle and only
  * reads an incoming trace context when the request carries one, so the logs of a
  * traced caller still show its trace id (the `span_id` is then the caller's
@@ -26,7 +30,6 @@ import {
   trace,
   type Attributes,
   type Context,
-  type Link,
   type Span,
   type SpanContext,
   type TextMapGetter,
@@ -38,6 +41,7 @@ import {
 import {
   CompositePropagator,
   ExportResultCode,
+  type InstrumentationScope,
   W3CBaggagePropagator,
   W3CTraceContextPropagator,
   type ExportResult,
@@ -46,17 +50,14 @@ import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import { B3InjectEncoding, B3Propagator } from '@opentelemetry/propagator-b3';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import {
-  BasicTracerProvider,
   BatchSpanProcessor,
   ConsoleSpanExporter,
   ParentBasedSampler,
   SimpleSpanProcessor,
   TraceIdRatioBasedSampler,
-  type IdGenerator,
   type ReadableSpan,
   SamplingDecision,
   type Sampler,
-  type SamplingResult,
   type SpanExporter,
   type SpanProcessor,
 } from '@opentelemetry/sdk-trace-base';
@@ -76,6 +77,7 @@ import {
 } from '@opentelemetry/semantic-conventions';
 import type { DecisionRecord, RequestContext } from '../core/context.js';
 import { createOtlpBatchExporter, EncodingSpanProcessor, type OtlpHttpOptions } from './otlp-spans.js';
+import { RequestSpan, type SpanHome } from './request-span.js';
 import type { PropagatorName, ResolvedTelemetryConfig } from './schema.js';
 
 // The gRPC attributes the issue names (rpc.system, rpc.service, rpc.grpc.status_code) are
@@ -118,10 +120,6 @@ export function normalizeMethod(method: string): string {
 
 /** gRPC statuses a server reports as span errors (semconv rpc spans). */
 const GRPC_SERVER_ERRORS = new Set([2, 4, 12, 13, 14, 15]);
-
-/** Span options, shared: no start attributes (they are set right after, see startClientSpan). */
-const SERVER_SPAN = Object.freeze({ kind: SpanKind.SERVER });
-const CLIENT_SPAN = Object.freeze({ kind: SpanKind.CLIENT });
 
 const headerGetter: TextMapGetter<IncomingHttpHeaders> = {
   get(carrier, key) {
@@ -288,7 +286,9 @@ export interface Tracing {
 
 /** Shared by every span handle of one tracing setup; only the route templates are swapped (on reload). */
 class TracingRuntime {
-  readonly tracer: ReturnType<BasicTracerProvider['getTracer']>;
+  readonly home: SpanHome;
+  /** The configured sampler: consulted for a span under a remote parent only (the rest is decided here). */
+  readonly sampler: Sampler;
   readonly extractor: TextMapPropagator;
   readonly injector: TextMapPropagator;
   readonly extractBaggage: boolean;
@@ -320,14 +320,10 @@ class TracingRuntime {
     return address;
   }
 
-  constructor(
-    tracer: ReturnType<BasicTracerProvider['getTracer']>,
-    config: ResolvedTelemetryConfig['traces'],
-    options: TracingOptions,
-    ids: FastIds,
-  ) {
-    this.tracer = tracer;
-    this.ids = ids;
+  constructor(home: SpanHome, config: ResolvedTelemetryConfig['traces'], options: TracingOptions) {
+    this.home = home;
+    this.sampler = createSampler(config.sampler);
+    this.ids = new FastIds();
     this.upperBound = ratioUpperBound(config.sampler.ratio);
     this.w3cOnly = config.propagators.every((p) => p === 'tracecontext' || p === 'baggage');
     this.injectW3C = config.propagators.includes('tracecontext');
@@ -356,16 +352,11 @@ const POOL_BYTES = 8192;
 
 /**
  * Trace and span ids from a pool of crypto-random bytes refilled in bulk (one `randomFillSync`
- * per 8 KiB, not one `Math.random` per 4 bytes). Also the SDK's IdGenerator, so a root span the
- * gateway has already decided to sample gets the trace id the decision was made on (`pending`).
+ * per 8 KiB, not one `Math.random` per 4 bytes).
  */
-export class FastIds implements IdGenerator {
+export class FastIds {
   private readonly pool = Buffer.allocUnsafe(POOL_BYTES);
   private offset = POOL_BYTES;
-  /** The next trace id `generateTraceId` returns, once; null: a fresh one. */
-  pending: string | null = null;
-  /** The last `pending` id handed to the SDK: a root the gateway's ratio check admitted. */
-  admitted: string | null = null;
   /** The 32-bit XOR fold of the last `rootTraceId` (what TraceIdRatioBasedSampler compares). */
   fold = 0;
 
@@ -406,16 +397,6 @@ export class FastIds implements IdGenerator {
     }
     this.fold = (a ^ b ^ c ^ d) >>> 0;
     return this.hexOf(o, 16);
-  }
-
-  generateTraceId(): string {
-    const pending = this.pending;
-    if (pending !== null) {
-      this.pending = null;
-      this.admitted = pending;
-      return pending;
-    }
-    return this.rootTraceId();
   }
 
   generateSpanId(): string {
@@ -505,7 +486,7 @@ function unsampledRoot(runtime: TracingRuntime, ctx: RequestContext): ServerSpan
 }
 
 /**
- * A root request the sampler turned down: no SDK span, no OTel context. It still has ids (for
+ * A root request the sampler turned down: no span, no OTel context. It still has ids (for
  * the logs and the upstream) and propagates them with sampled=0.
  */
 class UnsampledServerSpan implements ServerSpan {
@@ -557,20 +538,57 @@ function templatesOf(routes: readonly RouteLike[]): ReadonlyMap<string, string> 
   return new Map(routes.map((r) => [r.id, routeTemplate(r.match.path)]));
 }
 
+/** A recording server span: its name until the route is known, the method attributes, `ctx.trace`. */
+function serverSpan(runtime: TracingRuntime, ctx: RequestContext, sc: SpanContext, parent: SpanContext | undefined): RequestSpan {
+  const method = normalizeMethod(ctx.method);
+  const span = new RequestSpan(runtime.home, method === '_OTHER' ? 'HTTP' : method, SpanKind.SERVER, sc, parent);
+  span.setAttribute(ATTR_HTTP_REQUEST_METHOD, method);
+  if (method === '_OTHER') span.setAttribute(ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ctx.method);
+  ctx.trace = toTraceContext(sc);
+  return span;
+}
+
+/**
+ * The server span under an extracted context (a remote parent, or only baggage or a B3 deny):
+ * the configured sampler decides, as the SDK's tracer would ask it; a span it drops is a
+ * non-recording one that still carries the ids upstream.
+ */
+function continuedSpan(runtime: TracingRuntime, ctx: RequestContext, parent: Context): Span {
+  const remote = trace.getSpanContext(parent);
+  const valid = remote !== undefined && trace.isSpanContextValid(remote);
+  const traceId = valid ? remote.traceId : runtime.ids.rootTraceId();
+  const method = normalizeMethod(ctx.method);
+  const result = runtime.sampler.shouldSample(parent, traceId, method === '_OTHER' ? 'HTTP' : method, SpanKind.SERVER, {}, []);
+  const sc: SpanContext = {
+    traceId,
+    spanId: runtime.ids.generateSpanId(),
+    traceFlags: result.decision === SamplingDecision.RECORD_AND_SAMPLED ? TraceFlags.SAMPLED : TraceFlags.NONE,
+    traceState: result.traceState ?? (valid ? remote.traceState : undefined),
+  };
+  if (result.decision === SamplingDecision.NOT_RECORD) {
+    ctx.trace = toTraceContext(sc);
+    return trace.wrapSpanContext(sc);
+  }
+  const span = serverSpan(runtime, ctx, sc, valid ? remote : undefined);
+  if (result.attributes !== undefined) span.setAttributes(result.attributes);
+  return span;
+}
+
 class OtelServerSpan implements ServerSpan {
   readonly recording: boolean;
   private readonly runtime: TracingRuntime;
   private readonly span: Span;
-  private readonly context: Context;
+  /** The extracted context the span continues (ROOT_CONTEXT for a new trace): its baggage goes upstream. */
+  private readonly parent: Context;
   private emitted: number;
   private readonly grpc: boolean;
   /** The context carries no baggage and the formats are W3C only: inject writes the headers itself. */
   private readonly direct: boolean;
 
-  constructor(runtime: TracingRuntime, span: Span, context: Context, grpc: boolean, direct: boolean) {
+  constructor(runtime: TracingRuntime, span: Span, parent: Context, grpc: boolean, direct: boolean) {
     this.runtime = runtime;
     this.span = span;
-    this.context = context;
+    this.parent = parent;
     this.recording = span.isRecording();
     this.emitted = 0;
     this.grpc = grpc;
@@ -585,29 +603,26 @@ class OtelServerSpan implements ServerSpan {
 
   startClientSpan(upstream: string, endpoint: string, method: string): ClientSpan {
     const runtime = this.runtime;
-    if (!this.recording) {
-      // An unsampled parent has unsampled children under every sampler we build (parent-based, or
-      // ratio on the same trace id), so skip the tracer: a fresh span id on the parent's context is
-      // exactly what it would return, at a fraction of the cost. It still propagates (sampled=0).
-      const parent = this.span.spanContext();
-      const span = trace.wrapSpanContext({
-        traceId: parent.traceId,
-        spanId: runtime.ids.generateSpanId(),
-        traceFlags: parent.traceFlags,
-        traceState: parent.traceState,
-      });
-      return new OtelClientSpan(runtime, span, this.context, this.direct);
-    }
+    const parent = this.span.spanContext();
+    const sc: SpanContext = {
+      traceId: parent.traceId,
+      spanId: runtime.ids.generateSpanId(),
+      traceFlags: parent.traceFlags,
+      traceState: parent.traceState,
+    };
+    // A child of a sampled local span is sampled under every sampler we build (parent-based, or the
+    // ratio on the same trace id); of an unsampled one, not: a fresh span id on the parent's context
+    // then is all it takes, and it still propagates (sampled=0).
+    if (!this.recording || (parent.traceFlags & TraceFlags.SAMPLED) === 0)
+      return new OtelClientSpan(runtime, trace.wrapSpanContext(sc), this.parent, this.direct);
     const normalized = normalizeMethod(method);
-    // Attributes after the start, not in its options: the SDK copies and checks start attributes twice
-    // (for the sampler, which here decides on nothing but the trace), then sets them one by one anyway.
-    const span = runtime.tracer.startSpan(normalized === '_OTHER' ? 'HTTP' : normalized, CLIENT_SPAN, this.context);
+    const span = new RequestSpan(runtime.home, normalized === '_OTHER' ? 'HTTP' : normalized, SpanKind.CLIENT, sc, parent);
     const address = runtime.origin(endpoint);
     span.setAttribute(ATTR_HTTP_REQUEST_METHOD, normalized);
     span.setAttribute(ATTR_SERVER_ADDRESS, address.host);
     span.setAttribute(ATTR_SERVER_PORT, address.port);
     span.setAttribute('bulwark.upstream', upstream);
-    return new OtelClientSpan(runtime, span, this.context, this.direct);
+    return new OtelClientSpan(runtime, span, this.parent, this.direct);
   }
 
   end(ctx: RequestContext, status: number, info?: EndInfo): void {
@@ -670,7 +685,7 @@ class OtelServerSpan implements ServerSpan {
 class OtelClientSpan implements ClientSpan {
   private readonly runtime: TracingRuntime;
   private readonly span: Span;
-  /** The server span's context: this span's own is built only when a propagator needs it. */
+  /** The context the server span continues: the OTel context a propagator reads is built from it only when one needs it. */
   private readonly parent: Context;
   private readonly direct: boolean;
 
@@ -834,45 +849,6 @@ export function createSampler(config: { ratio: number; parentBased: boolean }): 
   return config.parentBased ? new ParentBasedSampler({ root }) : root;
 }
 
-const SAMPLED: SamplingResult = Object.freeze({ decision: SamplingDecision.RECORD_AND_SAMPLED });
-
-/**
- * The configured sampler, minus the decisions the gateway has already made. Every span the
- * SDK sees is either a root the gateway's own ratio check admitted (its trace id is `pending`),
- * a child of a recording local span (same trace id, so the same verdict under the ratio, and
- * `localParentSampled` under parent-based), or a span under a remote parent: only that last one
- * needs the configured sampler. Saves re-hashing the trace id and the parent-based dispatch on
- * both spans of every sampled request.
- */
-export class DecidedSampler implements Sampler {
-  private readonly ids: FastIds;
-  private readonly configured: Sampler;
-
-  constructor(ids: FastIds, configured: Sampler) {
-    this.ids = ids;
-    this.configured = configured;
-  }
-
-  shouldSample(
-    context: Context,
-    traceId: string,
-    name: string,
-    kind: SpanKind,
-    attributes: Attributes,
-    links: Link[],
-  ): SamplingResult {
-    const parent = trace.getSpanContext(context);
-    if (parent === undefined) {
-      if (this.ids.admitted === traceId) return SAMPLED;
-    } else if (parent.isRemote !== true && (parent.traceFlags & TraceFlags.SAMPLED) !== 0) return SAMPLED;
-    return this.configured.shouldSample(context, traceId, name, kind, attributes, links);
-  }
-
-  toString(): string {
-    return `DecidedSampler{${this.configured.toString()}}`;
-  }
-}
-
 /** Builds the tracing half of telemetry from the resolved `telemetry` config. */
 export function createTracing(config: ResolvedTelemetryConfig, options: TracingOptions = {}): Tracing {
   const traces = config.traces;
@@ -916,33 +892,33 @@ export function createTracing(config: ResolvedTelemetryConfig, options: TracingO
             exportTimeoutMillis: traces.timeoutMs,
           });
   }
-  const ids = new FastIds();
-  const provider = new BasicTracerProvider({
-    idGenerator: ids,
+  const home: SpanHome = {
     resource: resourceFromAttributes({
       ...config.resourceAttributes,
       [ATTR_SERVICE_NAME]: config.serviceName,
       [ATTR_SERVICE_VERSION]: VERSION,
     }),
-    // Explicit, so OTEL_TRACES_SAMPLER in the environment cannot quietly override the config.
-    sampler: new DecidedSampler(ids, createSampler(traces.sampler)),
+    scope: SCOPE,
+    processor,
     // url.path, server.address, http.request.method_original come from the client (an HTTP/2
     // :method or a path can be kilobytes): cap every span's strings so the queue's memory is too.
-    spanLimits: { attributeValueLengthLimit: MAX_ATTRIBUTE_LENGTH },
-    spanProcessors: [processor],
-  });
+    valueLimit: MAX_ATTRIBUTE_LENGTH,
+  };
   return new SdkTracing(
-    provider,
-    new TracingRuntime(provider.getTracer('bulwark', VERSION), traces, options, ids),
+    processor,
+    new TracingRuntime(home, traces, options),
     // A flush (each batch times out after timeoutMs) then the exporter's stop (waits for its sends).
     2 * traces.timeoutMs + EXPORT_GRACE_MS,
     () => agent?.destroy(),
   );
 }
 
+/** The instrumentation scope of every span: this package. */
+const SCOPE: InstrumentationScope = Object.freeze({ name: 'bulwark', version: VERSION });
+
 class SdkTracing implements Tracing {
   readonly enabled = true;
-  private readonly provider: BasicTracerProvider;
+  private readonly processor: SpanProcessor;
   private readonly runtime: TracingRuntime;
 
   /** The longest a flush or shutdown may take; past it the caller goes on and the spans are lost. */
@@ -951,8 +927,8 @@ class SdkTracing implements Tracing {
   /** Releases what the exporter holds open (its sockets), once stopped. */
   private readonly release: () => void;
 
-  constructor(provider: BasicTracerProvider, runtime: TracingRuntime, stopMs: number, release: () => void) {
-    this.provider = provider;
+  constructor(processor: SpanProcessor, runtime: TracingRuntime, stopMs: number, release: () => void) {
+    this.processor = processor;
     this.runtime = runtime;
     this.stopMs = stopMs;
     this.release = release;
@@ -961,16 +937,15 @@ class SdkTracing implements Tracing {
   startServerSpan(ctx: RequestContext): ServerSpan {
     const runtime = this.runtime;
     const headers = ctx.headers;
-    let parent = ROOT_CONTEXT;
     if (hasIncomingContext(headers, runtime.extractBaggage)) {
       // The common traced caller that did not sample (a W3C `traceparent` with flags 00 and
-      // nothing else): a parent-based sampler follows it, so no SDK span either.
+      // nothing else): a parent-based sampler follows it, so no span either.
       const traceId = runtime.parentBased ? unsampledW3CParent(headers, runtime.extractBaggage) : null;
       if (traceId !== null) {
         ctx.trace = { traceId, spanId: runtime.ids.generateSpanId(), sampled: false };
         return new UnsampledServerSpan(runtime, traceId);
       }
-      parent = lowerCaseIds(runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
+      let parent = lowerCaseIds(runtime.extractor.extract(ROOT_CONTEXT, headers, headerGetter));
       // B3's "deny" without ids (`b3: 0`; `X-B3-Sampled: 0` next to baggage): no trace to continue, but
       // a decision the parent-based sampler follows. A new trace, as an unsampled parent in the
       // extracted context, so its baggage still goes upstream.
@@ -981,32 +956,21 @@ class SdkTracing implements Tracing {
           traceFlags: TraceFlags.NONE,
           isRemote: true,
         });
-    } else if (runtime.parentBased && headers['x-b3-sampled'] !== undefined && b3Denies(headers)) {
-      // A lone `X-B3-Sampled: 0`: the same decision, nothing else to carry.
-      return unsampledRoot(runtime, ctx);
-    } else {
-      // A new root trace: the ratio decides on the trace id, as the SDK sampler would (parent-based
-      // or not, a root goes to the ratio). Turned down, the request never reaches the SDK.
-      const ids = runtime.ids;
-      const traceId = ids.rootTraceId();
-      if (ids.fold >= runtime.upperBound) {
-        const spanId = ids.generateSpanId();
-        ctx.trace = { traceId, spanId, sampled: false };
-        return new UnsampledServerSpan(runtime, traceId);
-      }
-      ids.pending = traceId;
+      const direct = runtime.w3cOnly && propagation.getBaggage(parent) === undefined;
+      return new OtelServerSpan(runtime, continuedSpan(runtime, ctx, parent), parent, isGrpcRequest(headers), direct);
     }
-    const method = normalizeMethod(ctx.method);
-    const grpc = isGrpcRequest(headers);
-    // The route is not known yet (routing comes after); the name is refined at end(). Attributes are
-    // set after the start, as for client spans.
-    const span = runtime.tracer.startSpan(method === '_OTHER' ? 'HTTP' : method, SERVER_SPAN, parent);
-    runtime.ids.pending = null;
-    span.setAttribute(ATTR_HTTP_REQUEST_METHOD, method);
-    if (method === '_OTHER') span.setAttribute(ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ctx.method);
-    ctx.trace = toTraceContext(span.spanContext());
-    const direct = runtime.w3cOnly && (parent === ROOT_CONTEXT || propagation.getBaggage(parent) === undefined);
-    return new OtelServerSpan(runtime, span, trace.setSpan(parent, span), grpc, direct);
+    // A lone `X-B3-Sampled: 0`: the same decision, nothing else to carry.
+    if (runtime.parentBased && headers['x-b3-sampled'] !== undefined && b3Denies(headers)) return unsampledRoot(runtime, ctx);
+    // A new root trace: the ratio decides on the trace id, as the SDK sampler would (parent-based
+    // or not, a root goes to the ratio). Turned down, the request records nothing.
+    const ids = runtime.ids;
+    const traceId = ids.rootTraceId();
+    if (ids.fold >= runtime.upperBound) {
+      ctx.trace = { traceId, spanId: ids.generateSpanId(), sampled: false };
+      return new UnsampledServerSpan(runtime, traceId);
+    }
+    const span = serverSpan(runtime, ctx, { traceId, spanId: ids.generateSpanId(), traceFlags: TraceFlags.SAMPLED }, undefined);
+    return new OtelServerSpan(runtime, span, ROOT_CONTEXT, isGrpcRequest(headers), runtime.w3cOnly);
   }
 
   setRoutes(routes: readonly RouteLike[]): void {
@@ -1019,11 +983,11 @@ class SdkTracing implements Tracing {
   // trickles its answer keeps a send open for ever (the socket never idles out); `release` then
   // closes those sockets, which otherwise kept a SIGTERM'd gateway from ever exiting.
   forceFlush(): Promise<void> {
-    return within(this.provider.forceFlush(), this.stopMs);
+    return within(this.processor.forceFlush(), this.stopMs);
   }
 
   shutdown(): Promise<void> {
-    return within(this.provider.shutdown(), this.stopMs).then(this.release);
+    return within(this.processor.shutdown(), this.stopMs).then(this.release);
   }
 }
 

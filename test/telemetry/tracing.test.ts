@@ -10,7 +10,6 @@ import { resolveTelemetryConfig, type TelemetryConfig } from '../../src/telemetr
 import {
   createSampler,
   createTracing,
-  DecidedSampler,
   FastIds,
   hashIdentity,
   NOOP_SERVER_SPAN,
@@ -393,37 +392,40 @@ describe('sampling', () => {
     expect(spans()).toHaveLength(1);
   });
 
-  it('the decided sampler agrees with the configured one on every span the SDK can see', () => {
-    const decision = (sampler: { shouldSample: DecidedSampler['shouldSample'] }, context: typeof ROOT_CONTEXT, traceId: string) =>
-      sampler.shouldSample(context, traceId, 'GET', SpanKind.SERVER, {}, []).decision;
-    const withParent = (flags: number, isRemote: boolean, traceId: string) =>
-      trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: PARENT_ID, traceFlags: flags, isRemote });
+  it('under a remote parent the configured sampler decides, for server and client span alike', () => {
+    // B3 multi headers (parsed by the SDK propagator; the W3C fast path only takes sampled=0).
+    const headers = (traceId: string, sampled: boolean) => ({
+      'x-b3-traceid': traceId,
+      'x-b3-spanid': PARENT_ID,
+      'x-b3-sampled': sampled ? '1' : '0',
+    });
+    const ids = new FastIds();
     for (const parentBased of [true, false]) {
       for (const ratio of [0, 0.5, 1]) {
-        const ids = new FastIds();
         const configured = createSampler({ ratio, parentBased });
-        const decided = new DecidedSampler(ids, configured);
-        for (let i = 0; i < 200; i++) {
+        const { tracing, spans } = tracer({ sampler: { ratio, parentBased } });
+        let expected = 0;
+        for (let i = 0; i < 100; i++) {
           const traceId = ids.rootTraceId();
-          const sdk = decision(configured, ROOT_CONTEXT, traceId);
-          // Roots: the gateway hands the SDK only ids its ratio check admitted (`pending`).
-          if (sdk === SamplingDecision.RECORD_AND_SAMPLED) {
-            ids.pending = traceId;
-            expect(ids.generateTraceId()).toBe(traceId);
-            expect(decision(decided, ROOT_CONTEXT, traceId)).toBe(sdk);
-            // Children of that (local, recording) span: same verdict as the configured sampler.
-            const child = withParent(TraceFlags.SAMPLED, false, traceId);
-            expect(decision(decided, child, traceId)).toBe(decision(configured, child, traceId));
-          } else {
-            // A root that was not admitted still goes to the configured sampler.
-            expect(decision(decided, ROOT_CONTEXT, traceId)).toBe(sdk);
-          }
-          // Remote parents, sampled or not: always the configured sampler's call.
-          for (const flags of [TraceFlags.SAMPLED, TraceFlags.NONE]) {
-            const remote = withParent(flags, true, traceId);
-            expect(decision(decided, remote, traceId)).toBe(decision(configured, remote, traceId));
+          for (const sampled of [true, false]) {
+            const remote = trace.setSpanContext(ROOT_CONTEXT, {
+              traceId,
+              spanId: PARENT_ID,
+              traceFlags: sampled ? TraceFlags.SAMPLED : TraceFlags.NONE,
+              isRemote: true,
+            });
+            const verdict = configured.shouldSample(remote, traceId, 'GET', SpanKind.SERVER, {}, []).decision;
+            const ctx = makeContext({ headers: headers(traceId, sampled) });
+            const server = tracing.startServerSpan(ctx);
+            expect(ctx.trace!.sampled).toBe(verdict === SamplingDecision.RECORD_AND_SAMPLED);
+            expect(server.recording).toBe(verdict !== SamplingDecision.NOT_RECORD);
+            server.startClientSpan('u', 'http://h:1', 'GET').end(200);
+            server.end(ctx, 200);
+            if (ctx.trace!.sampled) expected += 2;
           }
         }
+        expect(spans()).toHaveLength(expected);
+        for (const s of spans()) expect(s.parentSpanContext?.spanId).toMatch(/^[0-9a-f]{16}$/);
       }
     }
   });
