@@ -17,6 +17,9 @@ export { Gateway } from './gateway/gateway.js';
 export { Bulwark, createBulwark } from './adapters/bulwark.js';
 export type { BulwarkOptions, BulwarkRequestState, CompletionInfo, Evaluation } from './adapters/bulwark.js';
 export { bulwarkFastify } from './adapters/fastify.js';
+// Response classes whose durable hold (audit `durability: durable`) is a flag, not per-response properties:
+// `http.createServer({ ServerResponse: HoldableServerResponse }, …)`, `Http2ServerResponse: HoldableHttp2ServerResponse`.
+export { HoldableHttp2ServerResponse, HoldableServerResponse } from './engine/audit.js';
 // Audit (src/audit): the tamper-evident log on its own (createBulwark opens one from `audit`), and its verifier.
 export { createAuditLog, verifyAudit } from './audit/index.js';
 export type { AuditInput, AuditLog, AuditLogOptions, AuditSink, AuditSource, VerifyReport } from './audit/index.js';

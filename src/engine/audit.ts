@@ -258,7 +258,8 @@ type Constructor = abstract new (...args: any[]) => object;
  * A response class whose held end (`holdEnd`) is a flag its prototype reads, defined once here:
  * per-response `defineProperty` and `delete` on a Node response cost the gateway's durable route
  * about a quarter of its CPU (the response objects change shape under Node's http code). The
- * gateway's servers are built with these; responses of any other class are held the general way.
+ * gateway's servers are built with these, and applications can build theirs with them (exported from
+ * the package); responses of any other class are held the general way.
  */
 function holdableResponse<T extends Constructor>(Base: T): T {
   abstract class Holdable extends Base {}

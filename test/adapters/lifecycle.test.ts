@@ -9,13 +9,20 @@ import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
 import express from 'express';
 import Fastify from 'fastify';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import {
+  createServer,
+  ServerResponse as NodeServerResponse,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { createBulwark, type Bulwark, type BulwarkRequestState } from '../../src/adapters/bulwark.js';
+import { HoldableServerResponse } from '../../src/index.js';
 import { bulwarkFastify } from '../../src/adapters/fastify.js';
 import { verifyAudit } from '../../src/audit/verify.js';
 import { createLogger } from '../../src/telemetry/logger.js';
@@ -283,32 +290,57 @@ describe('library audit in durable mode', () => {
     },
   });
 
-  const apps: Record<string, (bulwark: Bulwark) => Promise<{ base: string; close: () => Promise<void> }>> = {
-    'node:http': async (bulwark) => {
-      const server = createServer(bulwark.protect((_req, res) => res.end('served')));
-      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+  type App = { base: string; close: () => Promise<void> };
+  const serve = async (server: Server): Promise<App> => ({
+    base: await listen(server),
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  });
+  // `holdable`: the server builds HoldableServerResponse, so a held end is a flag (no property defined on a
+  // response). Express swaps each response's prototype for its own, so it takes the general path on any server.
+  const apps: Record<string, { holdable: boolean; start: (bulwark: Bulwark) => Promise<App> }> = {
+    'node:http': { holdable: false, start: (bulwark) => serve(createServer(bulwark.protect((_req, res) => res.end('served')))) },
+    'node:http, HoldableServerResponse': {
+      holdable: true,
+      start: (bulwark) =>
+        serve(
+          createServer(
+            { ServerResponse: HoldableServerResponse },
+            bulwark.protect((_req, res) => res.end('served')),
+          ),
+        ),
     },
-    express: async (bulwark) => {
-      const app = express();
-      app.use(bulwark.middleware());
-      app.get('/items/:id', (_req, res) => void res.send('served'));
-      const server = createServer(app);
-      return { base: await listen(server), close: () => new Promise<void>((r) => server.close(() => r())) };
+    express: {
+      holdable: false,
+      start: (bulwark) => {
+        const app = express();
+        app.use(bulwark.middleware());
+        app.get('/items/:id', (_req, res) => void res.send('served'));
+        return serve(createServer({ ServerResponse: HoldableServerResponse }, app));
+      },
     },
-    fastify: async (bulwark) => {
-      const app = Fastify();
-      await app.register(bulwarkFastify, { bulwark });
-      app.get('/items/:id', async () => 'served');
-      await app.listen({ port: 0, host: '127.0.0.1' });
-      return { base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, close: () => app.close() };
+    fastify: { holdable: false, start: (bulwark) => fastifyApp(bulwark, Fastify()) },
+    'fastify, HoldableServerResponse (serverFactory)': {
+      holdable: true,
+      start: (bulwark) =>
+        fastifyApp(
+          bulwark,
+          Fastify({ serverFactory: (handler) => createServer({ ServerResponse: HoldableServerResponse }, handler) }),
+        ),
     },
   };
+  async function fastifyApp(bulwark: Bulwark, app: ReturnType<typeof Fastify>): Promise<App> {
+    await app.register(bulwarkFastify, { bulwark });
+    app.get('/items/:id', async () => 'served');
+    await app.listen({ port: 0, host: '127.0.0.1' });
+    return { base: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`, close: () => app.close() };
+  }
 
-  for (const [name, start] of Object.entries(apps)) {
+  for (const [name, { holdable, start }] of Object.entries(apps)) {
     it(`${name}: a response ends only once its event is committed, denials included`, async () => {
       const dir = mkdtempSync(join(tmpdir(), 'bulwark-durable-lib-'));
       const bulwark = await createBulwark({ config: durableConfig(dir), logger: createLogger({ level: 'silent' }) });
       const app = await start(bulwark);
+      const defineProperty = vi.spyOn(Object, 'defineProperty');
       try {
         const written = () => bulwark.audit!.stats().written;
         await bulwark.audit!.flush();
@@ -318,6 +350,7 @@ describe('library audit in durable mode', () => {
         await Promise.all(
           Array.from({ length: 20 }, async (_, i) => {
             const res = await request(`${app.base}${i % 4 === 3 ? '/nowhere' : `/items/${i}`}`);
+            expect(res.statusCode).toBe(i % 4 === 3 ? 404 : 200);
             await res.body.text();
             done++;
             // Every response over so far has its event in the WAL (besides the start record and checkpoints).
@@ -325,7 +358,11 @@ describe('library audit in durable mode', () => {
           }),
         );
         expect(behind).toEqual([]);
+        const onResponses = defineProperty.mock.calls.filter(([target]) => target instanceof NodeServerResponse);
+        if (holdable) expect(onResponses).toEqual([]);
+        else expect(onResponses.length).toBeGreaterThanOrEqual(20);
       } finally {
+        defineProperty.mockRestore();
         await app.close();
         await bulwark.close();
         rmSync(dir, { recursive: true, force: true });
