@@ -173,6 +173,7 @@ export class RequestSpan implements Span, ReadableSpan {
     return this;
   }
 
+  /** Our spans have no links (the API's methods, for the `Span` type; they record nothing). */
   addLink(): this {
     return this;
   }
@@ -181,8 +182,13 @@ export class RequestSpan implements Span, ReadableSpan {
     return this;
   }
 
+  /** As the SDK's: UNSET is no change, OK is final, only an ERROR keeps a (string) message. */
   setStatus(status: SpanStatus): this {
-    if (!this.ended) this.status = { code: status.code, message: status.message };
+    if (this.ended || status.code === SpanStatusCode.UNSET || this.status.code === SpanStatusCode.OK) return this;
+    this.status =
+      status.code === SpanStatusCode.ERROR && typeof status.message === 'string'
+        ? { code: status.code, message: status.message }
+        : { code: status.code };
     return this;
   }
 
@@ -191,6 +197,7 @@ export class RequestSpan implements Span, ReadableSpan {
     return this;
   }
 
+  /** Failures are recorded as `error.type` and the status, per the HTTP conventions; nothing else calls this. */
   recordException(_exception: Exception): void {}
 
   end(): void {

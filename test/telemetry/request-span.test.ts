@@ -136,6 +136,28 @@ describe('RequestSpan: what the SDK span would have exported for the same calls'
     expect(b.events.at(-2)!.attributes!['reason']).toHaveLength(MAX_ATTRIBUTE_LENGTH);
   });
 
+  it('status: UNSET changes nothing, OK is final, only an ERROR keeps its message', () => {
+    const sequences = [
+      [{ code: SpanStatusCode.ERROR, message: 'upstream.timeout' }],
+      [{ code: SpanStatusCode.ERROR, message: 'x' }, { code: SpanStatusCode.UNSET }],
+      [
+        { code: SpanStatusCode.OK, message: 'dropped' },
+        { code: SpanStatusCode.ERROR, message: 'too late' },
+      ],
+      [{ code: SpanStatusCode.ERROR, message: 'first' }, { code: SpanStatusCode.OK }],
+      [{ code: SpanStatusCode.ERROR, message: 42 as unknown as string }],
+    ];
+    for (const statuses of sequences) {
+      const { sdk, ours, exported } = pair(SpanKind.SERVER, undefined);
+      for (const span of [sdk, ours]) {
+        for (const status of statuses) span.setStatus(status);
+        span.end();
+      }
+      const [a, b] = exported();
+      expect(b.status).toStrictEqual(a.status);
+    }
+  });
+
   it('ids, parent, kind and trace state carry through; not recording once ended', () => {
     const { sdk, ours, exported } = pair(SpanKind.CLIENT, { ...PARENT, isRemote: false, traceState: new TraceState('v=1') });
     expect(ours.isRecording()).toBe(true);
