@@ -1,8 +1,9 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createLocalJWKSet, jwtVerify } from 'jose';
+import { createLocalJWKSet, decodeJwt, jwtVerify } from 'jose';
+import { generateKeys, mintToken, writeKeys } from '../src/cli/dev-tokens.js';
 import { runCli } from './helpers/process.js';
 
 describe('bulwark keys generate / token mint', () => {
@@ -44,6 +45,33 @@ describe('bulwark keys generate / token mint', () => {
       expect(payload.exp! - payload.iat!).toBe(60);
     });
   }
+
+  it('exp is iat + ttl exactly, even when the clock crosses a second while minting', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'bulwark-keys-'));
+    const { privateKey } = writeKeys(dir, await generateKeys('EdDSA', 'k'));
+    // A clock 1 ms later at every reading, starting 1 ms before a second ends.
+    const RealDate = Date;
+    let t = 1795551708999;
+    class TickingDate extends RealDate {
+      constructor(...args: unknown[]) {
+        if (args.length === 0) super(t++);
+        else super(...(args as [number]));
+      }
+      static override now(): number {
+        return t++;
+      }
+    }
+    vi.stubGlobal('Date', TickingDate);
+    let token: string;
+    try {
+      token = await mintToken({ keyFile: privateKey, subject: 'alice', ttlSeconds: 60 });
+    } finally {
+      vi.unstubAllGlobals();
+    }
+    const { exp, iat } = decodeJwt(token);
+    expect(iat).toBe(1795551708);
+    expect(exp! - iat!).toBe(60);
+  });
 
   it('usage errors exit 2; a public key cannot mint (exit 1)', async () => {
     expect((await runCli(['keys', 'generate', '--alg', 'none'])).code).toBe(2);

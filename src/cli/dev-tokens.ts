@@ -56,15 +56,17 @@ export async function mintToken(options: MintOptions): Promise<string> {
   if (options.roles !== undefined) payload['roles'] = options.roles;
   if (options.scope !== undefined) payload['scope'] = options.scope;
   if (options.tenant !== undefined) payload['tenant'] = options.tenant;
+  // One clock reading for both: jose reads the clock for each, so a second could tick between them (exp − iat = ttl + 1).
+  const iat = Math.floor(Date.now() / 1000);
   const jwt = new SignJWT(payload)
     .setProtectedHeader({
       alg,
       ...(jwk.kid === undefined ? {} : { kid: jwk.kid }),
       ...(options.typ === undefined ? {} : { typ: options.typ }),
     })
-    .setIssuedAt()
+    .setIssuedAt(iat)
     .setJti(randomUUID())
-    .setExpirationTime(`${options.ttlSeconds ?? 3600}s`);
+    .setExpirationTime(iat + (options.ttlSeconds ?? 3600));
   if (options.subject !== undefined) jwt.setSubject(options.subject);
   if (options.issuer !== undefined) jwt.setIssuer(options.issuer);
   if (options.audience !== undefined) jwt.setAudience(options.audience);
