@@ -96,12 +96,9 @@ export class ProtoWriter {
 
   /** An HrTime as fixed64 nanoseconds since the epoch, exact past 2^53 (seconds split as the OTel writer does). */
   time(t: HrTime): void {
-    this.epochTime(t[0], t[1]);
-  }
-
-  /** `time` of [seconds, nanos], without the tuple. */
-  epochTime(seconds: number, nanos: number): void {
     if (this.pos + 8 > this.buf.length) this.grow(8);
+    const seconds = t[0];
+    const nanos = t[1];
     const lowerNanos = (seconds & 0xffff) * 1e9;
     const upperNanos = ((seconds / 0x10000) >>> 0) * 1e9;
     const low = (lowerNanos >>> 0) + ((((upperNanos & 0xffff) * 0x10000) >>> 0) + nanos);
@@ -370,20 +367,13 @@ export function writeSpan(w: ProtoWriter, span: ReadableSpan): void {
     w.tag(6, 0);
     w.varint32(kind);
   }
-  if (span instanceof RequestSpan) {
-    // The same fields, read where the span keeps them (no HrTime tuples, no attribute object).
-    w.tag(7, 1);
-    w.epochTime(span.startSeconds, span.startNanos);
-    w.tag(8, 1);
-    w.epochTime(span.endSeconds, span.endNanos);
-    writePairs(w, span.pairs);
-  } else {
-    w.tag(7, 1);
-    w.time(span.startTime);
-    w.tag(8, 1);
-    w.time(span.endTime);
-    writeAttributes(w, span.attributes, 9);
-  }
+  w.tag(7, 1);
+  w.time(span.startTime);
+  w.tag(8, 1);
+  w.time(span.endTime);
+  // A RequestSpan's attributes are read where it keeps them, with no object built in between.
+  if (span instanceof RequestSpan) writePairs(w, span.pairs);
+  else writeAttributes(w, span.attributes, 9);
   w.tag(10, 0);
   w.varint32(span.droppedAttributesCount);
   for (const event of span.events) {

@@ -48,11 +48,11 @@ export interface SpanHome {
   readonly valueLimit: number;
 }
 
-/** The epoch time `nanosSinceStart` after a start of [startSeconds, startNanos], carried into the seconds. */
-function hrAt(startSeconds: number, startNanos: number, nanosSinceStart: number): HrTime {
-  const nanos = startNanos + nanosSinceStart;
-  const carry = Math.floor(nanos / 1e9);
-  return [startSeconds + carry, nanos - carry * 1e9];
+/** `nanos` after `start`, carried into the seconds. */
+function hrAfter(start: HrTime, nanos: number): HrTime {
+  const total = start[1] + nanos;
+  const carry = Math.floor(total / 1e9);
+  return [start[0] + carry, total - carry * 1e9];
 }
 
 export class RequestSpan implements Span, ReadableSpan {
@@ -70,13 +70,12 @@ export class RequestSpan implements Span, ReadableSpan {
   ended = false;
   /** Attributes as set: name, value, name, value… (names unique). */
   readonly pairs: (string | AttributeValue)[] = [];
-  /** Start: epoch seconds and nanoseconds (the SDK's start, `Date.now()`); `perfStart` times the rest. */
-  readonly startSeconds: number;
-  readonly startNanos: number;
-  /** Nanoseconds from start to end; -1 while running. End: epoch seconds and nanoseconds, once ended. */
-  durationNanos = -1;
-  endSeconds = 0;
-  endNanos = 0;
+  /** The SDK's start (`Date.now()`); `perfStart` times events and the end from it. */
+  readonly startTime: HrTime;
+  /** [0, 0] while running, as the SDK's span. */
+  endTime: HrTime = [0, 0];
+  /** Nanoseconds from start to end; -1 while running. */
+  private durationNanos = -1;
   private readonly perfStart: number;
   private readonly context: SpanContext;
   private readonly home: SpanHome;
@@ -92,8 +91,8 @@ export class RequestSpan implements Span, ReadableSpan {
     this.parentSpanContext = parent;
     const now = Date.now();
     this.perfStart = performance.now();
-    this.startSeconds = Math.floor(now / 1000);
-    this.startNanos = (now - this.startSeconds * 1000) * 1e6;
+    const seconds = Math.floor(now / 1000);
+    this.startTime = [seconds, (now - seconds * 1000) * 1e6];
   }
 
   spanContext(): SpanContext {
@@ -169,7 +168,7 @@ export class RequestSpan implements Span, ReadableSpan {
       events.shift();
       this.droppedEventsCount++;
     }
-    events.push({ name, attributes: kept, time: this.timeSinceStart(), droppedAttributesCount: dropped });
+    events.push({ name, attributes: kept, time: hrAfter(this.startTime, this.elapsedNanos()), droppedAttributesCount: dropped });
     return this;
   }
 
@@ -202,33 +201,18 @@ export class RequestSpan implements Span, ReadableSpan {
 
   end(): void {
     if (this.ended) return;
-    const duration = Math.max(0, Math.round((performance.now() - this.perfStart) * 1e6));
-    const nanos = this.startNanos + duration;
-    const carry = Math.floor(nanos / 1e9);
-    this.durationNanos = duration;
-    this.endSeconds = this.startSeconds + carry;
-    this.endNanos = nanos - carry * 1e9;
+    this.durationNanos = this.elapsedNanos();
+    this.endTime = hrAfter(this.startTime, this.durationNanos);
     this.ended = true;
     this.home.processor.onEnd(this);
   }
 
-  private timeSinceStart(): HrTime {
-    return hrAt(this.startSeconds, this.startNanos, Math.max(0, Math.round((performance.now() - this.perfStart) * 1e6)));
-  }
-
-  get startTime(): HrTime {
-    return [this.startSeconds, this.startNanos];
-  }
-
-  /** [0, 0] while running, as the SDK's span. */
-  get endTime(): HrTime {
-    return [this.endSeconds, this.endNanos];
+  private elapsedNanos(): number {
+    return Math.max(0, Math.round((performance.now() - this.perfStart) * 1e6));
   }
 
   get duration(): HrTime {
-    const d = Math.max(this.durationNanos, 0);
-    const seconds = Math.floor(d / 1e9);
-    return [seconds, d - seconds * 1e9];
+    return hrAfter([0, 0], Math.max(this.durationNanos, 0));
   }
 
   get attributes(): Attributes {

@@ -30,6 +30,7 @@ import {
   trace,
   type Attributes,
   type Context,
+  type Link,
   type Span,
   type SpanContext,
   type TextMapGetter,
@@ -538,10 +539,24 @@ function templatesOf(routes: readonly RouteLike[]): ReadonlyMap<string, string> 
   return new Map(routes.map((r) => [r.id, routeTemplate(r.match.path)]));
 }
 
+/** A span's name before (or without) a route: the method, `HTTP` for one outside the known set. */
+function methodSpanName(method: string): string {
+  return method === '_OTHER' ? 'HTTP' : method;
+}
+
+/** What the sampler is given for a span that has no start attributes and no links (it only reads them). */
+const NO_ATTRIBUTES: Attributes = Object.freeze({});
+const NO_LINKS: Link[] = Object.freeze([]) as unknown as Link[];
+
 /** A recording server span: its name until the route is known, the method attributes, `ctx.trace`. */
-function serverSpan(runtime: TracingRuntime, ctx: RequestContext, sc: SpanContext, parent: SpanContext | undefined): RequestSpan {
-  const method = normalizeMethod(ctx.method);
-  const span = new RequestSpan(runtime.home, method === '_OTHER' ? 'HTTP' : method, SpanKind.SERVER, sc, parent);
+function serverSpan(
+  runtime: TracingRuntime,
+  ctx: RequestContext,
+  sc: SpanContext,
+  parent: SpanContext | undefined,
+  method = normalizeMethod(ctx.method),
+): RequestSpan {
+  const span = new RequestSpan(runtime.home, methodSpanName(method), SpanKind.SERVER, sc, parent);
   span.setAttribute(ATTR_HTTP_REQUEST_METHOD, method);
   if (method === '_OTHER') span.setAttribute(ATTR_HTTP_REQUEST_METHOD_ORIGINAL, ctx.method);
   ctx.trace = toTraceContext(sc);
@@ -558,7 +573,7 @@ function continuedSpan(runtime: TracingRuntime, ctx: RequestContext, parent: Con
   const valid = remote !== undefined && trace.isSpanContextValid(remote);
   const traceId = valid ? remote.traceId : runtime.ids.rootTraceId();
   const method = normalizeMethod(ctx.method);
-  const result = runtime.sampler.shouldSample(parent, traceId, method === '_OTHER' ? 'HTTP' : method, SpanKind.SERVER, {}, []);
+  const result = runtime.sampler.shouldSample(parent, traceId, methodSpanName(method), SpanKind.SERVER, NO_ATTRIBUTES, NO_LINKS);
   const sc: SpanContext = {
     traceId,
     spanId: runtime.ids.generateSpanId(),
@@ -569,7 +584,7 @@ function continuedSpan(runtime: TracingRuntime, ctx: RequestContext, parent: Con
     ctx.trace = toTraceContext(sc);
     return trace.wrapSpanContext(sc);
   }
-  const span = serverSpan(runtime, ctx, sc, valid ? remote : undefined);
+  const span = serverSpan(runtime, ctx, sc, valid ? remote : undefined, method);
   if (result.attributes !== undefined) span.setAttributes(result.attributes);
   return span;
 }
@@ -616,7 +631,7 @@ class OtelServerSpan implements ServerSpan {
     if (!this.recording || (parent.traceFlags & TraceFlags.SAMPLED) === 0)
       return new OtelClientSpan(runtime, trace.wrapSpanContext(sc), this.parent, this.direct);
     const normalized = normalizeMethod(method);
-    const span = new RequestSpan(runtime.home, normalized === '_OTHER' ? 'HTTP' : normalized, SpanKind.CLIENT, sc, parent);
+    const span = new RequestSpan(runtime.home, methodSpanName(normalized), SpanKind.CLIENT, sc, parent);
     const address = runtime.origin(endpoint);
     span.setAttribute(ATTR_HTTP_REQUEST_METHOD, normalized);
     span.setAttribute(ATTR_SERVER_ADDRESS, address.host);
