@@ -113,31 +113,27 @@ function openFlags(path: string): number[] {
   return flags;
 }
 
+/** A WAL directory's segment files, oldest first. */
+function walSegments(d: string): string[] {
+  return readdirSync(d)
+    .filter((n) => n.startsWith('wal-'))
+    .sort()
+    .map((n) => join(d, n));
+}
+
 describe.runIf(process.platform === 'linux')('WAL sync on write (durable mode)', () => {
   it('a dsync WAL writes through O_DSYNC and needs no fdatasync; a plain one syncs when asked', async () => {
-    const segmentOf = (d: string) =>
-      join(
-        d,
-        readdirSync(d).find((n) => n.startsWith('wal-'))!,
-      );
     const d = dir();
     const durable = await Wal.open(d, 512, { dsync: true });
     await durable.write([line(0)], true);
     // The handle (and every segment after a rotation) is O_DSYNC: the kernel syncs each write.
-    expect(openFlags(segmentOf(d)).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
-    const handleType = Object.getPrototypeOf(await open(segmentOf(d), 'r')) as { datasync: () => Promise<void> };
+    expect(openFlags(walSegments(d)[0]!).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
+    const handleType = Object.getPrototypeOf(await open(walSegments(d)[0]!, 'r')) as { datasync: () => Promise<void> };
     const datasync = vi.spyOn(handleType, 'datasync');
     try {
       for (let i = 1; i < 12; i++) await durable.write([line(i)], true);
       expect(durable.segmentCount).toBeGreaterThan(1);
-      const active = join(
-        d,
-        readdirSync(d)
-          .filter((n) => n.startsWith('wal-'))
-          .sort()
-          .at(-1)!,
-      );
-      expect(openFlags(active).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
+      expect(openFlags(walSegments(d).at(-1)!).map((f) => f & constants.O_DSYNC)).toEqual([constants.O_DSYNC]);
       const rotations = durable.segmentCount - 1;
       // Only a rotation syncs the segment it closes (a no-op under O_DSYNC); appends themselves never do.
       expect(datasync).toHaveBeenCalledTimes(rotations);
@@ -147,7 +143,7 @@ describe.runIf(process.platform === 'linux')('WAL sync on write (durable mode)',
       const e = dir();
       const fast = await Wal.open(e, 1 << 20);
       await fast.write([line(0)], false);
-      expect(openFlags(segmentOf(e)).map((f) => f & constants.O_DSYNC)).toEqual([0]);
+      expect(openFlags(walSegments(e)[0]!).map((f) => f & constants.O_DSYNC)).toEqual([0]);
       expect(datasync).not.toHaveBeenCalled();
       await fast.write([line(1)], true);
       expect(datasync).toHaveBeenCalledTimes(1);
@@ -167,11 +163,9 @@ describe.runIf(process.platform === 'linux')('WAL sync on write (durable mode)',
           walDir,
           readdirSync(walDir).find((n) => statSync(join(walDir, n)).isDirectory())!,
         );
-        const segment = join(
-          slotDir,
-          readdirSync(slotDir).find((n) => n.startsWith('wal-'))!,
-        );
-        expect(openFlags(segment).map((f) => f & constants.O_DSYNC)).toEqual([durability === 'durable' ? constants.O_DSYNC : 0]);
+        expect(openFlags(walSegments(slotDir)[0]!).map((f) => f & constants.O_DSYNC)).toEqual([
+          durability === 'durable' ? constants.O_DSYNC : 0,
+        ]);
       } finally {
         await log.close();
       }
